@@ -1,0 +1,1 @@
+//! Privacy Guardian share server.
