@@ -1,1 +1,3 @@
 //! Privacy Guardian share server.
+
+pub mod storage;

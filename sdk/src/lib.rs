@@ -1,1 +1,251 @@
-//! SDK.
+//! # guardian-sdk: write Privacy Guardian aggregation plugins
+//!
+//! A Privacy Guardian plugin is an aggregation algorithm compiled to a
+//! WebAssembly component. Users split ("shard") each measurement into one
+//! additive share per server; each share server folds the shares it holds and
+//! releases an aggregate share once per batch; a scientist adds the released
+//! shares ("unshards") to get the result. No single server learns anything
+//! about one user's measurement.
+//!
+//! You write one type that implements [`Plugin`] and register it with
+//! [`export_plugin!`]. The SDK does the rest: decoding the host's bytes into
+//! your typed configuration, measurements, shares and aggregates, caching the
+//! decoded configuration between calls, and the WebAssembly glue.
+//!
+//! ## Layout
+//!
+//! - [`Plugin`]: the trait you implement. Typed, with defaults for the steps
+//!   most algorithms do not need (`validate`, `release`).
+//! - [`Codec`]: how shares and aggregates become bytes. `Vec<u64>` (the
+//!   wrapping ring used by every built-in) implements it already.
+//! - [`ring`]: wrapping-`u64` vector arithmetic and additive secret sharing.
+//! - [`Rng`]: the ChaCha20 CSPRNG seeded by the host; the only randomness a
+//!   plugin may use.
+//! - [`dp`]: exact discrete Laplace and discrete Gaussian samplers for
+//!   differential privacy.
+//! - [`raw`]: the byte-level contract (what the WIT world exchanges), used by
+//!   the wasm glue and by the native test harness.
+//! - [`testing`]: checks that run a plugin natively and, through the host's
+//!   runtime, as a real wasm component.
+//!
+//! ## A complete plugin
+//!
+//! A plugin that counts how many users answered "yes". Copy it into a new
+//! crate with `crate-type = ["cdylib", "rlib"]` and `guardian-sdk`, `serde`
+//! and `serde_json` as dependencies, then build the component with one
+//! command: `cargo build --release --target wasm32-wasip2` (the file is
+//! `target/wasm32-wasip2/release/<crate>.wasm`; upload it with
+//! `guardian plugin upload`).
+//!
+//! ```
+//! use guardian_sdk::{ring, Error, Info, Plugin, Rng};
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// Counts "yes" answers.
+//! pub struct Yes;
+//!
+//! /// No parameters; `deny_unknown_fields` turns typos into clear errors.
+//! #[derive(Serialize, Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! pub struct Config {}
+//!
+//! impl Plugin for Yes {
+//!     type Config = Config;
+//!     type Measurement = bool;
+//!     type Share = Vec<u64>;
+//!     type Aggregate = Vec<u64>;
+//!
+//!     fn info() -> Info {
+//!         Info::new("yes", "0.1.0", "Counts the users who answered yes.")
+//!     }
+//!
+//!     fn configure(params: serde_json::Value) -> Result<Config, Error> {
+//!         guardian_sdk::params(params)
+//!     }
+//!
+//!     fn shard(_: &Config, yes: bool, servers: u32, rng: &mut Rng) -> Result<Vec<Vec<u64>>, Error> {
+//!         Ok(ring::split(&[u64::from(yes)], servers, rng))
+//!     }
+//!
+//!     fn validate(_: &Config, share: &Vec<u64>, _server: u32) -> Result<(), Error> {
+//!         ring::check_len(share, 1)
+//!     }
+//!
+//!     fn init(_: &Config) -> Vec<u64> {
+//!         vec![0]
+//!     }
+//!
+//!     fn accumulate(_: &Config, agg: &mut Vec<u64>, share: &Vec<u64>) -> Result<(), Error> {
+//!         ring::add_assign(agg, share)
+//!     }
+//!
+//!     fn unshard(_: &Config, aggs: Vec<Vec<u64>>, _count: u64) -> Result<serde_json::Value, Error> {
+//!         Ok(serde_json::json!(ring::sum_all(&aggs, 1)?[0]))
+//!     }
+//! }
+//!
+//! guardian_sdk::export_plugin!(Yes);
+//!
+//! // The same checks the host runs through wasm, natively:
+//! use guardian_sdk::testing::{Native, Backend};
+//! let plugin = Native::<Yes>::new();
+//! let config = plugin.configure("{}").unwrap();
+//! let answers = [true, false, true, true];
+//! let result = guardian_sdk::testing::run(&plugin, &config, &answers.map(|a| a.to_string()), 2, 7).unwrap();
+//! assert_eq!(result, serde_json::json!(3));
+//! ```
+#![deny(missing_docs)]
+
+mod codec;
+pub mod dp;
+mod error;
+#[doc(hidden)]
+pub mod export;
+pub mod raw;
+pub mod ring;
+mod rng;
+pub mod testing;
+
+pub use codec::Codec;
+pub use error::Error;
+pub use rng::Rng;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// What a plugin tells the host and its users about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    /// Short machine name, e.g. `sum`.
+    pub name: String,
+    /// The plugin's version (semver), for people.
+    pub version: String,
+    /// One or two sentences for people choosing an algorithm.
+    pub description: String,
+    /// JSON Schema of the endpoint parameters, shown to developers.
+    pub params_schema: serde_json::Value,
+}
+
+impl Info {
+    /// Info with an empty (accept-anything) parameter schema; add one with
+    /// [`Info::with_params_schema`].
+    pub fn new(name: &str, version: &str, description: &str) -> Info {
+        Info {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            description: description.to_owned(),
+            params_schema: serde_json::json!({"type": "object"}),
+        }
+    }
+
+    /// Sets the JSON Schema of the parameters.
+    pub fn with_params_schema(mut self, schema: serde_json::Value) -> Info {
+        self.params_schema = schema;
+        self
+    }
+}
+
+/// An aggregation algorithm. Implement it on a unit struct and register it
+/// with [`export_plugin!`].
+///
+/// Every method is a pure function of its arguments: the host may call them
+/// on any instance, in any order across batches, and keeps all state
+/// (configuration and aggregates) itself.
+pub trait Plugin: 'static {
+    /// The endpoint configuration, checked by [`Plugin::configure`]. Its JSON
+    /// serialisation is the canonical configuration the host stores and
+    /// hashes, so it must serialise deterministically (plain structs do).
+    type Config: Serialize + DeserializeOwned + 'static;
+    /// One user's measurement, decoded from JSON.
+    type Measurement: DeserializeOwned;
+    /// One server's share of one measurement.
+    type Share: Codec;
+    /// An aggregate share.
+    type Aggregate: Codec;
+
+    /// Name, version, description and parameter schema.
+    fn info() -> Info;
+
+    /// Checks endpoint parameters and returns the configuration. Return
+    /// [`Error::invalid_params`] with a message a developer can act on.
+    /// [`params`] decodes a `deny_unknown_fields` struct with such messages.
+    fn configure(params: serde_json::Value) -> Result<Self::Config, Error>;
+
+    /// Splits a measurement into `servers` additive shares (client side).
+    /// Any `servers - 1` of them must be uniformly random.
+    fn shard(
+        config: &Self::Config,
+        measurement: Self::Measurement,
+        servers: u32,
+        rng: &mut Rng,
+    ) -> Result<Vec<Self::Share>, Error>;
+
+    /// Checks one share on arrival at a server. Decoding already succeeded;
+    /// check what decoding cannot (lengths against the configuration).
+    fn validate(
+        config: &Self::Config,
+        share: &Self::Share,
+        server_index: u32,
+    ) -> Result<(), Error> {
+        let _ = (config, share, server_index);
+        Ok(())
+    }
+
+    /// The empty aggregate.
+    fn init(config: &Self::Config) -> Self::Aggregate;
+
+    /// Folds one share into the aggregate.
+    fn accumulate(
+        config: &Self::Config,
+        agg: &mut Self::Aggregate,
+        share: &Self::Share,
+    ) -> Result<(), Error>;
+
+    /// Combines two aggregates; the default folds `other` in as if it were a
+    /// share, which is right whenever shares and aggregates are the same
+    /// kind of vector.
+    fn merge(
+        config: &Self::Config,
+        agg: &mut Self::Aggregate,
+        other: Self::Aggregate,
+    ) -> Result<(), Error> {
+        let share =
+            Self::Share::decode(&other.encode()).map_err(|e| Error::invalid_state(e.message()))?;
+        Self::accumulate(config, agg, &share)
+    }
+
+    /// Turns a sealed batch's aggregate into the released aggregate share,
+    /// once per batch (add differential-privacy noise here). The default
+    /// releases the aggregate unchanged.
+    fn release(
+        config: &Self::Config,
+        agg: Self::Aggregate,
+        count: u64,
+        server_index: u32,
+        rng: &mut Rng,
+    ) -> Result<Self::Aggregate, Error> {
+        let _ = (config, count, server_index, rng);
+        Ok(agg)
+    }
+
+    /// Combines every server's released share (in server order) into the
+    /// result (scientist side).
+    fn unshard(
+        config: &Self::Config,
+        aggs: Vec<Self::Aggregate>,
+        count: u64,
+    ) -> Result<serde_json::Value, Error>;
+}
+
+/// Decodes endpoint parameters into a typed struct, turning serde's errors
+/// into [`Error::invalid_params`] messages ("unknown field `lenght`, expected
+/// `length`"). `null` is read as `{}` so that "no parameters" works.
+pub fn params<T: DeserializeOwned>(params: serde_json::Value) -> Result<T, Error> {
+    let params = if params.is_null() {
+        serde_json::json!({})
+    } else {
+        params
+    };
+    serde_json::from_value(params)
+        .map_err(|e| Error::invalid_params(format!("invalid parameters: {e}")))
+}

@@ -1,0 +1,393 @@
+//! Durable storage of a share server: plugins, endpoints and reports.
+//!
+//! This module owns all SQL of the server; nothing else in the server touches a
+//! database driver. Everything goes through [`Storage`], a cheap-to-clone handle whose
+//! async methods are the whole interface, so that a PostgreSQL backend (for stateless
+//! replicas over a shared database, DESIGN.md section 8) can be added next to the
+//! embedded one without changing any caller.
+//!
+//! Layout:
+//!
+//! - this file: the facade, the records it reads and writes, and [`StorageError`];
+//! - `sqlite`: the embedded backend, one SQLite file in WAL mode:
+//!   - `sqlite::migrations`: the versioned schema;
+//!   - `sqlite::writer`: the single writer thread and its group commit;
+//!   - `sqlite::sql`: every statement, as plain functions over a connection.
+//!
+//! Invariants:
+//!
+//! - A write is answered only after its transaction is durably committed
+//!   (`synchronous=FULL`), so an acknowledged report survives a crash.
+//! - Reports of concurrent callers are committed together (group commit) by one writer
+//!   thread, which commits as soon as anything is queued: batching comes from load,
+//!   never from waiting.
+//! - Blocking database work never runs on the async executor's worker threads: writes
+//!   run on the writer thread, reads on `spawn_blocking` over a small pool of read-only
+//!   connections.
+//! - A report id, once stored for an endpoint, is never stored again for it: its row
+//!   outlives its share (the share is deleted when its batch is released), so replays
+//!   stay detectable.
+
+#![warn(missing_docs)]
+
+mod sqlite;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Handle to the server's storage; clone it freely (it is an `Arc` inside).
+///
+/// Every public method is async and never blocks the calling executor thread.
+#[derive(Clone)]
+pub struct Storage {
+    /// The backend doing the work. Today only SQLite; a PostgreSQL backend would turn
+    /// this into an enum (or a trait object) without changing the methods below.
+    backend: Arc<sqlite::SqliteBackend>,
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Storage")
+            .field("path", &self.backend.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Storage {
+    /// Opens (or creates) the database at `path`, brings its schema up to date and
+    /// starts the writer thread.
+    ///
+    /// Fails with [`StorageError::SchemaTooNew`] if the file was written by a newer
+    /// build, rather than guessing what its tables mean.
+    pub async fn open(path: &Path, options: StorageOptions) -> Result<Storage, StorageError> {
+        let path = path.to_path_buf();
+        let backend =
+            tokio::task::spawn_blocking(move || sqlite::SqliteBackend::open(&path, options))
+                .await
+                .map_err(|_| StorageError::TaskFailed)??;
+        Ok(Storage {
+            backend: Arc::new(backend),
+        })
+    }
+
+    /// Stops accepting work, commits everything already queued, answers its callers,
+    /// and waits for the writer thread to finish.
+    ///
+    /// Affects every clone of this handle: afterwards their calls fail with
+    /// [`StorageError::Closed`]. Calling it again (from another clone) is harmless.
+    pub async fn close(self) -> Result<(), StorageError> {
+        self.backend.close().await
+    }
+
+    /// Stores a plugin, unless one with the same digest is already stored.
+    ///
+    /// The digest must be the SHA-256 of `wasm`; storage trusts the caller on this (the
+    /// plugin runtime hashes uploads once) instead of hashing megabytes again.
+    pub async fn put_plugin(&self, plugin: PluginRecord) -> Result<PutPluginOutcome, StorageError> {
+        self.backend.put_plugin(plugin).await
+    }
+
+    /// Lists every stored plugin, without its wasm bytes, ordered by name then age.
+    pub async fn list_plugins(&self) -> Result<Vec<PluginInfo>, StorageError> {
+        self.backend.list_plugins().await
+    }
+
+    /// Returns the metadata of the plugin with this digest, if stored.
+    pub async fn get_plugin(&self, digest: [u8; 32]) -> Result<Option<PluginInfo>, StorageError> {
+        self.backend.get_plugin(digest).await
+    }
+
+    /// Returns the wasm bytes of the plugin with this digest, if stored.
+    pub async fn plugin_wasm(&self, digest: [u8; 32]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.backend.plugin_wasm(digest).await
+    }
+
+    /// Creates an endpoint, or reports the one that already has this name.
+    ///
+    /// An existing endpoint counts as identical when its plugin digest, config hash and
+    /// `min_batch` are equal to the requested ones (creating endpoints on every server
+    /// is then safely retryable); anything else is a conflict. Fails with
+    /// [`StorageError::UnknownPlugin`] if the plugin is not stored.
+    pub async fn create_endpoint(
+        &self,
+        endpoint: EndpointRecord,
+    ) -> Result<CreateEndpointOutcome, StorageError> {
+        self.backend.create_endpoint(endpoint).await
+    }
+
+    /// Returns the endpoint with this name, if any.
+    pub async fn get_endpoint(&self, name: &str) -> Result<Option<Endpoint>, StorageError> {
+        self.backend.get_endpoint(name.to_owned()).await
+    }
+
+    /// Lists every endpoint, ordered by name.
+    pub async fn list_endpoints(&self) -> Result<Vec<Endpoint>, StorageError> {
+        self.backend.list_endpoints().await
+    }
+
+    /// Deletes the endpoint with this name and all its reports; returns whether it
+    /// existed.
+    ///
+    /// Its id is never reused, so a report insert still holding the old id fails with
+    /// [`StorageError::UnknownEndpoint`] instead of landing in a re-created endpoint
+    /// whose configuration may differ.
+    pub async fn delete_endpoint(&self, name: &str) -> Result<bool, StorageError> {
+        self.backend.delete_endpoint(name.to_owned()).await
+    }
+
+    /// Counts the reports of the endpoint with this name (`None` if there is none).
+    pub async fn endpoint_counts(
+        &self,
+        name: &str,
+    ) -> Result<Option<EndpointCounts>, StorageError> {
+        self.backend.endpoint_counts(name.to_owned()).await
+    }
+
+    /// Stores one report durably; returns only once it is committed.
+    ///
+    /// Concurrent calls are committed together in one transaction (group commit). If
+    /// the caller stops waiting (its future is dropped) after the report was queued,
+    /// the report is still stored; a retry then answers [`InsertReportOutcome::Duplicate`].
+    /// Fails with [`StorageError::UnknownEndpoint`] if the endpoint was deleted.
+    pub async fn insert_report(
+        &self,
+        endpoint: EndpointId,
+        report_id: [u8; 16],
+        share: Vec<u8>,
+        received_at: SystemTime,
+    ) -> Result<InsertReportOutcome, StorageError> {
+        self.backend
+            .insert_report(endpoint, report_id, share, received_at)
+            .await
+    }
+}
+
+/// Settings of [`Storage::open`]; `StorageOptions::default()` suits a server.
+#[derive(Clone)]
+pub struct StorageOptions {
+    /// Number of read-only connections, which is also how many reads run at once.
+    /// Reads never wait for the writer (WAL), only for a free connection.
+    pub read_connections: usize,
+    /// How long a statement waits for a lock held by another connection (another
+    /// process on the same file, or a WAL checkpoint) before failing.
+    pub busy_timeout: Duration,
+    /// Most reports committed in one transaction. Bounds the latency one group adds
+    /// to its last member and the memory held by the writer.
+    pub max_group: usize,
+    /// Called on the writer thread after every group commit of reports, e.g. to feed
+    /// Prometheus metrics. It must be quick and must not block: the group's callers
+    /// are answered only after it returns.
+    pub commit_observer: Option<CommitObserver>,
+}
+
+/// Callback receiving the [`CommitStats`] of every group commit.
+pub type CommitObserver = Arc<dyn Fn(CommitStats) + Send + Sync>;
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            read_connections: 4,
+            busy_timeout: Duration::from_secs(5),
+            max_group: 1024,
+            commit_observer: None,
+        }
+    }
+}
+
+impl fmt::Debug for StorageOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageOptions")
+            .field("read_connections", &self.read_connections)
+            .field("busy_timeout", &self.busy_timeout)
+            .field("max_group", &self.max_group)
+            .field("commit_observer", &self.commit_observer.is_some())
+            .finish()
+    }
+}
+
+/// What one group commit of reports did; given to the [`CommitObserver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Reports in the transaction (the group size), including rows answered with a
+    /// per-report error such as an unknown endpoint.
+    pub reports: usize,
+    /// Time from the start of the transaction to the end of its commit, fsync
+    /// included: the latency the group added to each of its reports.
+    pub elapsed: Duration,
+    /// False when the transaction failed: then every report of the group was answered
+    /// with an error and none was stored.
+    pub committed: bool,
+}
+
+/// A plugin to store: its wasm component and what its `info()` said about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginRecord {
+    /// SHA-256 of `wasm`: the plugin's identity, so uploads are idempotent and an
+    /// endpoint names exactly the code it runs.
+    pub digest: [u8; 32],
+    /// Name from the plugin's `info()`, how people and built-in lookups refer to it.
+    pub name: String,
+    /// Version from the plugin's `info()`, shown to people.
+    pub version: String,
+    /// Description from the plugin's `info()`, shown to people.
+    pub description: String,
+    /// JSON schema of the endpoint parameters, from the plugin's `info()`.
+    pub params_schema: String,
+    /// The component itself, so the server can recompile it after a restart.
+    pub wasm: Vec<u8>,
+    /// Whether the server registered it at start-up rather than someone uploading it.
+    pub builtin: bool,
+    /// When it was first stored (kept to the millisecond).
+    pub created_at: SystemTime,
+}
+
+/// A stored plugin's metadata: a [`PluginRecord`] without its wasm bytes, which
+/// listings do not need and which can be megabytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// SHA-256 of the wasm bytes; see [`PluginRecord::digest`].
+    pub digest: [u8; 32],
+    /// See [`PluginRecord::name`].
+    pub name: String,
+    /// See [`PluginRecord::version`].
+    pub version: String,
+    /// See [`PluginRecord::description`].
+    pub description: String,
+    /// See [`PluginRecord::params_schema`].
+    pub params_schema: String,
+    /// See [`PluginRecord::builtin`].
+    pub builtin: bool,
+    /// See [`PluginRecord::created_at`].
+    pub created_at: SystemTime,
+    /// Size of the wasm bytes, so a listing can show it without loading them.
+    pub wasm_len: u64,
+}
+
+/// Result of [`Storage::put_plugin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutPluginOutcome {
+    /// The plugin was not stored before and now is.
+    Inserted,
+    /// A plugin with this digest, hence these exact bytes, was already stored; the
+    /// stored metadata was kept.
+    AlreadyPresent,
+}
+
+/// Internal id of an endpoint, which report rows reference.
+///
+/// Obtained from [`Endpoint::id`]; ids are never reused after a deletion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointId(i64);
+
+/// An endpoint to create: a named binding of a plugin to its configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointRecord {
+    /// Name used in URLs; unique on this server.
+    pub name: String,
+    /// Digest of the plugin the endpoint runs; that plugin must be stored.
+    pub plugin_digest: [u8; 32],
+    /// The plugin's name at creation, kept so listings need not join plugins.
+    pub plugin_name: String,
+    /// Parameters as canonical JSON, as given by the developer, for display.
+    pub params: String,
+    /// Configuration bytes returned by the plugin's `configure`, passed to every
+    /// later plugin call.
+    pub config: Vec<u8>,
+    /// Hash of `config`, compared across servers (and on re-creation) to make sure
+    /// every server runs the same configuration.
+    pub config_hash: [u8; 32],
+    /// Fewest reports a batch may hold, so no batch reveals a small group of users.
+    pub min_batch: u64,
+    /// When the endpoint was created (kept to the millisecond).
+    pub created_at: SystemTime,
+}
+
+/// A stored endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Internal id, which [`Storage::insert_report`] takes so the hot path does not
+    /// look names up in the database.
+    pub id: EndpointId,
+    /// What was stored.
+    pub record: EndpointRecord,
+}
+
+/// Result of [`Storage::create_endpoint`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateEndpointOutcome {
+    /// The endpoint did not exist and now does.
+    Created(Endpoint),
+    /// An endpoint with this name, plugin, config hash and `min_batch` already
+    /// existed; nothing changed.
+    Identical(Endpoint),
+    /// An endpoint with this name but a different definition exists; nothing changed.
+    Conflict(Endpoint),
+}
+
+/// Report counts of one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EndpointCounts {
+    /// Reports stored and in no batch yet: what the next seal can take.
+    pub unbatched: u64,
+    /// Reports already in a sealed batch.
+    pub batched: u64,
+}
+
+/// Result of [`Storage::insert_report`] when the database answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertReportOutcome {
+    /// A new report id for this endpoint: the report is now durably stored.
+    Stored,
+    /// This report id was already stored with a byte-identical share: the client
+    /// retried, and nothing changed.
+    Duplicate,
+    /// This report id was already stored with a different share, or its share was
+    /// already released and deleted so it cannot be compared: nothing changed.
+    Conflict,
+}
+
+/// Why a storage operation failed.
+///
+/// `Display` never includes SQL or database details, so it may be logged anywhere;
+/// the detail of a [`StorageError::Database`] is its `source()`, for logs only. It is
+/// never shown to clients, who get a generic message.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    /// [`Storage::close`] was called, or the writer thread stopped.
+    #[error("storage is closed")]
+    Closed,
+    /// The endpoint id given to [`Storage::insert_report`] does not exist (any more).
+    #[error("no such endpoint")]
+    UnknownEndpoint,
+    /// The plugin digest given to [`Storage::create_endpoint`] is not stored.
+    #[error("no such plugin")]
+    UnknownPlugin,
+    /// A value does not fit the database's types (e.g. a `min_batch` above `i64::MAX`).
+    #[error("{0} is out of range for storage")]
+    OutOfRange(&'static str),
+    /// The database was written by a newer build, whose schema this one does not know.
+    #[error("database schema version {found} is newer than this build supports ({supported})")]
+    SchemaTooNew {
+        /// Version found in the file.
+        found: i64,
+        /// Latest version this build knows.
+        supported: usize,
+    },
+    /// The database failed; the source holds the detail (for logs only). Shared so
+    /// that one failed group commit can answer every caller of the group.
+    #[error("database error")]
+    Database(#[source] Arc<rusqlite::Error>),
+    /// A blocking storage task panicked or was cancelled.
+    #[error("storage task failed")]
+    TaskFailed,
+}
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(error: rusqlite::Error) -> Self {
+        StorageError::Database(Arc::new(error))
+    }
+}

@@ -1,0 +1,181 @@
+//! The byte-level contract: exactly what crosses the WIT boundary.
+//!
+//! Each function takes and returns what the matching WIT function does and
+//! drives a typed [`Plugin`]. The wasm glue calls these, and so does the
+//! native test harness, so native and wasm runs execute the same code.
+
+use crate::{Codec, Error, Plugin, Rng};
+use std::any::{Any, TypeId};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// [`crate::Info`] with the schema as a JSON string, as the WIT has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawInfo {
+    /// See [`crate::Info::name`].
+    pub name: String,
+    /// See [`crate::Info::version`].
+    pub version: String,
+    /// See [`crate::Info::description`].
+    pub description: String,
+    /// See [`crate::Info::params_schema`].
+    pub params_schema: String,
+}
+
+/// `info`.
+pub fn info<P: Plugin>() -> RawInfo {
+    let info = P::info();
+    RawInfo {
+        name: info.name,
+        version: info.version,
+        description: info.description,
+        params_schema: info.params_schema.to_string(),
+    }
+}
+
+/// `configure`: parameters JSON in, canonical configuration bytes out.
+pub fn configure<P: Plugin>(params: &str) -> Result<Vec<u8>, Error> {
+    let params: serde_json::Value = serde_json::from_str(params)
+        .map_err(|e| Error::invalid_params(format!("parameters are not valid JSON: {e}")))?;
+    let config = P::configure(params)?;
+    serde_json::to_vec(&config)
+        .map_err(|e| Error::internal(format!("cannot encode configuration: {e}")))
+}
+
+/// `shard`.
+pub fn shard<P: Plugin>(
+    config: &[u8],
+    measurement: &str,
+    servers: u32,
+    seed: &[u8],
+) -> Result<Vec<Vec<u8>>, Error> {
+    if servers < 2 {
+        return Err(Error::internal(format!(
+            "at least 2 servers are needed, got {servers}"
+        )));
+    }
+    let config = decode_config::<P>(config)?;
+    let measurement: P::Measurement = serde_json::from_str(measurement)
+        .map_err(|e| Error::invalid_measurement(format!("invalid measurement: {e}")))?;
+    let mut rng = Rng::from_seed_bytes(seed)?;
+    let shares = P::shard(&config, measurement, servers, &mut rng)?;
+    if shares.len() != servers as usize {
+        return Err(Error::internal(format!(
+            "plugin made {} shares for {servers} servers",
+            shares.len()
+        )));
+    }
+    Ok(shares.iter().map(Codec::encode).collect())
+}
+
+/// `validate`.
+pub fn validate<P: Plugin>(config: &[u8], share: &[u8], server_index: u32) -> Result<(), Error> {
+    let config = decode_config::<P>(config)?;
+    let share = P::Share::decode(share)?;
+    P::validate(&config, &share, server_index)
+}
+
+/// `init`.
+pub fn init<P: Plugin>(config: &[u8]) -> Result<Vec<u8>, Error> {
+    let config = decode_config::<P>(config)?;
+    Ok(P::init(&config).encode())
+}
+
+/// `accumulate`: folds the shares packed in `data`/`ends` (see the WIT
+/// `share-batch`) into `agg`.
+pub fn accumulate<P: Plugin>(
+    config: &[u8],
+    agg: &[u8],
+    data: &[u8],
+    ends: &[u32],
+) -> Result<Vec<u8>, Error> {
+    let config = decode_config::<P>(config)?;
+    let mut agg = decode_aggregate::<P>(agg)?;
+    let mut start = 0usize;
+    for (i, &end) in ends.iter().enumerate() {
+        let end = end as usize;
+        let bytes = data.get(start..end).ok_or_else(|| {
+            Error::invalid_state(format!(
+                "share batch is malformed at share {i}: {start}..{end} of {}",
+                data.len()
+            ))
+        })?;
+        let share = P::Share::decode(bytes)?;
+        P::accumulate(&config, &mut agg, &share)?;
+        start = end;
+    }
+    if start != data.len() {
+        return Err(Error::invalid_state(format!(
+            "share batch is malformed: shares end at {start} but the buffer holds {} bytes",
+            data.len()
+        )));
+    }
+    Ok(agg.encode())
+}
+
+/// `merge`.
+pub fn merge<P: Plugin>(config: &[u8], a: &[u8], b: &[u8]) -> Result<Vec<u8>, Error> {
+    let config = decode_config::<P>(config)?;
+    let mut a = decode_aggregate::<P>(a)?;
+    let b = decode_aggregate::<P>(b)?;
+    P::merge(&config, &mut a, b)?;
+    Ok(a.encode())
+}
+
+/// `release`.
+pub fn release<P: Plugin>(
+    config: &[u8],
+    agg: &[u8],
+    count: u64,
+    server_index: u32,
+    seed: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let config = decode_config::<P>(config)?;
+    let agg = decode_aggregate::<P>(agg)?;
+    let mut rng = Rng::from_seed_bytes(seed)?;
+    Ok(P::release(&config, agg, count, server_index, &mut rng)?.encode())
+}
+
+/// `unshard`: the result as a JSON string.
+pub fn unshard<P: Plugin>(config: &[u8], aggs: &[Vec<u8>], count: u64) -> Result<String, Error> {
+    let config = decode_config::<P>(config)?;
+    let aggs = aggs
+        .iter()
+        .map(|a| decode_aggregate::<P>(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(P::unshard(&config, aggs, count)?.to_string())
+}
+
+fn decode_aggregate<P: Plugin>(bytes: &[u8]) -> Result<P::Aggregate, Error> {
+    P::Aggregate::decode(bytes)
+        .map_err(|e| Error::invalid_state(format!("aggregate: {}", e.message())))
+}
+
+/// The decoded configuration cache entry: plugin type, bytes, decoded value.
+type CachedConfig = Option<(TypeId, Vec<u8>, Rc<dyn Any>)>;
+
+thread_local! {
+    /// The last configuration decoded on this thread. The host passes the
+    /// same configuration bytes to every call of an endpoint and reuses
+    /// instances, so caching one entry turns a JSON parse per call into a
+    /// byte comparison.
+    static LAST_CONFIG: RefCell<CachedConfig> = const { RefCell::new(None) };
+}
+
+fn decode_config<P: Plugin>(bytes: &[u8]) -> Result<Rc<P::Config>, Error> {
+    let hit = LAST_CONFIG.with_borrow(|last| match last {
+        Some((ty, cached, config)) if *ty == TypeId::of::<P>() && cached == bytes => {
+            Rc::clone(config).downcast::<P::Config>().ok()
+        }
+        _ => None,
+    });
+    if let Some(config) = hit {
+        return Ok(config);
+    }
+    let config: Rc<P::Config> = Rc::new(
+        serde_json::from_slice(bytes)
+            .map_err(|e| Error::invalid_state(format!("configuration does not decode: {e}")))?,
+    );
+    LAST_CONFIG.set(Some((TypeId::of::<P>(), bytes.to_vec(), config.clone())));
+    Ok(config)
+}

@@ -1,0 +1,235 @@
+//! A test harness that runs the same checks on a plugin natively and, through
+//! the host's plugin runtime, as a real wasm component.
+//!
+//! [`Backend`] is the byte-level contract of the WIT world. [`Native`]
+//! implements it by calling the plugin's Rust code; the host crate
+//! (`guardian`) implements it for a compiled component. The check functions
+//! here take any backend, so one test body covers both.
+
+use crate::{Error, Plugin, raw};
+use std::marker::PhantomData;
+
+/// The WIT functions, byte for byte. Errors that are not the plugin's own
+/// (a trap, a timeout) are reported by a wasm backend as [`Error::Internal`].
+pub trait Backend {
+    /// `configure`.
+    fn configure(&self, params: &str) -> Result<Vec<u8>, Error>;
+    /// `shard`.
+    fn shard(
+        &self,
+        config: &[u8],
+        measurement: &str,
+        servers: u32,
+        seed: &[u8],
+    ) -> Result<Vec<Vec<u8>>, Error>;
+    /// `validate`.
+    fn validate(&self, config: &[u8], share: &[u8], server_index: u32) -> Result<(), Error>;
+    /// `init`.
+    fn init(&self, config: &[u8]) -> Result<Vec<u8>, Error>;
+    /// `accumulate`, with the shares packed as the WIT `share-batch`.
+    fn accumulate(
+        &self,
+        config: &[u8],
+        agg: &[u8],
+        data: &[u8],
+        ends: &[u32],
+    ) -> Result<Vec<u8>, Error>;
+    /// `merge`.
+    fn merge(&self, config: &[u8], a: &[u8], b: &[u8]) -> Result<Vec<u8>, Error>;
+    /// `release`.
+    fn release(
+        &self,
+        config: &[u8],
+        agg: &[u8],
+        count: u64,
+        server_index: u32,
+        seed: &[u8],
+    ) -> Result<Vec<u8>, Error>;
+    /// `unshard`, returning the JSON text.
+    fn unshard(&self, config: &[u8], aggs: &[Vec<u8>], count: u64) -> Result<String, Error>;
+}
+
+/// Runs a [`Plugin`] natively, through the same byte layer as the wasm glue.
+pub struct Native<P>(PhantomData<P>);
+
+impl<P: Plugin> Native<P> {
+    /// The native backend for `P`.
+    pub fn new() -> Self {
+        Native(PhantomData)
+    }
+}
+
+impl<P: Plugin> Default for Native<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<P: Plugin> Backend for Native<P> {
+    fn configure(&self, params: &str) -> Result<Vec<u8>, Error> {
+        raw::configure::<P>(params)
+    }
+    fn shard(
+        &self,
+        config: &[u8],
+        measurement: &str,
+        servers: u32,
+        seed: &[u8],
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        raw::shard::<P>(config, measurement, servers, seed)
+    }
+    fn validate(&self, config: &[u8], share: &[u8], server_index: u32) -> Result<(), Error> {
+        raw::validate::<P>(config, share, server_index)
+    }
+    fn init(&self, config: &[u8]) -> Result<Vec<u8>, Error> {
+        raw::init::<P>(config)
+    }
+    fn accumulate(
+        &self,
+        config: &[u8],
+        agg: &[u8],
+        data: &[u8],
+        ends: &[u32],
+    ) -> Result<Vec<u8>, Error> {
+        raw::accumulate::<P>(config, agg, data, ends)
+    }
+    fn merge(&self, config: &[u8], a: &[u8], b: &[u8]) -> Result<Vec<u8>, Error> {
+        raw::merge::<P>(config, a, b)
+    }
+    fn release(
+        &self,
+        config: &[u8],
+        agg: &[u8],
+        count: u64,
+        server_index: u32,
+        seed: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        raw::release::<P>(config, agg, count, server_index, seed)
+    }
+    fn unshard(&self, config: &[u8], aggs: &[Vec<u8>], count: u64) -> Result<String, Error> {
+        raw::unshard::<P>(config, aggs, count)
+    }
+}
+
+/// Packs shares into the WIT `share-batch` layout: one buffer and the end
+/// offset of each share.
+pub fn pack(shares: &[&[u8]]) -> (Vec<u8>, Vec<u32>) {
+    let mut data = Vec::with_capacity(shares.iter().map(|s| s.len()).sum());
+    let mut ends = Vec::with_capacity(shares.len());
+    for share in shares {
+        data.extend_from_slice(share);
+        ends.push(u32::try_from(data.len()).unwrap_or(u32::MAX));
+    }
+    (data, ends)
+}
+
+/// Derives a 32-byte seed from a test number and a purpose, so that runs
+/// are reproducible.
+pub fn seed(test_seed: u64, purpose: u64) -> [u8; 32] {
+    let mut s = [0u8; 32];
+    s[..8].copy_from_slice(&test_seed.to_le_bytes());
+    s[8..16].copy_from_slice(&purpose.to_le_bytes());
+    s
+}
+
+/// How [`run_with`] drives the pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Number of share servers (at least 2).
+    pub servers: u32,
+    /// Shares folded per `accumulate` call; the batch is cut in chunks of
+    /// this size and the chunk aggregates are merged, as a server does with
+    /// large batches.
+    pub chunk: usize,
+    /// Seed for sharding and release noise.
+    pub seed: u64,
+}
+
+/// Shards every measurement (JSON texts) for `servers` servers, validates
+/// every share at its server, folds each server's shares, releases and
+/// unshards: the whole life of one batch. Returns the plugin's result.
+pub fn run(
+    backend: &dyn Backend,
+    config: &[u8],
+    measurements: &[String],
+    servers: u32,
+    seed: u64,
+) -> Result<serde_json::Value, Error> {
+    run_with(
+        backend,
+        config,
+        measurements,
+        RunOptions {
+            servers,
+            chunk: 7,
+            seed,
+        },
+    )
+}
+
+/// [`run`] with every knob.
+pub fn run_with(
+    backend: &dyn Backend,
+    config: &[u8],
+    measurements: &[String],
+    options: RunOptions,
+) -> Result<serde_json::Value, Error> {
+    let servers = options.servers as usize;
+    let mut per_server: Vec<Vec<Vec<u8>>> = vec![Vec::new(); servers];
+    for (i, m) in measurements.iter().enumerate() {
+        let shares = backend.shard(config, m, options.servers, &seed(options.seed, i as u64))?;
+        for (server, share) in shares.into_iter().enumerate() {
+            backend.validate(config, &share, server as u32)?;
+            per_server[server].push(share);
+        }
+    }
+    let count = measurements.len() as u64;
+    let mut released = Vec::with_capacity(servers);
+    for (server, shares) in per_server.iter().enumerate() {
+        let mut total = backend.init(config)?;
+        for chunk in shares.chunks(options.chunk.max(1)) {
+            let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+            let (data, ends) = pack(&refs);
+            let part = backend.accumulate(config, &backend.init(config)?, &data, &ends)?;
+            total = backend.merge(config, &total, &part)?;
+        }
+        let release_seed = seed(options.seed, u64::MAX - server as u64);
+        released.push(backend.release(config, &total, count, server as u32, &release_seed)?);
+    }
+    let text = backend.unshard(config, &released, count)?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::internal(format!("unshard returned invalid JSON: {e}")))
+}
+
+/// Pearson's chi-squared statistic of byte values against the uniform
+/// distribution on 0..=255 (255 degrees of freedom).
+pub fn chi_squared_uniform_bytes(bytes: &[u8]) -> f64 {
+    let mut counts = [0u64; 256];
+    for &b in bytes {
+        counts[b as usize] += 1;
+    }
+    let expected = bytes.len() as f64 / 256.0;
+    counts
+        .iter()
+        .map(|&c| (c as f64 - expected).powi(2) / expected)
+        .sum()
+}
+
+/// Chi-squared statistic of the two-sample test that `a` and `b` draw their
+/// byte values from the same distribution (255 degrees of freedom).
+pub fn chi_squared_two_sample_bytes(a: &[u8], b: &[u8]) -> f64 {
+    let (mut ca, mut cb) = ([0f64; 256], [0f64; 256]);
+    a.iter().for_each(|&x| ca[x as usize] += 1.0);
+    b.iter().for_each(|&x| cb[x as usize] += 1.0);
+    let (na, nb) = (a.len() as f64, b.len() as f64);
+    let (ka, kb) = ((nb / na).sqrt(), (na / nb).sqrt());
+    ca.iter()
+        .zip(&cb)
+        .filter(|(x, y)| **x + **y > 0.0)
+        .map(|(x, y)| (ka * x - kb * y).powi(2) / (x + y))
+        .sum()
+}
+
+/// The chi-squared value for 255 degrees of freedom above which a test
+/// rejects at p < 0.0001 (Wilson–Hilferty): uniform bytes stay below it.
+pub const CHI2_255_P0001: f64 = 347.7;
