@@ -25,6 +25,7 @@
 //!   differential privacy.
 //! - [`raw`]: the byte-level contract (what the WIT world exchanges), used by
 //!   the wasm glue and by the native test harness.
+//! - [`vector`]: integer-vector measurements (parsing, length limits).
 //! - [`testing`]: checks that run a plugin natively and, through the host's
 //!   runtime, as a real wasm component.
 //!
@@ -105,6 +106,7 @@ pub mod raw;
 pub mod ring;
 mod rng;
 pub mod testing;
+pub mod vector;
 
 pub use codec::Codec;
 pub use error::Error;

@@ -5,9 +5,9 @@
 //! Parameters: `{"length": L}` (1 ≤ L ≤ 100,000, default 1). A measurement
 //! is an array of L integers, or a bare integer when L is 1.
 
+use guardian_sdk::vector::{MAX_LENGTH, Measurement, check_length, measurement_to_ring};
 use guardian_sdk::{Error, Info, Plugin, Rng, ring};
 use serde::{Deserialize, Serialize};
-use sum::{MAX_LENGTH, Measurement, check_length, measurement_to_ring};
 
 /// The `mean` plugin.
 pub struct Mean;
