@@ -25,6 +25,7 @@
 //!   differential privacy.
 //! - [`raw`]: the byte-level contract (what the WIT world exchanges), used by
 //!   the wasm glue and by the native test harness.
+//! - [`buckets`]: bucketed (one-hot) measurements.
 //! - [`vector`]: integer-vector measurements (parsing, length limits).
 //! - [`testing`]: checks that run a plugin natively and, through the host's
 //!   runtime, as a real wasm component.
@@ -97,6 +98,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod buckets;
 mod codec;
 pub mod dp;
 mod error;

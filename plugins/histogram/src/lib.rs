@@ -6,11 +6,9 @@
 //! `{"buckets": 5}` (labels "0".."4"), at most 100,000 buckets. A
 //! measurement is a bucket label (string) or a bucket index (integer).
 
+use guardian_sdk::buckets::{self, Buckets, MAX_BUCKETS, Measurement};
 use guardian_sdk::{Error, Info, Plugin, Rng, ring};
 use serde::{Deserialize, Serialize};
-
-/// The most buckets an endpoint may declare.
-pub const MAX_BUCKETS: usize = 100_000;
 
 /// The `histogram` plugin.
 pub struct Histogram;
@@ -22,29 +20,12 @@ struct Params {
     buckets: Buckets,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Buckets {
-    Count(u64),
-    Labels(Vec<String>),
-}
-
 /// Canonical configuration: the bucket labels, in order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// One label per bucket.
     pub buckets: Vec<String>,
-}
-
-/// A bucket, by label or by index.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum Measurement {
-    /// Index into the buckets.
-    Index(u64),
-    /// A bucket label.
-    Label(String),
 }
 
 impl Plugin for Histogram {
@@ -68,34 +49,7 @@ impl Plugin for Histogram {
 
     fn configure(params: serde_json::Value) -> Result<Config, Error> {
         let params: Params = guardian_sdk::params(params)?;
-        let buckets = match params.buckets {
-            Buckets::Count(n) if n as usize <= MAX_BUCKETS => {
-                (0..n).map(|i| i.to_string()).collect()
-            }
-            Buckets::Count(n) => {
-                return Err(Error::invalid_params(format!(
-                    "buckets must be at most {MAX_BUCKETS}, got {n}"
-                )));
-            }
-            Buckets::Labels(labels) => labels,
-        };
-        if buckets.is_empty() {
-            return Err(Error::invalid_params(
-                "buckets must name at least 1 bucket, got 0",
-            ));
-        }
-        if buckets.len() > MAX_BUCKETS {
-            return Err(Error::invalid_params(format!(
-                "buckets must be at most {MAX_BUCKETS}, got {}",
-                buckets.len()
-            )));
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        if let Some(dup) = buckets.iter().find(|b| !seen.insert(b.as_str())) {
-            return Err(Error::invalid_params(format!(
-                "bucket label {dup:?} appears twice"
-            )));
-        }
+        let buckets = buckets::labels(params.buckets)?;
         Ok(Config { buckets })
     }
 
@@ -105,23 +59,11 @@ impl Plugin for Histogram {
         servers: u32,
         rng: &mut Rng,
     ) -> Result<Vec<Vec<u64>>, Error> {
-        let index = match m {
-            Measurement::Index(i) if (i as usize) < config.buckets.len() => i as usize,
-            Measurement::Index(i) => {
-                return Err(Error::invalid_measurement(format!(
-                    "bucket index {i} is out of range: there are {} buckets",
-                    config.buckets.len()
-                )));
-            }
-            Measurement::Label(label) => config
-                .buckets
-                .iter()
-                .position(|b| *b == label)
-                .ok_or_else(|| Error::invalid_measurement(format!("unknown bucket {label:?}")))?,
-        };
-        let mut one_hot = vec![0u64; config.buckets.len()];
-        one_hot[index] = 1;
-        Ok(ring::split(&one_hot, servers, rng))
+        Ok(ring::split(
+            &buckets::one_hot(&config.buckets, m)?,
+            servers,
+            rng,
+        ))
     }
 
     fn validate(config: &Config, share: &Vec<u64>, _server: u32) -> Result<(), Error> {

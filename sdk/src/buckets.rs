@@ -1,0 +1,81 @@
+//! Bucketed measurements: what `histogram`, `dp-histogram` and other
+//! one-hot algorithms share (declaring buckets, finding a user's bucket).
+
+use crate::Error;
+use serde::Deserialize;
+
+/// The most buckets an endpoint may declare.
+pub const MAX_BUCKETS: usize = 100_000;
+
+/// Buckets as a developer declares them: a number (labels "0".."n-1") or
+/// distinct labels.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Buckets {
+    /// `n` buckets labelled by their index.
+    Count(u64),
+    /// One label per bucket.
+    Labels(Vec<String>),
+}
+
+/// A user's bucket, by index or by label.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Measurement {
+    /// Index into the buckets.
+    Index(u64),
+    /// A bucket label.
+    Label(String),
+}
+
+/// Checks declared buckets and returns their labels: 1 to [`MAX_BUCKETS`],
+/// no label twice.
+pub fn labels(buckets: Buckets) -> Result<Vec<String>, Error> {
+    let labels: Vec<String> = match buckets {
+        Buckets::Count(n) if n as usize <= MAX_BUCKETS => (0..n).map(|i| i.to_string()).collect(),
+        Buckets::Count(n) => {
+            return Err(Error::invalid_params(format!(
+                "buckets must be at most {MAX_BUCKETS}, got {n}"
+            )));
+        }
+        Buckets::Labels(labels) => labels,
+    };
+    if labels.is_empty() {
+        return Err(Error::invalid_params(
+            "buckets must name at least 1 bucket, got 0",
+        ));
+    }
+    if labels.len() > MAX_BUCKETS {
+        return Err(Error::invalid_params(format!(
+            "buckets must be at most {MAX_BUCKETS}, got {}",
+            labels.len()
+        )));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(dup) = labels.iter().find(|b| !seen.insert(b.as_str())) {
+        return Err(Error::invalid_params(format!(
+            "bucket label {dup:?} appears twice"
+        )));
+    }
+    Ok(labels)
+}
+
+/// The one-hot vector of a measurement over `labels`.
+pub fn one_hot(labels: &[String], m: Measurement) -> Result<Vec<u64>, Error> {
+    let index = match m {
+        Measurement::Index(i) if (i as usize) < labels.len() => i as usize,
+        Measurement::Index(i) => {
+            return Err(Error::invalid_measurement(format!(
+                "bucket index {i} is out of range: there are {} buckets",
+                labels.len()
+            )));
+        }
+        Measurement::Label(label) => labels
+            .iter()
+            .position(|b| *b == label)
+            .ok_or_else(|| Error::invalid_measurement(format!("unknown bucket {label:?}")))?,
+    };
+    let mut one_hot = vec![0u64; labels.len()];
+    one_hot[index] = 1;
+    Ok(one_hot)
+}
