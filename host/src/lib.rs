@@ -1,3 +1,5 @@
 //! Privacy Guardian share server.
 
+pub mod config;
+pub mod runtime;
 pub mod storage;

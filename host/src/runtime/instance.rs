@@ -1,0 +1,215 @@
+//! Instances: the deny-everything host state, limits, and the per-plugin pool
+//! of idle instances that calls reuse.
+//!
+//! Instantiating costs microseconds while a small call costs a fraction of one,
+//! so an instance that finished a call normally goes back to the pool. One that
+//! trapped, timed out or hit a limit is dropped: its memory may be half-written.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::exports::guardian::plugin::algorithm::{Error as GuestError, Guest};
+use super::bindings::{Plugin as Bindings, PluginPre};
+use super::engine::TICK;
+use super::{CallError, RuntimeOptions, Stats};
+
+/// Bytes of a plugin's stderr kept to explain a trap (panic messages land there).
+const STDERR_BYTES: usize = 4096;
+
+/// Per-store state: a WASI context that grants nothing, and the memory cap.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: Limits,
+    stderr: MemoryOutputPipe,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+struct Limits {
+    memory_bytes: usize,
+    memory_hit: bool,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.memory_bytes;
+        self.memory_hit |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Clocks frozen at zero: plugins get no time source.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+fn host_state(options: &RuntimeOptions) -> HostState {
+    let stderr = MemoryOutputPipe::new(STDERR_BYTES);
+    // No args, no environment, no preopened directories, no sockets (the
+    // builder's defaults), frozen clocks, stdout discarded, stderr captured.
+    let wasi = WasiCtx::builder()
+        .wall_clock(FrozenClock)
+        .monotonic_clock(FrozenClock)
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    HostState {
+        wasi,
+        table: ResourceTable::new(),
+        limits: Limits { memory_bytes: options.memory_bytes, memory_hit: false },
+        stderr,
+    }
+}
+
+struct Instance {
+    store: Store<HostState>,
+    bindings: Bindings,
+}
+
+/// Idle instances of one plugin, and how to make more.
+pub(super) struct Pool {
+    pre: PluginPre<HostState>,
+    idle: Mutex<Vec<Instance>>,
+    options: RuntimeOptions,
+    stats: Arc<Stats>,
+}
+
+impl Pool {
+    pub(super) fn new(pre: PluginPre<HostState>, options: RuntimeOptions, stats: Arc<Stats>) -> Self {
+        Self { pre, idle: Mutex::new(Vec::new()), options, stats }
+    }
+
+    fn instantiate(&self) -> Result<Instance, CallError> {
+        let mut store = Store::new(self.pre.engine(), host_state(&self.options));
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(deadline_ticks(self.options.deadline));
+        store.epoch_deadline_trap();
+        let bindings = self.pre.instantiate(&mut store).map_err(|e| {
+            let error = classify(&store, e, self.options.deadline, &self.options);
+            match error {
+                CallError::Trap(m) => CallError::Instantiate(m),
+                other => other,
+            }
+        })?;
+        self.stats.instantiated.fetch_add(1, Ordering::Relaxed);
+        Ok(Instance { store, bindings })
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<Instance>> {
+        // The list stays consistent even if a holder panicked.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs one export call on an idle (or new) instance under the deadline.
+    pub(super) fn call<T>(
+        &self,
+        f: impl FnOnce(&Guest, &mut Store<HostState>) -> wasmtime::Result<Result<T, GuestError>>,
+    ) -> Result<T, CallError> {
+        let idle = self.idle().pop();
+        let mut instance = match idle {
+            Some(instance) => instance,
+            None => self.instantiate()?,
+        };
+        instance.store.set_epoch_deadline(deadline_ticks(self.options.deadline));
+        instance.store.data_mut().limits.memory_hit = false;
+        let started = Instant::now();
+        let guest = instance.bindings.guardian_plugin_algorithm();
+        match f(guest, &mut instance.store) {
+            Ok(result) => {
+                let mut idle = self.idle();
+                if idle.len() < self.options.idle_instances {
+                    idle.push(instance);
+                }
+                drop(idle);
+                result.map_err(super::rejected)
+            }
+            Err(e) => {
+                tracing::debug!(elapsed = ?started.elapsed(), error = %e, "plugin call failed");
+                Err(classify(&instance.store, e, self.options.deadline, &self.options))
+            }
+        }
+    }
+
+    /// Refuses results larger than the output cap.
+    pub(super) fn check_output(&self, len: usize) -> Result<(), CallError> {
+        if len > self.options.output_bytes {
+            return Err(CallError::OutputTooLarge { len, cap: self.options.output_bytes });
+        }
+        Ok(())
+    }
+}
+
+fn deadline_ticks(deadline: Duration) -> u64 {
+    // The current tick is already partly over, so one more is added.
+    (deadline.as_nanos() / TICK.as_nanos()).max(1) as u64 + 1
+}
+
+/// Turns a wasmtime error from a call into what went wrong, in words.
+fn classify(
+    store: &Store<HostState>,
+    error: wasmtime::Error,
+    deadline: Duration,
+    options: &RuntimeOptions,
+) -> CallError {
+    let state = store.data();
+    if state.limits.memory_hit {
+        return CallError::MemoryLimit(options.memory_bytes);
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::Timeout(deadline),
+        Some(trap) => {
+            let stderr = state.stderr.contents();
+            let said = String::from_utf8_lossy(&stderr);
+            let said = said.trim();
+            if said.is_empty() {
+                CallError::Trap(trap.to_string())
+            } else {
+                CallError::Trap(format!("{trap}; the plugin said: {said}"))
+            }
+        }
+        None => CallError::Trap(format!("{error:#}")),
+    }
+}
