@@ -15,6 +15,8 @@
 //!
 //! ## Layout
 //!
+//! - [`check_epsilon`] and [`MAX_EPSILON`]: the range of ε an endpoint may
+//!   declare, with the same message in every plugin.
 //! - [`laplace_scale`] and [`gaussian_sigma`]: privacy budget and sensitivity
 //!   to noise parameter.
 //! - [`DiscreteLaplace`] and [`DiscreteGaussian`]: validated samplers; build
@@ -73,6 +75,11 @@ const MAX_GAUSSIAN_SIGMA: f64 = 1e9;
 /// and denominators small enough for the Gaussian's products to fit.
 const PRECISION_BITS: u32 = 32;
 
+/// The largest ε an endpoint may declare. Beyond it the noise protects
+/// nothing (e^100 is about 10^43), so a larger value is a mistake, most
+/// likely a misplaced decimal point.
+pub const MAX_EPSILON: f64 = 100.0;
+
 /// Relative safety margin added to calibrated noise parameters. Floating
 /// point rounding in `ln`, `sqrt` and division is about 10⁻¹⁶ per operation;
 /// the margin is far above their sum, so rounding can never produce less
@@ -88,6 +95,12 @@ pub enum DpError {
     NotPositive {
         /// The parameter's name as the caller knows it, e.g. `epsilon`.
         name: &'static str,
+        /// The value received.
+        value: f64,
+    },
+    /// An endpoint's `epsilon` is not in (0, [`MAX_EPSILON`]]; see
+    /// [`check_epsilon`].
+    EpsilonOutOfRange {
         /// The value received.
         value: f64,
     },
@@ -127,6 +140,11 @@ impl fmt::Display for DpError {
             DpError::NotPositive { name, value } => {
                 write!(f, "{name} must be a finite number > 0, got {value}")
             }
+            DpError::EpsilonOutOfRange { value } => write!(
+                f,
+                "epsilon must be > 0 and at most {MAX_EPSILON}, got {value} \
+                 (smaller epsilon means more noise and more privacy)"
+            ),
             DpError::DeltaOutOfRange { value } => write!(
                 f,
                 "delta must be a number strictly between 0 and 1, got {value} \
@@ -169,6 +187,20 @@ impl std::error::Error for DpError {}
 impl From<DpError> for crate::Error {
     fn from(error: DpError) -> crate::Error {
         crate::Error::invalid_params(error.to_string())
+    }
+}
+
+/// Checks the `epsilon` an endpoint declares: a number > 0 and at most
+/// [`MAX_EPSILON`]. Returns it unchanged, so a plugin's `configure` can write
+/// `let epsilon = dp::check_epsilon(params.epsilon)?;`.
+///
+/// [`laplace_scale`] and [`gaussian_sigma`] accept any ε > 0 the samplers
+/// can serve; this is the stricter policy for values a developer types.
+pub fn check_epsilon(epsilon: f64) -> Result<f64, DpError> {
+    if epsilon > 0.0 && epsilon <= MAX_EPSILON {
+        Ok(epsilon)
+    } else {
+        Err(DpError::EpsilonOutOfRange { value: epsilon })
     }
 }
 
@@ -1026,6 +1058,15 @@ mod tests {
             "this privacy budget needs scale = 1.000000000001e-7, outside the supported range \
              1e-6 to 1e12; lower epsilon or check the sensitivity",
         );
+        for epsilon in [1e-300, 0.5, 100.0] {
+            assert_eq!(check_epsilon(epsilon), Ok(epsilon));
+        }
+        let range = "epsilon must be > 0 and at most 100, got";
+        let hint = "(smaller epsilon means more noise and more privacy)";
+        check(check_epsilon(0.0), &format!("{range} 0 {hint}"));
+        check(check_epsilon(-1.0), &format!("{range} -1 {hint}"));
+        check(check_epsilon(100.5), &format!("{range} 100.5 {hint}"));
+        check(check_epsilon(f64::NAN), &format!("{range} NaN {hint}"));
         let delta = "delta must be a number strictly between 0 and 1, got";
         let hint = "(choose it well below 1 / number of users, e.g. 1e-6)";
         check(gaussian_sigma(1.0, 0.0, 1.0), &format!("{delta} 0 {hint}"));

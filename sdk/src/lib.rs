@@ -26,7 +26,8 @@
 //! - [`raw`]: the byte-level contract (what the WIT world exchanges), used by
 //!   the wasm glue and by the native test harness.
 //! - [`buckets`]: bucketed (one-hot) measurements.
-//! - [`vector`]: integer-vector measurements (parsing, length limits).
+//! - [`vector`]: integer-vector measurements (parsing, length limits,
+//!   bounds).
 //! - [`testing`]: checks that run a plugin natively and, through the host's
 //!   runtime, as a real wasm component.
 //!

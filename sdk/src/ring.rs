@@ -66,6 +66,12 @@ pub fn sum_all(aggs: &[Vec<u64>], len: usize) -> Result<Vec<u64>, Error> {
     Ok(total)
 }
 
+/// [`sum_all`] read as two's-complement signed integers: the result of a
+/// sum whose inputs (or noise) may be negative.
+pub fn sum_all_signed(aggs: &[Vec<u64>], len: usize) -> Result<Vec<i64>, Error> {
+    Ok(sum_all(aggs, len)?.into_iter().map(to_signed).collect())
+}
+
 /// Reads a ring element as a two's-complement signed integer.
 pub fn to_signed(x: u64) -> i64 {
     x as i64
@@ -109,5 +115,11 @@ mod tests {
             assert_eq!(to_signed(from_signed(x)), x);
         }
         assert_eq!(to_signed(from_signed(-5).wrapping_add(from_signed(3))), -2);
+        let aggs = [vec![from_signed(-5), 1], vec![3, from_signed(i64::MIN)]];
+        assert_eq!(sum_all_signed(&aggs, 2).unwrap(), vec![-2, i64::MIN + 1]);
+        assert!(matches!(
+            sum_all_signed(&aggs, 3),
+            Err(Error::InvalidState(_))
+        ));
     }
 }

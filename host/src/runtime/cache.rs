@@ -23,11 +23,15 @@ impl ArtifactCache {
         std::fs::create_dir_all(dir)?;
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        Ok(Self { dir: dir.to_owned(), engine_tag: format!("{:016x}", hasher.finish()) })
+        Ok(Self {
+            dir: dir.to_owned(),
+            engine_tag: format!("{:016x}", hasher.finish()),
+        })
     }
 
     fn path(&self, digest: &[u8; 32]) -> PathBuf {
-        self.dir.join(format!("{}-{}.cwasm", hex::encode(digest), self.engine_tag))
+        self.dir
+            .join(format!("{}-{}.cwasm", hex::encode(digest), self.engine_tag))
     }
 
     /// The cached artifact for `digest`, if there is a usable one.
@@ -66,6 +70,9 @@ impl ArtifactCache {
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     let name = format!(".tmp-{}-{}", std::process::id(), rand::random::<u64>());
     let path = dir.join(name);
-    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
     Ok((path, file))
 }

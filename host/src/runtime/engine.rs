@@ -35,7 +35,12 @@ impl Engine {
         // when they do no I/O; they link against a context that grants nothing.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         let ticker = Ticker::start(wasmtime.clone())?;
-        Ok(Self { wasmtime, linker, pooling, ticker })
+        Ok(Self {
+            wasmtime,
+            linker,
+            pooling,
+            ticker,
+        })
     }
 }
 
@@ -85,7 +90,10 @@ impl Ticker {
                     engine.increment_epoch();
                 }
             })?;
-        Ok(Self { stop, thread: Some(thread) })
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     fn stop(&mut self) {

@@ -5,8 +5,8 @@
 //! so an instance that finished a call normally goes back to the pool. One that
 //! trapped, timed out or hit a limit is dropped: its memory may be half-written.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
@@ -32,7 +32,10 @@ pub(crate) struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -99,7 +102,10 @@ fn host_state(options: &RuntimeOptions) -> HostState {
     HostState {
         wasi,
         table: ResourceTable::new(),
-        limits: Limits { memory_bytes: options.memory_bytes, memory_hit: false },
+        limits: Limits {
+            memory_bytes: options.memory_bytes,
+            memory_hit: false,
+        },
         stderr,
     }
 }
@@ -118,8 +124,17 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    pub(super) fn new(pre: PluginPre<HostState>, options: RuntimeOptions, stats: Arc<Stats>) -> Self {
-        Self { pre, idle: Mutex::new(Vec::new()), options, stats }
+    pub(super) fn new(
+        pre: PluginPre<HostState>,
+        options: RuntimeOptions,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            pre,
+            idle: Mutex::new(Vec::new()),
+            options,
+            stats,
+        }
     }
 
     fn instantiate(&self) -> Result<Instance, CallError> {
@@ -138,6 +153,20 @@ impl Pool {
         Ok(Instance { store, bindings })
     }
 
+    pub(super) fn instantiate_idle(&self) -> Result<(), CallError> {
+        let instance = self.instantiate()?;
+        self.keep(instance);
+        Ok(())
+    }
+
+    /// Returns a healthy instance to the idle list, or drops it if full.
+    fn keep(&self, instance: Instance) {
+        let mut idle = self.idle();
+        if idle.len() < self.options.idle_instances {
+            idle.push(instance);
+        }
+    }
+
     fn idle(&self) -> MutexGuard<'_, Vec<Instance>> {
         // The list stays consistent even if a holder panicked.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
@@ -153,22 +182,25 @@ impl Pool {
             Some(instance) => instance,
             None => self.instantiate()?,
         };
-        instance.store.set_epoch_deadline(deadline_ticks(self.options.deadline));
+        instance
+            .store
+            .set_epoch_deadline(deadline_ticks(self.options.deadline));
         instance.store.data_mut().limits.memory_hit = false;
         let started = Instant::now();
         let guest = instance.bindings.guardian_plugin_algorithm();
         match f(guest, &mut instance.store) {
             Ok(result) => {
-                let mut idle = self.idle();
-                if idle.len() < self.options.idle_instances {
-                    idle.push(instance);
-                }
-                drop(idle);
+                self.keep(instance);
                 result.map_err(super::rejected)
             }
             Err(e) => {
                 tracing::debug!(elapsed = ?started.elapsed(), error = %e, "plugin call failed");
-                Err(classify(&instance.store, e, self.options.deadline, &self.options))
+                Err(classify(
+                    &instance.store,
+                    e,
+                    self.options.deadline,
+                    &self.options,
+                ))
             }
         }
     }
@@ -176,7 +208,10 @@ impl Pool {
     /// Refuses results larger than the output cap.
     pub(super) fn check_output(&self, len: usize) -> Result<(), CallError> {
         if len > self.options.output_bytes {
-            return Err(CallError::OutputTooLarge { len, cap: self.options.output_bytes });
+            return Err(CallError::OutputTooLarge {
+                len,
+                cap: self.options.output_bytes,
+            });
         }
         Ok(())
     }

@@ -42,6 +42,28 @@ pub mod builtins {
     include!(concat!(env!("OUT_DIR"), "/builtins.rs"));
 }
 
+/// Test support: built-ins loaded once per process, so plugin crates can run
+/// their checks through wasm as well as natively.
+pub mod testing {
+    use std::sync::LazyLock;
+
+    use super::{Plugin, Runtime, RuntimeOptions};
+
+    static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
+        Runtime::new(RuntimeOptions::default()).unwrap_or_else(|e| panic!("plugin runtime: {e}"))
+    });
+
+    /// The built-in plugin `name` (its crate name), running as wasm.
+    ///
+    /// # Panics
+    /// If there is no such built-in or it does not load: this is for tests.
+    pub fn builtin(name: &str) -> Plugin {
+        RUNTIME
+            .load_builtin(name)
+            .unwrap_or_else(|e| panic!("built-in {name}: {e}"))
+    }
+}
+
 /// Limits and locations for a [`Runtime`].
 #[derive(Clone, Debug)]
 pub struct RuntimeOptions {
@@ -174,14 +196,20 @@ struct Stats {
 impl Runtime {
     /// Builds the engine and starts the epoch ticker.
     pub fn new(options: RuntimeOptions) -> Result<Self, LoadError> {
-        let engine = engine::Engine::new(&options).map_err(|e| LoadError::Internal(e.to_string()))?;
+        let engine =
+            engine::Engine::new(&options).map_err(|e| LoadError::Internal(e.to_string()))?;
         let cache = options
             .cache_dir
             .as_ref()
             .map(|dir| cache::ArtifactCache::open(dir, &engine.wasmtime))
             .transpose()
             .map_err(|e| LoadError::Internal(format!("artifact cache: {e}")))?;
-        Ok(Self { engine, cache, options, stats: Arc::default() })
+        Ok(Self {
+            engine,
+            cache,
+            options,
+            stats: Arc::default(),
+        })
     }
 
     /// Whether the pooling allocator is in use (it falls back to on-demand
@@ -199,6 +227,15 @@ impl Runtime {
         }
     }
 
+    /// Loads the embedded built-in plugin with crate name `name`.
+    pub fn load_builtin(&self, name: &str) -> Result<Plugin, LoadError> {
+        let (_, wasm) = builtins::BUILTINS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| LoadError::Internal(format!("no built-in plugin named {name:?}")))?;
+        self.load(wasm)
+    }
+
     /// Compiles (or reads back from the cache), type-checks and describes a
     /// component. Compilation is expensive: never call this on a request path
     /// for a plugin that is already loaded.
@@ -210,7 +247,10 @@ impl Runtime {
                     .into(),
             ));
         }
-        let component = match self.cache.as_ref().and_then(|c| c.get(&self.engine.wasmtime, &digest))
+        let component = match self
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(&self.engine.wasmtime, &digest))
         {
             Some(component) => {
                 self.stats.from_cache.fetch_add(1, Ordering::Relaxed);
@@ -220,10 +260,8 @@ impl Runtime {
                 let component = wasmtime::component::Component::new(&self.engine.wasmtime, wasm)
                     .map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
                 self.stats.compiled.fetch_add(1, Ordering::Relaxed);
-                if let Some(cache) = &self.cache {
-                    if let Err(e) = cache.put(&digest, &component) {
-                        tracing::warn!(error = %e, "could not cache a compiled plugin");
-                    }
+                if let Some(Err(e)) = self.cache.as_ref().map(|c| c.put(&digest, &component)) {
+                    tracing::warn!(error = %e, "could not cache a compiled plugin");
                 }
                 component
             }
@@ -236,7 +274,9 @@ impl Runtime {
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let pool = Pool::new(pre, self.options.clone(), self.stats.clone());
         let info = call_info(&pool).map_err(LoadError::Info)?;
-        Ok(Plugin { inner: Arc::new(PluginInner { digest, pool, info }) })
+        Ok(Plugin {
+            inner: Arc::new(PluginInner { digest, pool, info }),
+        })
     }
 }
 
@@ -290,6 +330,12 @@ fn call_info(pool: &Pool) -> Result<Info, CallError> {
 }
 
 impl Plugin {
+    /// Creates one instance ahead of traffic and keeps it idle if the pool has
+    /// room (otherwise it is dropped again).
+    pub fn instantiate_idle(&self) -> Result<(), CallError> {
+        self.inner.pool.instantiate_idle()
+    }
+
     /// SHA-256 of the component bytes.
     pub fn digest(&self) -> [u8; 32] {
         self.inner.digest
@@ -324,18 +370,30 @@ impl Plugin {
             .inner
             .pool
             .call(|g, s| g.call_shard(s, &config.to_vec(), measurement, servers, &seed.to_vec()))?;
-        self.inner.pool.check_output(out.iter().map(Vec::len).sum())?;
+        self.inner
+            .pool
+            .check_output(out.iter().map(Vec::len).sum())?;
         Ok(out)
     }
 
     /// `validate`: checks one share as server `server_index` receives it.
-    pub fn validate(&self, config: &[u8], share: &[u8], server_index: u32) -> Result<(), CallError> {
-        self.inner.pool.call(|g, s| g.call_validate(s, &config.to_vec(), &share.to_vec(), server_index))
+    pub fn validate(
+        &self,
+        config: &[u8],
+        share: &[u8],
+        server_index: u32,
+    ) -> Result<(), CallError> {
+        self.inner
+            .pool
+            .call(|g, s| g.call_validate(s, &config.to_vec(), &share.to_vec(), server_index))
     }
 
     /// `init`: the empty aggregate share.
     pub fn init(&self, config: &[u8]) -> Result<Vec<u8>, CallError> {
-        let out = self.inner.pool.call(|g, s| g.call_init(s, &config.to_vec()))?;
+        let out = self
+            .inner
+            .pool
+            .call(|g, s| g.call_init(s, &config.to_vec()))?;
         self.inner.pool.check_output(out.len())?;
         Ok(out)
     }
@@ -349,15 +407,24 @@ impl Plugin {
         data: &[u8],
         ends: &[u32],
     ) -> Result<Vec<u8>, CallError> {
-        let batch = algorithm::ShareBatch { data: data.to_vec(), ends: ends.to_vec() };
-        let out = self.inner.pool.call(|g, s| g.call_accumulate(s, &config.to_vec(), &agg.to_vec(), &batch))?;
+        let batch = algorithm::ShareBatch {
+            data: data.to_vec(),
+            ends: ends.to_vec(),
+        };
+        let out = self
+            .inner
+            .pool
+            .call(|g, s| g.call_accumulate(s, &config.to_vec(), &agg.to_vec(), &batch))?;
         self.inner.pool.check_output(out.len())?;
         Ok(out)
     }
 
     /// `merge`: combines two aggregate shares of the same server.
     pub fn merge(&self, config: &[u8], a: &[u8], b: &[u8]) -> Result<Vec<u8>, CallError> {
-        let out = self.inner.pool.call(|g, s| g.call_merge(s, &config.to_vec(), &a.to_vec(), &b.to_vec()))?;
+        let out = self
+            .inner
+            .pool
+            .call(|g, s| g.call_merge(s, &config.to_vec(), &a.to_vec(), &b.to_vec()))?;
         self.inner.pool.check_output(out.len())?;
         Ok(out)
     }
@@ -371,17 +438,31 @@ impl Plugin {
         server_index: u32,
         seed: &[u8],
     ) -> Result<Vec<u8>, CallError> {
-        let out = self
-            .inner
-            .pool
-            .call(|g, s| g.call_release(s, &config.to_vec(), &agg.to_vec(), count, server_index, &seed.to_vec()))?;
+        let out = self.inner.pool.call(|g, s| {
+            g.call_release(
+                s,
+                &config.to_vec(),
+                &agg.to_vec(),
+                count,
+                server_index,
+                &seed.to_vec(),
+            )
+        })?;
         self.inner.pool.check_output(out.len())?;
         Ok(out)
     }
 
     /// `unshard`: combines every server's released share into the result (JSON text).
-    pub fn unshard(&self, config: &[u8], aggs: &[Vec<u8>], count: u64) -> Result<String, CallError> {
-        let out = self.inner.pool.call(|g, s| g.call_unshard(s, &config.to_vec(), aggs, count))?;
+    pub fn unshard(
+        &self,
+        config: &[u8],
+        aggs: &[Vec<u8>],
+        count: u64,
+    ) -> Result<String, CallError> {
+        let out = self
+            .inner
+            .pool
+            .call(|g, s| g.call_unshard(s, &config.to_vec(), aggs, count))?;
         self.inner.pool.check_output(out.len())?;
         Ok(out)
     }

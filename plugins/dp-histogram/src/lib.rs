@@ -9,7 +9,7 @@
 //! 0 < epsilon <= 100. Results are signed (noise can make a count negative).
 
 use guardian_sdk::buckets::{self, Buckets, MAX_BUCKETS, Measurement};
-use guardian_sdk::dp::{DiscreteLaplace, laplace_scale};
+use guardian_sdk::dp::{DiscreteLaplace, check_epsilon, laplace_scale};
 use guardian_sdk::{Error, Info, Plugin, Rng, ring};
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub struct DpHistogram;
 
 /// The largest epsilon accepted: beyond it the noise protects nothing.
-pub const MAX_EPSILON: f64 = 100.0;
+pub use guardian_sdk::dp::MAX_EPSILON;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,12 +64,7 @@ impl Plugin for DpHistogram {
 
     fn configure(params: serde_json::Value) -> Result<Config, Error> {
         let params: Params = guardian_sdk::params(params)?;
-        if !(params.epsilon > 0.0 && params.epsilon <= MAX_EPSILON) {
-            return Err(Error::invalid_params(format!(
-                "epsilon must be > 0 and at most {MAX_EPSILON}, got {}",
-                params.epsilon
-            )));
-        }
+        check_epsilon(params.epsilon)?;
         laplace_scale(params.epsilon, 1.0).and_then(DiscreteLaplace::new)?;
         let buckets = buckets::labels(params.buckets)?;
         Ok(Config {
@@ -122,10 +117,7 @@ impl Plugin for DpHistogram {
         aggs: Vec<Vec<u64>>,
         _count: u64,
     ) -> Result<serde_json::Value, Error> {
-        let counts: Vec<i64> = ring::sum_all(&aggs, config.buckets.len())?
-            .into_iter()
-            .map(ring::to_signed)
-            .collect();
+        let counts = ring::sum_all_signed(&aggs, config.buckets.len())?;
         Ok(serde_json::json!({"buckets": config.buckets, "counts": counts}))
     }
 }

@@ -88,11 +88,11 @@ impl Plugin for Sum {
         aggs: Vec<Vec<u64>>,
         _count: u64,
     ) -> Result<serde_json::Value, Error> {
-        let total = ring::sum_all(&aggs, config.length as usize)?;
+        let len = config.length as usize;
         Ok(if config.signed {
-            serde_json::json!(total.into_iter().map(ring::to_signed).collect::<Vec<_>>())
+            serde_json::json!(ring::sum_all_signed(&aggs, len)?)
         } else {
-            serde_json::json!(total)
+            serde_json::json!(ring::sum_all(&aggs, len)?)
         })
     }
 }
