@@ -2,4 +2,5 @@
 
 pub mod config;
 pub mod runtime;
+pub mod server;
 pub mod storage;

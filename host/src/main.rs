@@ -1,1 +1,107 @@
-fn main() {}
+//! The `guardian` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use guardian::config::{self, Environment, LogFormat};
+use guardian::server::Server;
+use tracing_subscriber::EnvFilter;
+
+/// Privacy Guardian: privacy-preserving aggregation over additive secret shares.
+#[derive(Parser)]
+#[command(name = "guardian", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one share server.
+    ///
+    /// Configuration: built-in defaults, then the TOML file given with --config,
+    /// then a `.env` file in the working directory, then the environment
+    /// (`GUARDIAN_<SECTION>_<KEY>`); see guardian.example.toml.
+    ///
+    /// Example: GUARDIAN_SERVER_INDEX=1 guardian serve --config guardian.toml
+    Serve {
+        /// A TOML configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(file: Option<PathBuf>) -> anyhow::Result<()> {
+    let env = Environment::capture(&std::env::current_dir()?)?;
+    let loaded = config::load(file.as_deref(), &env)?;
+    let _log_guard = init_logging(&loaded.config.log)?;
+    for warning in loaded.config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!("effective configuration:\n{}", loaded.render());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let server = Server::start(loaded.config).await?;
+        server.run_until(shutdown_signal()).await
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn init_logging(
+    log: &config::LogConfig,
+) -> anyhow::Result<Option<tracing_appender::non_blocking::WorkerGuard>> {
+    let filter = EnvFilter::try_new(&log.level)?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let (writer, guard) = match log.file_path() {
+        Some(path) => {
+            let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+            std::fs::create_dir_all(&dir)?;
+            let name = path.file_name().map(PathBuf::from).unwrap_or_default();
+            let appender = tracing_appender::rolling::never(dir, name);
+            let (writer, guard) = tracing_appender::non_blocking(appender);
+            (tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer), Some(guard))
+        }
+        None => (tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr), None),
+    };
+    let builder = builder.with_writer(writer);
+    match log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(guard)
+}

@@ -1,0 +1,145 @@
+//! The one place routes state the role they need.
+//!
+//! Every handler takes a [`Caller<R>`] whose marker `R` names the roles allowed
+//! (for example [`need::Developer`]); the extractor asks the server's
+//! [`Authenticator`] who is calling and refuses with 401/403 before the handler
+//! runs. Token verification plugs in as another [`Authenticator`] without
+//! touching any handler.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::config::Role;
+
+/// Who is calling, once authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's subject.
+    pub sub: String,
+    /// App roles granted (already expanded: `admin` implies the others).
+    pub roles: Vec<Role>,
+}
+
+impl Principal {
+    /// Whether the caller holds `role` (directly or through `admin`).
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role) || self.roles.contains(&Role::Admin)
+    }
+}
+
+/// Future returned by [`Authenticator::authenticate`].
+pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Principal, ApiError>> + Send + 'a>>;
+
+/// Decides who sent a request (from its headers). 401 errors come from here.
+pub trait Authenticator: Send + Sync + 'static {
+    /// The caller, or a 401 saying what is wrong with the credentials.
+    fn authenticate<'a>(&'a self, parts: &'a Parts) -> AuthFuture<'a>;
+}
+
+/// Authentication turned off (`auth.disabled`): every caller has every role.
+/// For benchmarks and tests only.
+pub struct Disabled;
+
+impl Authenticator for Disabled {
+    fn authenticate<'a>(&'a self, _parts: &'a Parts) -> AuthFuture<'a> {
+        Box::pin(async {
+            Ok(Principal { sub: "anonymous".into(), roles: Role::ALL.to_vec() })
+        })
+    }
+}
+
+/// Refuses everyone: the server has no way to verify tokens (no key source).
+pub struct NoKeys;
+
+impl Authenticator for NoKeys {
+    fn authenticate<'a>(&'a self, _parts: &'a Parts) -> AuthFuture<'a> {
+        Box::pin(async {
+            Err(unauthorized(
+                "no_key_source",
+                "this server has no token verification keys configured",
+            ))
+        })
+    }
+}
+
+/// A 401 with the `WWW-Authenticate` header RFC 6750 asks for.
+pub fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError {
+    let message = message.into();
+    let mut error = ApiError::new(StatusCode::UNAUTHORIZED, code, message.clone());
+    let description = message.replace(['"', '\\'], "'");
+    error.www_authenticate =
+        Some(format!("Bearer error=\"invalid_token\", error_description=\"{description}\""));
+    error
+}
+
+/// A set of roles a route accepts; see [`need`].
+pub trait Requirement: Send + Sync + 'static {
+    /// Any one of these roles is enough (`admin` always is). Empty: any valid caller.
+    const ROLES: &'static [Role];
+    /// How the requirement reads in a 403 message.
+    const DESCRIPTION: &'static str;
+}
+
+/// Role requirements, one marker type per combination the API uses.
+pub mod need {
+    use super::{Requirement, Role};
+
+    macro_rules! requirement {
+        ($(#[$doc:meta])* $name:ident, [$($role:ident),*], $description:literal) => {
+            $(#[$doc])*
+            pub struct $name;
+            impl Requirement for $name {
+                const ROLES: &'static [Role] = &[$(Role::$role),*];
+                const DESCRIPTION: &'static str = $description;
+            }
+        };
+    }
+
+    requirement!(/// Posting reports.
+        User, [User], "the user role");
+    requirement!(/// Uploading plugins, creating endpoints.
+        Developer, [Developer], "the developer role");
+    requirement!(/// Sealing and fetching batches.
+        Scientist, [Scientist], "the scientist role");
+    requirement!(/// Destructive operations.
+        Admin, [Admin], "the admin role");
+    requirement!(/// Reading plugin details.
+        DeveloperOrScientist, [Developer, Scientist], "the developer or scientist role");
+    requirement!(/// Anyone with a valid token.
+        AnyRole, [], "a valid token");
+}
+
+/// An authenticated caller allowed by requirement `R`.
+pub struct Caller<R: Requirement> {
+    /// Who it is.
+    pub principal: Principal,
+    _need: PhantomData<R>,
+}
+
+impl<R: Requirement> FromRequestParts<Arc<AppState>> for Caller<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = state.auth.authenticate(parts).await?;
+        let allowed = R::ROLES.is_empty() || R::ROLES.iter().any(|role| principal.has(*role));
+        if !allowed {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "missing_role",
+                format!("this action needs {}", R::DESCRIPTION),
+            ));
+        }
+        Ok(Self { principal, _need: PhantomData })
+    }
+}

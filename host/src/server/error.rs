@@ -1,0 +1,100 @@
+//! API errors: a status, a stable machine code and a message for people,
+//! answered as `{"error": {"code", "message"}}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::runtime::CallError;
+use crate::storage::StorageError;
+
+/// An error answer. `code` is stable: clients and tests match on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable, lower-case machine code, e.g. `unknown_endpoint`.
+    pub code: &'static str,
+    /// What went wrong, for people. Never contains secrets or shares.
+    pub message: String,
+    /// `WWW-Authenticate` value for 401 answers.
+    pub www_authenticate: Option<String>,
+}
+
+impl ApiError {
+    /// An error with this status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), www_authenticate: None }
+    }
+
+    /// 400: the request itself is malformed.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 404: the named thing does not exist.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// 409: conflicts with what is stored.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// 500: our fault; the details go to the log, not to the client.
+    pub fn internal(context: &str, error: &dyn std::error::Error) -> Self {
+        tracing::error!(context, error = %error, source = ?error.source(), "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("internal error while {context}"))
+    }
+
+    /// 503: try again later.
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(value) = self.www_authenticate.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        }
+        response
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(error: StorageError) -> Self {
+        match error {
+            StorageError::UnknownEndpoint => Self::not_found("unknown_endpoint", "no such endpoint"),
+            StorageError::UnknownPlugin => Self::not_found("unknown_plugin", "no such plugin"),
+            StorageError::Closed => Self::unavailable("shutting_down", "the server is shutting down"),
+            other => Self::internal("accessing storage", &other),
+        }
+    }
+}
+
+/// A plugin call that failed on a client's input: the plugin's own message for
+/// a rejection, the limit that was hit otherwise.
+pub fn plugin_failure(error: CallError) -> ApiError {
+    match error {
+        CallError::Instantiate(_) => {
+            tracing::warn!(error = %error, "plugin could not be instantiated");
+            ApiError::unavailable("plugin_unavailable", "the plugin cannot run right now; retry later")
+        }
+        CallError::Rejected(e) if e.kind() == "internal" => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "plugin_internal", e.message())
+        }
+        CallError::Rejected(e) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.kind(), e.message()),
+        other => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, other.code(), other.to_string()),
+    }
+}

@@ -1,0 +1,45 @@
+//! Request body extractors whose failures are API errors with stable codes.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// The raw body, with "too large" as a 413 `body_too_large`.
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(Self(bytes)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                "the request body is larger than this server accepts",
+            )),
+            Err(e) => Err(ApiError::bad_request("bad_body", e.body_text())),
+        }
+    }
+}
+
+/// A JSON body parsed into `T`; malformed JSON, wrong types and unknown fields
+/// are 400 `malformed_json` with serde's message (which names the field).
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Body(bytes) = Body::from_request(req, state).await?;
+        if bytes.is_empty() {
+            return Err(ApiError::bad_request("malformed_json", "the request body is empty; expected JSON"));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Json)
+            .map_err(|e| ApiError::bad_request("malformed_json", format!("the request body is not valid: {e}")))
+    }
+}

@@ -1,0 +1,182 @@
+//! Loaded plugins and endpoints, kept in memory so the report path never
+//! compiles anything or looks a name up in the database.
+//!
+//! Storage is the truth; these maps mirror it and are updated by the same
+//! handlers that write it. Only this process writes its database.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::Semaphore;
+
+use super::error::{ApiError, plugin_failure};
+use super::metrics::{CallLabel, Metrics};
+use crate::runtime::{CallError, LoadError, Plugin, Runtime, builtins::BUILTINS};
+use crate::storage::{Endpoint, PluginRecord, PutPluginOutcome, Storage};
+
+/// An endpoint with its plugin, ready for the report path.
+pub(super) struct LiveEndpoint {
+    pub(super) endpoint: Endpoint,
+    pub(super) plugin: Plugin,
+}
+
+pub(super) struct Registry {
+    runtime: Arc<Runtime>,
+    plugins: RwLock<HashMap<[u8; 32], Plugin>>,
+    builtin_names: HashMap<String, [u8; 32]>,
+    endpoints: RwLock<HashMap<String, Arc<LiveEndpoint>>>,
+    calls: Semaphore,
+    metrics: Arc<Metrics>,
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Registry {
+    /// Registers the built-ins, then loads every stored plugin (from the
+    /// artifact cache: no recompilation) and every endpoint.
+    pub(super) async fn start(
+        runtime: Arc<Runtime>,
+        storage: &Storage,
+        concurrency: usize,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let mut plugins = HashMap::new();
+        let mut builtin_names = HashMap::new();
+        for (name, wasm) in BUILTINS {
+            let plugin = load_blocking(&runtime, wasm.to_vec()).await?;
+            storage.put_plugin(record(&plugin, wasm.to_vec(), true)).await?;
+            builtin_names.insert((*name).to_owned(), plugin.digest());
+            plugins.insert(plugin.digest(), plugin);
+        }
+        for info in storage.list_plugins().await? {
+            if plugins.contains_key(&info.digest) {
+                continue;
+            }
+            let Some(wasm) = storage.plugin_wasm(info.digest).await? else { continue };
+            match load_blocking(&runtime, wasm).await {
+                Ok(plugin) => {
+                    plugins.insert(info.digest, plugin);
+                }
+                Err(e) => tracing::error!(digest = %hex::encode(info.digest), error = %e, "a stored plugin no longer loads"),
+            }
+        }
+        let mut endpoints = HashMap::new();
+        for endpoint in storage.list_endpoints().await? {
+            match plugins.get(&endpoint.record.plugin_digest) {
+                Some(plugin) => {
+                    let live = LiveEndpoint { plugin: plugin.clone(), endpoint };
+                    endpoints.insert(live.endpoint.record.name.clone(), Arc::new(live));
+                }
+                None => tracing::error!(endpoint = %endpoint.record.name, "the endpoint's plugin is not loaded; it is unavailable"),
+            }
+        }
+        Ok(Self {
+            runtime,
+            plugins: RwLock::new(plugins),
+            builtin_names,
+            endpoints: RwLock::new(endpoints),
+            calls: Semaphore::new(concurrency.max(1)),
+            metrics,
+        })
+    }
+
+    pub(super) fn runtime_stats(&self) -> crate::runtime::RuntimeStats {
+        self.runtime.stats()
+    }
+
+    /// A plugin by built-in name or by digest (64 hex).
+    pub(super) fn plugin(&self, name_or_digest: &str) -> Option<Plugin> {
+        let digest = match self.builtin_names.get(name_or_digest) {
+            Some(digest) => *digest,
+            None => parse_digest(name_or_digest)?,
+        };
+        read(&self.plugins).get(&digest).cloned()
+    }
+
+    /// Compiles and type-checks an upload, stores it, and makes it callable.
+    /// Returns the plugin and whether it was new.
+    pub(super) async fn upload(&self, storage: &Storage, wasm: Vec<u8>) -> Result<(Plugin, bool), ApiError> {
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&wasm).into();
+        if let Some(plugin) = read(&self.plugins).get(&digest).cloned() {
+            return Ok((plugin, false));
+        }
+        let plugin = load_blocking(&self.runtime, wasm.clone()).await.map_err(|e| match e {
+            LoadError::Internal(_) => ApiError::internal("compiling a plugin", &e),
+            other => ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", other.to_string()),
+        })?;
+        let inserted = storage.put_plugin(record(&plugin, wasm, false)).await? == PutPluginOutcome::Inserted;
+        write(&self.plugins).insert(digest, plugin.clone());
+        Ok((plugin, inserted))
+    }
+
+    pub(super) fn endpoint(&self, name: &str) -> Option<Arc<LiveEndpoint>> {
+        read(&self.endpoints).get(name).cloned()
+    }
+
+    pub(super) fn set_endpoint(&self, endpoint: Endpoint, plugin: Plugin) {
+        let live = Arc::new(LiveEndpoint { endpoint, plugin });
+        write(&self.endpoints).insert(live.endpoint.record.name.clone(), live);
+    }
+
+    pub(super) fn remove_endpoint(&self, name: &str) {
+        write(&self.endpoints).remove(name);
+    }
+
+    /// Runs a plugin call on a blocking thread, at most `concurrency` at once,
+    /// and records its latency.
+    pub(super) async fn call<T: Send + 'static>(
+        &self,
+        call: &'static str,
+        f: impl FnOnce() -> Result<T, CallError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit = self
+            .calls
+            .acquire()
+            .await
+            .map_err(|_| ApiError::unavailable("shutting_down", "the server is shutting down"))?;
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| ApiError::internal("running a plugin call", &e))?;
+        self.metrics
+            .plugin_call_seconds
+            .get_or_create(&CallLabel { call })
+            .observe(started.elapsed().as_secs_f64());
+        result.map_err(plugin_failure)
+    }
+}
+
+async fn load_blocking(runtime: &Arc<Runtime>, wasm: Vec<u8>) -> Result<Plugin, LoadError> {
+    let runtime = runtime.clone();
+    tokio::task::spawn_blocking(move || runtime.load(&wasm))
+        .await
+        .map_err(|e| LoadError::Internal(e.to_string()))?
+}
+
+fn record(plugin: &Plugin, wasm: Vec<u8>, builtin: bool) -> PluginRecord {
+    let info = plugin.info();
+    PluginRecord {
+        digest: plugin.digest(),
+        name: info.name.clone(),
+        version: info.version.clone(),
+        description: info.description.clone(),
+        params_schema: info.params_schema.clone(),
+        wasm,
+        builtin,
+        created_at: SystemTime::now(),
+    }
+}
+
+/// 64 lower- or upper-case hex digits.
+pub(super) fn parse_digest(text: &str) -> Option<[u8; 32]> {
+    let mut digest = [0; 32];
+    hex::decode_to_slice(text, &mut digest).ok()?;
+    Some(digest)
+}
