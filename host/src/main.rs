@@ -54,7 +54,9 @@ fn serve(file: Option<PathBuf>) -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     tracing::info!("effective configuration:\n{}", loaded.render());
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let server = Server::start(loaded.config).await?;
         server.run_until(shutdown_signal()).await
@@ -66,13 +68,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -94,9 +97,15 @@ fn init_logging(
             let name = path.file_name().map(PathBuf::from).unwrap_or_default();
             let appender = tracing_appender::rolling::never(dir, name);
             let (writer, guard) = tracing_appender::non_blocking(appender);
-            (tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer), Some(guard))
+            (
+                tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer),
+                Some(guard),
+            )
         }
-        None => (tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr), None),
+        None => (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+            None,
+        ),
     };
     let builder = builder.with_writer(writer);
     match log.format {

@@ -51,7 +51,10 @@ pub struct Disabled;
 impl Authenticator for Disabled {
     fn authenticate<'a>(&'a self, _parts: &'a Parts) -> AuthFuture<'a> {
         Box::pin(async {
-            Ok(Principal { sub: "anonymous".into(), roles: Role::ALL.to_vec() })
+            Ok(Principal {
+                sub: "anonymous".into(),
+                roles: Role::ALL.to_vec(),
+            })
         })
     }
 }
@@ -75,8 +78,9 @@ pub fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError 
     let message = message.into();
     let mut error = ApiError::new(StatusCode::UNAUTHORIZED, code, message.clone());
     let description = message.replace(['"', '\\'], "'");
-    error.www_authenticate =
-        Some(format!("Bearer error=\"invalid_token\", error_description=\"{description}\""));
+    error.www_authenticate = Some(format!(
+        "Bearer error=\"invalid_token\", error_description=\"{description}\""
+    ));
     error
 }
 
@@ -140,6 +144,9 @@ impl<R: Requirement> FromRequestParts<Arc<AppState>> for Caller<R> {
                 format!("this action needs {}", R::DESCRIPTION),
             ));
         }
-        Ok(Self { principal, _need: PhantomData })
+        Ok(Self {
+            principal,
+            _need: PhantomData,
+        })
     }
 }

@@ -23,7 +23,12 @@ pub struct ApiError {
 impl ApiError {
     /// An error with this status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), www_authenticate: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            www_authenticate: None,
+        }
     }
 
     /// 400: the request itself is malformed.
@@ -44,7 +49,11 @@ impl ApiError {
     /// 500: our fault; the details go to the log, not to the client.
     pub fn internal(context: &str, error: &dyn std::error::Error) -> Self {
         tracing::error!(context, error = %error, source = ?error.source(), "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("internal error while {context}"))
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("internal error while {context}"),
+        )
     }
 
     /// 503: try again later.
@@ -55,7 +64,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
@@ -65,8 +80,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         let mut response = (self.status, axum::Json(body)).into_response();
-        if let Some(value) = self.www_authenticate.and_then(|v| HeaderValue::from_str(&v).ok()) {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        if let Some(value) = self
+            .www_authenticate
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+        {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
         }
         response
     }
@@ -75,9 +95,13 @@ impl IntoResponse for ApiError {
 impl From<StorageError> for ApiError {
     fn from(error: StorageError) -> Self {
         match error {
-            StorageError::UnknownEndpoint => Self::not_found("unknown_endpoint", "no such endpoint"),
+            StorageError::UnknownEndpoint => {
+                Self::not_found("unknown_endpoint", "no such endpoint")
+            }
             StorageError::UnknownPlugin => Self::not_found("unknown_plugin", "no such plugin"),
-            StorageError::Closed => Self::unavailable("shutting_down", "the server is shutting down"),
+            StorageError::Closed => {
+                Self::unavailable("shutting_down", "the server is shutting down")
+            }
             other => Self::internal("accessing storage", &other),
         }
     }
@@ -89,12 +113,23 @@ pub fn plugin_failure(error: CallError) -> ApiError {
     match error {
         CallError::Instantiate(_) => {
             tracing::warn!(error = %error, "plugin could not be instantiated");
-            ApiError::unavailable("plugin_unavailable", "the plugin cannot run right now; retry later")
+            ApiError::unavailable(
+                "plugin_unavailable",
+                "the plugin cannot run right now; retry later",
+            )
         }
-        CallError::Rejected(e) if e.kind() == "internal" => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "plugin_internal", e.message())
+        CallError::Rejected(e) if e.kind() == "internal" => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "plugin_internal",
+            e.message(),
+        ),
+        CallError::Rejected(e) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.kind(), e.message())
         }
-        CallError::Rejected(e) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.kind(), e.message()),
-        other => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, other.code(), other.to_string()),
+        other => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            other.code(),
+            other.to_string(),
+        ),
     }
 }

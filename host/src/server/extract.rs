@@ -17,8 +17,8 @@ impl<S: Send + Sync> FromRequest<S> for Body {
         match Bytes::from_request(req, state).await {
             Ok(bytes) => Ok(Self(bytes)),
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
                 "the request body is larger than this server accepts",
             )),
             Err(e) => Err(ApiError::bad_request("bad_body", e.body_text())),
@@ -36,10 +36,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let Body(bytes) = Body::from_request(req, state).await?;
         if bytes.is_empty() {
-            return Err(ApiError::bad_request("malformed_json", "the request body is empty; expected JSON"));
+            return Err(ApiError::bad_request(
+                "malformed_json",
+                "the request body is empty; expected JSON",
+            ));
         }
-        serde_json::from_slice(&bytes)
-            .map(Json)
-            .map_err(|e| ApiError::bad_request("malformed_json", format!("the request body is not valid: {e}")))
+        serde_json::from_slice(&bytes).map(Json).map_err(|e| {
+            ApiError::bad_request(
+                "malformed_json",
+                format!("the request body is not valid: {e}"),
+            )
+        })
     }
 }

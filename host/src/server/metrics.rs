@@ -103,17 +103,24 @@ impl Metrics {
     }
 
     pub(super) fn observe_runtime(&self, stats: crate::runtime::RuntimeStats) {
-        self.plugins_compiled.set(i64::try_from(stats.compiled).unwrap_or(i64::MAX));
-        self.plugins_from_cache.set(i64::try_from(stats.from_cache).unwrap_or(i64::MAX));
+        self.plugins_compiled
+            .set(i64::try_from(stats.compiled).unwrap_or(i64::MAX));
+        self.plugins_from_cache
+            .set(i64::try_from(stats.from_cache).unwrap_or(i64::MAX));
     }
 
     pub(super) fn rejected(&self, endpoint: &str, reason: &str) {
-        let labels = RejectLabels { endpoint: endpoint.to_owned(), reason: reason.to_owned() };
+        let labels = RejectLabels {
+            endpoint: endpoint.to_owned(),
+            reason: reason.to_owned(),
+        };
         self.reports_rejected.get_or_create(&labels).inc();
     }
 
     pub(super) fn accepted(&self, endpoint: &str) {
-        let labels = EndpointLabel { endpoint: endpoint.to_owned() };
+        let labels = EndpointLabel {
+            endpoint: endpoint.to_owned(),
+        };
         self.reports_accepted.get_or_create(&labels).inc();
     }
 

@@ -101,7 +101,13 @@ impl Server {
             .await
             .with_context(|| format!("listening on {}", config.server.listen_addr()))?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(AppState { config, storage: storage.clone(), registry, metrics, auth });
+        let state = Arc::new(AppState {
+            config,
+            storage: storage.clone(),
+            registry,
+            metrics,
+            auth,
+        });
         let app = router(state);
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -115,7 +121,11 @@ impl Server {
             Ok(())
         });
         tracing::info!(%addr, "share server listening");
-        Ok(Server { addr, shutdown: Some(shutdown), task })
+        Ok(Server {
+            addr,
+            shutdown: Some(shutdown),
+            task,
+        })
     }
 
     /// The address the server listens on.
@@ -132,7 +142,10 @@ impl Server {
     }
 
     /// Runs until `signal` completes, then shuts down gracefully.
-    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         signal.await;
         tracing::info!("shutting down: finishing in-flight requests");
         self.shutdown().await
@@ -150,8 +163,14 @@ fn router(state: Arc<AppState>) -> Router {
                 .layer(DefaultBodyLimit::max(limits.max_plugin_bytes)),
         )
         .route("/plugins/{digest}", get(routes::get_plugin))
-        .route("/endpoints", post(routes::create_endpoint).get(routes::list_endpoints))
-        .route("/endpoints/{name}", get(routes::get_endpoint).delete(routes::delete_endpoint))
+        .route(
+            "/endpoints",
+            post(routes::create_endpoint).get(routes::list_endpoints),
+        )
+        .route(
+            "/endpoints/{name}",
+            get(routes::get_endpoint).delete(routes::delete_endpoint),
+        )
         .route("/endpoints/{name}/reports", post(routes::post_report));
     let cors = cors(&state.config.cors.allowed_origins);
     Router::new()
@@ -162,7 +181,10 @@ fn router(state: Arc<AppState>) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout()))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout(),
+        ))
         .layer(cors)
         .with_state(state)
 }
@@ -170,11 +192,17 @@ fn router(state: Arc<AppState>) -> Router {
 fn cors(origins: &[String]) -> CorsLayer {
     let layer = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::DELETE])
-        .allow_headers([axum::http::header::AUTHORIZATION, axum::http::header::CONTENT_TYPE]);
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+        ]);
     if origins.iter().any(|o| o == "*") {
         layer.allow_origin(AllowOrigin::any())
     } else {
-        let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+        let list: Vec<HeaderValue> = origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
         layer.allow_origin(AllowOrigin::list(list))
     }
 }

@@ -51,7 +51,9 @@ impl Registry {
         let mut builtin_names = HashMap::new();
         for (name, wasm) in BUILTINS {
             let plugin = load_blocking(&runtime, wasm.to_vec()).await?;
-            storage.put_plugin(record(&plugin, wasm.to_vec(), true)).await?;
+            storage
+                .put_plugin(record(&plugin, wasm.to_vec(), true))
+                .await?;
             builtin_names.insert((*name).to_owned(), plugin.digest());
             plugins.insert(plugin.digest(), plugin);
         }
@@ -59,22 +61,31 @@ impl Registry {
             if plugins.contains_key(&info.digest) {
                 continue;
             }
-            let Some(wasm) = storage.plugin_wasm(info.digest).await? else { continue };
+            let Some(wasm) = storage.plugin_wasm(info.digest).await? else {
+                continue;
+            };
             match load_blocking(&runtime, wasm).await {
                 Ok(plugin) => {
                     plugins.insert(info.digest, plugin);
                 }
-                Err(e) => tracing::error!(digest = %hex::encode(info.digest), error = %e, "a stored plugin no longer loads"),
+                Err(e) => {
+                    tracing::error!(digest = %hex::encode(info.digest), error = %e, "a stored plugin no longer loads")
+                }
             }
         }
         let mut endpoints = HashMap::new();
         for endpoint in storage.list_endpoints().await? {
             match plugins.get(&endpoint.record.plugin_digest) {
                 Some(plugin) => {
-                    let live = LiveEndpoint { plugin: plugin.clone(), endpoint };
+                    let live = LiveEndpoint {
+                        plugin: plugin.clone(),
+                        endpoint,
+                    };
                     endpoints.insert(live.endpoint.record.name.clone(), Arc::new(live));
                 }
-                None => tracing::error!(endpoint = %endpoint.record.name, "the endpoint's plugin is not loaded; it is unavailable"),
+                None => {
+                    tracing::error!(endpoint = %endpoint.record.name, "the endpoint's plugin is not loaded; it is unavailable")
+                }
             }
         }
         Ok(Self {
@@ -102,16 +113,27 @@ impl Registry {
 
     /// Compiles and type-checks an upload, stores it, and makes it callable.
     /// Returns the plugin and whether it was new.
-    pub(super) async fn upload(&self, storage: &Storage, wasm: Vec<u8>) -> Result<(Plugin, bool), ApiError> {
+    pub(super) async fn upload(
+        &self,
+        storage: &Storage,
+        wasm: Vec<u8>,
+    ) -> Result<(Plugin, bool), ApiError> {
         let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&wasm).into();
         if let Some(plugin) = read(&self.plugins).get(&digest).cloned() {
             return Ok((plugin, false));
         }
-        let plugin = load_blocking(&self.runtime, wasm.clone()).await.map_err(|e| match e {
-            LoadError::Internal(_) => ApiError::internal("compiling a plugin", &e),
-            other => ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", other.to_string()),
-        })?;
-        let inserted = storage.put_plugin(record(&plugin, wasm, false)).await? == PutPluginOutcome::Inserted;
+        let plugin = load_blocking(&self.runtime, wasm.clone())
+            .await
+            .map_err(|e| match e {
+                LoadError::Internal(_) => ApiError::internal("compiling a plugin", &e),
+                other => ApiError::new(
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_plugin",
+                    other.to_string(),
+                ),
+            })?;
+        let inserted =
+            storage.put_plugin(record(&plugin, wasm, false)).await? == PutPluginOutcome::Inserted;
         write(&self.plugins).insert(digest, plugin.clone());
         Ok((plugin, inserted))
     }
@@ -136,11 +158,10 @@ impl Registry {
         call: &'static str,
         f: impl FnOnce() -> Result<T, CallError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let _permit = self
-            .calls
-            .acquire()
-            .await
-            .map_err(|_| ApiError::unavailable("shutting_down", "the server is shutting down"))?;
+        let _permit =
+            self.calls.acquire().await.map_err(|_| {
+                ApiError::unavailable("shutting_down", "the server is shutting down")
+            })?;
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(f)
             .await

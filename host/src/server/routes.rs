@@ -53,9 +53,14 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Answer {
 }
 
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    state.metrics.observe_runtime(state.registry.runtime_stats());
+    state
+        .metrics
+        .observe_runtime(state.registry.runtime_stats());
     (
-        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
         .into_response()
@@ -63,7 +68,10 @@ pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 pub(super) async fn me(caller: Caller<need::AnyRole>) -> Answer {
     let roles: Vec<&str> = caller.principal.roles.iter().map(|r| r.as_str()).collect();
-    json(StatusCode::OK, serde_json::json!({"sub": caller.principal.sub, "roles": roles}))
+    json(
+        StatusCode::OK,
+        serde_json::json!({"sub": caller.principal.sub, "roles": roles}),
+    )
 }
 
 // ---------------------------------------------------------------- plugins
@@ -101,15 +109,24 @@ pub(super) async fn upload_plugin(
     Body(wasm): Body,
 ) -> Answer {
     if wasm.is_empty() {
-        return Err(ApiError::bad_request("empty_body", "the body must be the plugin's .wasm component"));
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "the body must be the plugin's .wasm component",
+        ));
     }
     let (plugin, inserted) = state.registry.upload(&state.storage, wasm.to_vec()).await?;
     let info = state
         .storage
         .get_plugin(plugin.digest())
         .await?
-        .ok_or_else(|| ApiError::not_found("unknown_plugin", "the plugin vanished while being stored"))?;
-    let status = if inserted { StatusCode::CREATED } else { StatusCode::OK };
+        .ok_or_else(|| {
+            ApiError::not_found("unknown_plugin", "the plugin vanished while being stored")
+        })?;
+    let status = if inserted {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     json(status, PluginView::from(info))
 }
 
@@ -117,8 +134,13 @@ pub(super) async fn list_plugins(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::DeveloperOrScientist>,
 ) -> Answer {
-    let plugins: Vec<PluginView> =
-        state.storage.list_plugins().await?.into_iter().map(PluginView::from).collect();
+    let plugins: Vec<PluginView> = state
+        .storage
+        .list_plugins()
+        .await?
+        .into_iter()
+        .map(PluginView::from)
+        .collect();
     json(StatusCode::OK, serde_json::json!({"plugins": plugins}))
 }
 
@@ -127,11 +149,15 @@ pub(super) async fn get_plugin(
     _caller: Caller<need::DeveloperOrScientist>,
     Path(digest): Path<String>,
 ) -> Answer {
-    let digest = parse_digest(&digest)
-        .ok_or_else(|| ApiError::bad_request("invalid_digest", "a plugin digest is 64 hex digits"))?;
+    let digest = parse_digest(&digest).ok_or_else(|| {
+        ApiError::bad_request("invalid_digest", "a plugin digest is 64 hex digits")
+    })?;
     match state.storage.get_plugin(digest).await? {
         Some(info) => json(StatusCode::OK, PluginView::from(info)),
-        None => Err(ApiError::not_found("unknown_plugin", "no plugin with this digest")),
+        None => Err(ApiError::not_found(
+            "unknown_plugin",
+            "no plugin with this digest",
+        )),
     }
 }
 
@@ -181,7 +207,10 @@ impl EndpointView {
             min_batch: record.min_batch,
             config_hash: hex::encode(record.config_hash),
             created_at: timestamp(record.created_at),
-            reports: counts.map(|c| ReportCounts { unbatched: c.unbatched, batched: c.batched }),
+            reports: counts.map(|c| ReportCounts {
+                unbatched: c.unbatched,
+                batched: c.batched,
+            }),
         }
     }
 }
@@ -191,13 +220,17 @@ impl EndpointView {
 fn check_endpoint_name(name: &str) -> Result<(), ApiError> {
     let ok = (1..=64).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
     if ok {
         Ok(())
     } else {
         Err(ApiError::bad_request(
             "invalid_endpoint_name",
-            format!("endpoint names are 1 to 64 characters of a-z, 0-9, '-', '_' or '.', starting with a letter or digit; got {name:?}"),
+            format!(
+                "endpoint names are 1 to 64 characters of a-z, 0-9, '-', '_' or '.', starting with a letter or digit; got {name:?}"
+            ),
         ))
     }
 }
@@ -219,21 +252,32 @@ pub(super) async fn create_endpoint(
     Json(body): Json<CreateEndpoint>,
 ) -> Answer {
     check_endpoint_name(&body.name)?;
-    let min_batch = body.min_batch.unwrap_or(state.config.endpoints.default_min_batch);
+    let min_batch = body
+        .min_batch
+        .unwrap_or(state.config.endpoints.default_min_batch);
     if min_batch == 0 {
-        return Err(ApiError::bad_request("invalid_min_batch", "min_batch must be at least 1"));
+        return Err(ApiError::bad_request(
+            "invalid_min_batch",
+            "min_batch must be at least 1",
+        ));
     }
     let plugin = state.registry.plugin(&body.plugin).ok_or_else(|| {
         ApiError::not_found(
             "unknown_plugin",
-            format!("no plugin named {:?}: give a built-in name or an uploaded plugin's digest", body.plugin),
+            format!(
+                "no plugin named {:?}: give a built-in name or an uploaded plugin's digest",
+                body.plugin
+            ),
         )
     })?;
     // serde_json keeps object keys sorted: this text is canonical.
     let params = body.params.to_string();
     let config = {
         let (plugin, params) = (plugin.clone(), params.clone());
-        state.registry.call("configure", move || plugin.configure(&params)).await?
+        state
+            .registry
+            .call("configure", move || plugin.configure(&params))
+            .await?
     };
     let record = EndpointRecord {
         name: body.name.clone(),
@@ -250,12 +294,17 @@ pub(super) async fn create_endpoint(
             state.registry.set_endpoint(endpoint.clone(), plugin);
             json(StatusCode::CREATED, EndpointView::new(&endpoint, None))
         }
-        CreateEndpointOutcome::Identical(endpoint) => json(StatusCode::OK, EndpointView::new(&endpoint, None)),
+        CreateEndpointOutcome::Identical(endpoint) => {
+            json(StatusCode::OK, EndpointView::new(&endpoint, None))
+        }
         CreateEndpointOutcome::Conflict(existing) => Err(ApiError::conflict(
             "endpoint_conflict",
             format!(
                 "an endpoint named {:?} already exists with another definition (plugin {}, params {}, min_batch {}); delete it first or pick another name",
-                existing.record.name, existing.record.plugin_name, existing.record.params, existing.record.min_batch
+                existing.record.name,
+                existing.record.plugin_name,
+                existing.record.params,
+                existing.record.min_batch
             ),
         )),
     }
@@ -282,7 +331,11 @@ pub(super) async fn get_endpoint(
     _caller: Caller<need::AnyRole>,
     Path(name): Path<String>,
 ) -> Answer {
-    let endpoint = state.storage.get_endpoint(&name).await?.ok_or_else(|| unknown_endpoint(&name))?;
+    let endpoint = state
+        .storage
+        .get_endpoint(&name)
+        .await?
+        .ok_or_else(|| unknown_endpoint(&name))?;
     let counts = state.storage.endpoint_counts(&name).await?;
     json(StatusCode::OK, EndpointView::new(&endpoint, counts))
 }
@@ -321,7 +374,9 @@ pub(super) async fn post_report(
         (Some(endpoint), Ok(Json(report))) => store_report(&state, endpoint, report).await,
     };
     // Label by endpoint only when it exists, so made-up names cannot grow the metrics.
-    let label = endpoint.as_ref().map_or("", |e| e.endpoint.record.name.as_str());
+    let label = endpoint
+        .as_ref()
+        .map_or("", |e| e.endpoint.record.name.as_str());
     match &result {
         Ok(_) => state.metrics.accepted(label),
         Err(e) => state.metrics.rejected(label, e.code),
@@ -331,31 +386,48 @@ pub(super) async fn post_report(
 
 async fn store_report(state: &AppState, live: &Arc<LiveEndpoint>, report: PostReport) -> Answer {
     let mut report_id = [0u8; 16];
-    if report.report_id.len() != 32 || hex::decode_to_slice(&report.report_id, &mut report_id).is_err() {
-        return Err(ApiError::bad_request("invalid_report_id", "report_id must be 32 hex digits (16 random bytes)"));
+    if report.report_id.len() != 32
+        || hex::decode_to_slice(&report.report_id, &mut report_id).is_err()
+    {
+        return Err(ApiError::bad_request(
+            "invalid_report_id",
+            "report_id must be 32 hex digits (16 random bytes)",
+        ));
     }
-    let share = BASE64
-        .decode(report.share.as_bytes())
-        .map_err(|e| ApiError::bad_request("invalid_share_encoding", format!("share is not valid base64: {e}")))?;
+    let share = BASE64.decode(report.share.as_bytes()).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_share_encoding",
+            format!("share is not valid base64: {e}"),
+        )
+    })?;
     let (plugin, config) = (live.plugin.clone(), live.endpoint.record.config.clone());
     let index = state.config.server.index;
     let share = state
         .registry
-        .call("validate", move || plugin.validate(&config, &share, index).map(|()| share))
+        .call("validate", move || {
+            plugin.validate(&config, &share, index).map(|()| share)
+        })
         .await?;
-    let outcome = state.storage.insert_report(live.endpoint.id, report_id, share, SystemTime::now()).await;
+    let outcome = state
+        .storage
+        .insert_report(live.endpoint.id, report_id, share, SystemTime::now())
+        .await;
     match outcome {
-        Ok(InsertReportOutcome::Stored) => {
-            json(StatusCode::CREATED, serde_json::json!({"report_id": report.report_id, "status": "stored"}))
-        }
-        Ok(InsertReportOutcome::Duplicate) => {
-            json(StatusCode::OK, serde_json::json!({"report_id": report.report_id, "status": "duplicate"}))
-        }
+        Ok(InsertReportOutcome::Stored) => json(
+            StatusCode::CREATED,
+            serde_json::json!({"report_id": report.report_id, "status": "stored"}),
+        ),
+        Ok(InsertReportOutcome::Duplicate) => json(
+            StatusCode::OK,
+            serde_json::json!({"report_id": report.report_id, "status": "duplicate"}),
+        ),
         Ok(InsertReportOutcome::Conflict) => Err(ApiError::conflict(
             "report_conflict",
             "this report_id was already posted with a different share",
         )),
-        Err(crate::storage::StorageError::UnknownEndpoint) => Err(unknown_endpoint(&live.endpoint.record.name)),
+        Err(crate::storage::StorageError::UnknownEndpoint) => {
+            Err(unknown_endpoint(&live.endpoint.record.name))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -365,5 +437,9 @@ pub(super) async fn not_found() -> ApiError {
 }
 
 pub(super) async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take this method")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take this method",
+    )
 }
