@@ -26,8 +26,18 @@ fn main() {
 
 fn build() -> Result<(), Box<dyn Error>> {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
-    let root = manifest_dir.parent().ok_or("host/ has no parent")?.to_owned();
-    for watched in ["plugins", "sdk", "wit", "tests/fixtures", "Cargo.toml", "Cargo.lock"] {
+    let root = manifest_dir
+        .parent()
+        .ok_or("host/ has no parent")?
+        .to_owned();
+    for watched in [
+        "plugins",
+        "sdk",
+        "wit",
+        "tests/fixtures",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
@@ -71,7 +81,9 @@ fn build() -> Result<(), Box<dyn Error>> {
     let output = command.output()?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let hint = if stderr.contains("target may not be installed") || stderr.contains("can't find crate for `core`") {
+        let hint = if stderr.contains("target may not be installed")
+            || stderr.contains("can't find crate for `core`")
+        {
             "\nhint: install the target with `rustup target add wasm32-wasip2`"
         } else {
             ""
@@ -89,11 +101,18 @@ fn build() -> Result<(), Box<dyn Error>> {
         let file = format!("{}.wasm", name.replace('-', "_"));
         let embedded = out_dir.join(&file);
         std::fs::copy(wasm_dir.join(&file), &embedded)?;
-        writeln!(source, "    ({name:?}, include_bytes!({:?})),", embedded.display().to_string())?;
+        writeln!(
+            source,
+            "    ({name:?}, include_bytes!({:?})),",
+            embedded.display().to_string()
+        )?;
     }
     source.push_str("];\n");
     std::fs::write(out_dir.join("builtins.rs"), source)?;
-    println!("cargo:rustc-env=GUARDIAN_FIXTURES_DIR={}", wasm_dir.display());
+    println!(
+        "cargo:rustc-env=GUARDIAN_FIXTURES_DIR={}",
+        wasm_dir.display()
+    );
     Ok(())
 }
 
