@@ -1,0 +1,446 @@
+//! The public API over real HTTP against an in-process server on port 0 with a
+//! real SQLite file: every bad input gets its status and stable code, and the
+//! server keeps serving; plugins and endpoints survive a restart without
+//! recompilation.
+
+// Helpers below run only inside tests.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use guardian::config::{Environment, load};
+use guardian::server::Server;
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+async fn start(dir: &Path, extra: &[(&str, &str)]) -> (Server, String) {
+    let mut vars = vec![
+        ("GUARDIAN_AUTH_DISABLED".to_owned(), "true".to_owned()),
+        (
+            "GUARDIAN_SERVER_LISTEN".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ),
+        (
+            "GUARDIAN_SERVER_DATA_DIR".to_owned(),
+            dir.display().to_string(),
+        ),
+    ];
+    vars.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    let loaded = load(None, &Environment::new().with_process(vars)).unwrap();
+    let server = Server::start(loaded.config).await.unwrap();
+    let url = format!("http://{}", server.local_addr());
+    (server, url)
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(env!("GUARDIAN_FIXTURES_DIR")).join(format!("{name}.wasm"))).unwrap()
+}
+
+/// Sends a request and returns (status, JSON body or Null).
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let body = response.bytes().await.unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn report(id: &str, share: &[u8]) -> Value {
+    json!({"report_id": id, "share": BASE64.encode(share)})
+}
+
+const ID: &str = "00112233445566778899aabbccddeeff";
+
+#[tokio::test]
+async fn bad_inputs_get_their_status_and_code_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, url) = start(dir.path(), &[("GUARDIAN_LIMITS_MAX_BODY_BYTES", "4096")]).await;
+    let http = Client::new();
+    let api = format!("{url}/api/v1");
+
+    let (status, _) = send(
+        http.post(format!("{api}/endpoints"))
+            .json(&json!({"name": "s", "plugin": "sum", "params": {"length": 2}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = send(
+        http.post(format!("{api}/endpoints"))
+            .json(&json!({"name": "gone", "plugin": "sum"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = send(http.delete(format!("{api}/endpoints/gone"))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = send(
+        http.post(format!("{api}/plugins"))
+            .body(fixture("fixture_hostile")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let hostile = body["digest"].as_str().unwrap().to_owned();
+    let (status, _) = send(
+        http.post(format!("{api}/endpoints"))
+            .json(&json!({"name": "trap", "plugin": hostile, "params": {"mode": "trap"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let reports = format!("{api}/endpoints/s/reports");
+    let raw = |url: &str, body: &str| {
+        http.post(url)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+    };
+    let cases: Vec<(&str, reqwest::RequestBuilder, StatusCode, &str)> = vec![
+        (
+            "malformed JSON",
+            raw(&reports, "{"),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "wrong types",
+            http.post(&reports)
+                .json(&json!({"report_id": 5, "share": "AA=="})),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "unknown field",
+            http.post(&reports)
+                .json(&json!({"report_id": ID, "share": "AA==", "x": 1})),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "missing field",
+            http.post(&reports).json(&json!({"report_id": ID})),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "empty body",
+            raw(&reports, ""),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "bad hex",
+            http.post(&reports)
+                .json(&report("zz112233445566778899aabbccddeeff", &[0; 16])),
+            StatusCode::BAD_REQUEST,
+            "invalid_report_id",
+        ),
+        (
+            "short id",
+            http.post(&reports).json(&report("0011", &[0; 16])),
+            StatusCode::BAD_REQUEST,
+            "invalid_report_id",
+        ),
+        (
+            "bad base64",
+            http.post(&reports)
+                .json(&json!({"report_id": ID, "share": "!!!"})),
+            StatusCode::BAD_REQUEST,
+            "invalid_share_encoding",
+        ),
+        (
+            "oversized body",
+            http.post(&reports).json(&report(ID, &[0; 8192])),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
+            "unknown endpoint",
+            http.post(format!("{api}/endpoints/nope/reports"))
+                .json(&report(ID, &[0; 16])),
+            StatusCode::NOT_FOUND,
+            "unknown_endpoint",
+        ),
+        (
+            "deleted endpoint",
+            http.post(format!("{api}/endpoints/gone/reports"))
+                .json(&report(ID, &[0; 16])),
+            StatusCode::NOT_FOUND,
+            "unknown_endpoint",
+        ),
+        (
+            "share of wrong length",
+            http.post(&reports).json(&report(ID, &[0; 24])),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_share",
+        ),
+        (
+            "truncated share",
+            http.post(&reports).json(&report(ID, &[0; 15])),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_share",
+        ),
+        (
+            "a plugin that traps",
+            http.post(format!("{api}/endpoints/trap/reports"))
+                .json(&report(ID, &[0; 8])),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "plugin_trap",
+        ),
+        (
+            "unknown route",
+            http.get(format!("{api}/nothing")),
+            StatusCode::NOT_FOUND,
+            "no_route",
+        ),
+        (
+            "wrong method",
+            http.put(&reports),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            "bad endpoint name",
+            http.post(format!("{api}/endpoints"))
+                .json(&json!({"name": "Bad Name", "plugin": "sum"})),
+            StatusCode::BAD_REQUEST,
+            "invalid_endpoint_name",
+        ),
+        (
+            "unknown plugin",
+            http.post(format!("{api}/endpoints"))
+                .json(&json!({"name": "x", "plugin": "nope"})),
+            StatusCode::NOT_FOUND,
+            "unknown_plugin",
+        ),
+        (
+            "bad params",
+            http.post(format!("{api}/endpoints"))
+                .json(&json!({"name": "x", "plugin": "sum", "params": {"length": 0}})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_params",
+        ),
+        (
+            "endpoint conflict",
+            http.post(format!("{api}/endpoints"))
+                .json(&json!({"name": "s", "plugin": "sum", "params": {"length": 3}})),
+            StatusCode::CONFLICT,
+            "endpoint_conflict",
+        ),
+        (
+            "zero min batch",
+            http.post(format!("{api}/endpoints"))
+                .json(&json!({"name": "x", "plugin": "sum", "min_batch": 0})),
+            StatusCode::BAD_REQUEST,
+            "invalid_min_batch",
+        ),
+        (
+            "not a component",
+            http.post(format!("{api}/plugins"))
+                .body(b"\0asm\x01\0\0\0".to_vec()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_plugin",
+        ),
+        (
+            "another world",
+            http.post(format!("{api}/plugins"))
+                .body(fixture("fixture_other_world")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_plugin",
+        ),
+        (
+            "empty plugin",
+            http.post(format!("{api}/plugins")).body(Vec::new()),
+            StatusCode::BAD_REQUEST,
+            "empty_body",
+        ),
+        (
+            "bad digest",
+            http.get(format!("{api}/plugins/xyz")),
+            StatusCode::BAD_REQUEST,
+            "invalid_digest",
+        ),
+        (
+            "unknown digest",
+            http.get(format!("{api}/plugins/{}", "0".repeat(64))),
+            StatusCode::NOT_FOUND,
+            "unknown_plugin",
+        ),
+        (
+            "delete unknown endpoint",
+            http.delete(format!("{api}/endpoints/nope")),
+            StatusCode::NOT_FOUND,
+            "unknown_endpoint",
+        ),
+    ];
+    for (what, request, status, code) in cases {
+        let (got, body) = send(request).await;
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{what}: {body}"
+        );
+        assert!(
+            !body["error"]["message"].as_str().unwrap().is_empty(),
+            "{what}"
+        );
+        let (health, _) = send(http.get(format!("{url}/healthz"))).await;
+        assert_eq!(health, StatusCode::OK, "after {what}");
+    }
+
+    // The plugin's own words reach the client.
+    let (_, body) = send(http.post(&reports).json(&report(ID, &[0; 15]))).await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("15 bytes"),
+        "{body}"
+    );
+    let (_, body) = send(
+        http.post(format!("{api}/endpoints/trap/reports"))
+            .json(&report(ID, &[0; 8])),
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deliberate panic"),
+        "{body}"
+    );
+    let (_, body) = send(
+        http.post(format!("{api}/plugins"))
+            .body(fixture("fixture_other_world")),
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("guardian:plugin/algorithm"),
+        "{body}"
+    );
+
+    // After all that, good reports still go in, retries are idempotent, and
+    // a different share under the same id is refused.
+    let (status, body) = send(http.post(&reports).json(&report(ID, &[1; 16]))).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::CREATED, Some("stored"))
+    );
+    let (status, body) = send(http.post(&reports).json(&report(ID, &[1; 16]))).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("duplicate"))
+    );
+    let (status, body) = send(http.post(&reports).json(&report(ID, &[2; 16]))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("report_conflict"))
+    );
+    let (_, body) = send(http.get(format!("{api}/endpoints/s"))).await;
+    assert_eq!(body["reports"], json!({"unbatched": 1, "batched": 0}));
+
+    let (_, metrics) = (
+        StatusCode::OK,
+        http.get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert!(
+        metrics
+            .contains(r#"guardian_reports_rejected_total{endpoint="s",reason="invalid_share"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"guardian_reports_accepted_total{endpoint="s"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"reason="unknown_endpoint"} 2"#),
+        "{metrics}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn plugins_and_endpoints_survive_a_restart_without_recompiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = Client::new();
+    let (server, url) = start(dir.path(), &[]).await;
+    let (status, uploaded) = send(
+        http.post(format!("{url}/api/v1/plugins"))
+            .body(fixture("fixture_hostile")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let digest = uploaded["digest"].as_str().unwrap().to_owned();
+    let (status, _) = send(
+        http.post(format!("{url}/api/v1/plugins"))
+            .body(fixture("fixture_hostile")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "a second upload is a no-op");
+    let create = json!({"name": "h", "plugin": digest, "params": {"mode": "ok"}, "min_batch": 5});
+    let (status, created) = send(http.post(format!("{url}/api/v1/endpoints")).json(&create)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = send(
+        http.post(format!("{url}/api/v1/endpoints/h/reports"))
+            .json(&report(ID, &[1, 0, 0, 0, 0, 0, 0, 0])),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    server.shutdown().await.unwrap();
+
+    let (server, url) = start(dir.path(), &[]).await;
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("guardian_plugins_compiled 0"), "{metrics}");
+    let (_, plugins) = send(http.get(format!("{url}/api/v1/plugins"))).await;
+    let names: Vec<&str> = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "sum",
+        "count",
+        "histogram",
+        "mean",
+        "dp-sum",
+        "dp-histogram",
+        "fixture-hostile",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    let (status, again) = send(http.post(format!("{url}/api/v1/endpoints")).json(&create)).await;
+    assert_eq!(status, StatusCode::OK, "identical re-create after restart");
+    assert_eq!(again["config_hash"], created["config_hash"]);
+    let (status, body) = send(
+        http.post(format!("{url}/api/v1/endpoints/h/reports"))
+            .json(&report(ID, &[1, 0, 0, 0, 0, 0, 0, 0])),
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("duplicate"))
+    );
+    let (_, shown) = send(http.get(format!("{url}/api/v1/endpoints/h"))).await;
+    assert_eq!(shown["reports"]["unbatched"], 1);
+    assert_eq!(shown["min_batch"], 5);
+    server.shutdown().await.unwrap();
+}
