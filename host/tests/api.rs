@@ -423,7 +423,7 @@ async fn plugins_and_endpoints_survive_a_restart_without_recompiling() {
         "mean",
         "dp-sum",
         "dp-histogram",
-        "fixture-hostile",
+        "hostile",
     ] {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
