@@ -1,6 +1,7 @@
 //! Privacy Guardian share server.
 
 pub mod config;
+pub mod dev;
 pub mod runtime;
 pub mod server;
 pub mod storage;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use guardian::config::{self, Environment, LogFormat};
+use guardian::dev::{Dev, DevOptions};
 use guardian::server::Server;
 use tracing_subscriber::EnvFilter;
 
@@ -30,12 +31,29 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Run a local demo: N share servers on embedded defaults with a demo endpoint.
+    ///
+    /// Data is kept in DIR, so running it again reuses it. Ctrl-C stops everything.
+    ///
+    /// Example: guardian dev --servers 3 --dir /tmp/guardian-demo
+    Dev {
+        /// Number of share servers.
+        #[arg(long, default_value_t = 2)]
+        servers: u32,
+        /// Folder for every server's data.
+        #[arg(long, default_value = "guardian-dev")]
+        dir: PathBuf,
+        /// Server i listens on PORT + i.
+        #[arg(long, default_value_t = guardian::config::DEFAULT_BASE_PORT)]
+        port: u16,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Dev { servers, dir, port } => dev(DevOptions { servers, dir, port }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -60,6 +78,23 @@ fn serve(file: Option<PathBuf>) -> anyhow::Result<()> {
     runtime.block_on(async {
         let server = Server::start(loaded.config).await?;
         server.run_until(shutdown_signal()).await
+    })
+}
+
+fn dev(options: DevOptions) -> anyhow::Result<()> {
+    let _log_guard = init_logging(&config::LogConfig {
+        level: "warn".into(),
+        ..Default::default()
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let dev = Dev::start(&options).await?;
+        println!("{}", dev.banner());
+        shutdown_signal().await;
+        println!("stopping…");
+        dev.shutdown().await
     })
 }
 

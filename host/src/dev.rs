@@ -1,0 +1,137 @@
+//! `guardian dev`: a local deployment of N share servers in one process, on
+//! embedded defaults, with a demo endpoint, for trying the system out.
+//!
+//! Data lives under one folder (`server-{i}/` per server), so running it again
+//! picks up where the last run stopped.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+
+use crate::config::Config;
+use crate::server::Server;
+
+/// Options of `guardian dev`.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// Number of share servers (at least 2).
+    pub servers: u32,
+    /// Folder holding every server's data.
+    pub dir: PathBuf,
+    /// Server i listens on `port + i`.
+    pub port: u16,
+}
+
+/// The demo endpoint created on every server.
+pub const DEMO_ENDPOINT: &str = "demo";
+const DEMO_PLUGIN: &str = "histogram";
+const DEMO_PARAMS: &str = r#"{"buckets": ["red", "green", "blue"]}"#;
+const DEMO_MIN_BATCH: u64 = 3;
+
+/// The servers of a running local deployment.
+pub struct Dev {
+    servers: Vec<Server>,
+    urls: Vec<String>,
+}
+
+impl Dev {
+    /// Starts every server and creates the demo endpoint on each.
+    pub async fn start(options: &DevOptions) -> anyhow::Result<Dev> {
+        if options.servers < 2 {
+            bail!("--servers must be at least 2 (got {})", options.servers);
+        }
+        let addrs: Vec<SocketAddr> = (0..options.servers)
+            .map(|i| {
+                let port = u16::try_from(i)
+                    .ok()
+                    .and_then(|i| options.port.checked_add(i));
+                port.map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p)))
+                    .context("--port plus the number of servers is past 65535")
+            })
+            .collect::<anyhow::Result<_>>()?;
+        for addr in &addrs {
+            // A clear message now rather than a bind error half-way through.
+            TcpListener::bind(addr).with_context(|| {
+                format!("port {} is taken (is another `guardian dev` running?); choose another base port with --port", addr.port())
+            })?;
+        }
+        let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+        let mut servers = Vec::new();
+        for (index, addr) in addrs.iter().enumerate() {
+            let mut config = Config::default();
+            config.server.index = index as u32;
+            config.server.servers = options.servers;
+            config.server.peers = urls.clone();
+            config.server.listen = Some(*addr);
+            config.server.data_dir = Some(options.dir.join(format!("server-{index}")));
+            config.auth.disabled = true;
+            config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            servers.push(
+                Server::start(config)
+                    .await
+                    .with_context(|| format!("starting server {index}"))?,
+            );
+        }
+        let dev = Dev { servers, urls };
+        dev.create_demo_endpoint().await?;
+        Ok(dev)
+    }
+
+    async fn create_demo_endpoint(&self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let params: serde_json::Value = serde_json::from_str(DEMO_PARAMS)?;
+        let body = serde_json::json!({
+            "name": DEMO_ENDPOINT,
+            "plugin": DEMO_PLUGIN,
+            "params": params,
+            "min_batch": DEMO_MIN_BATCH,
+        });
+        for url in &self.urls {
+            let response = client
+                .post(format!("{url}/api/v1/endpoints"))
+                .json(&body)
+                .send()
+                .await?;
+            let status = response.status();
+            if !status.is_success() {
+                let text = response.text().await.unwrap_or_default();
+                bail!("creating the demo endpoint on {url} failed: {status} {text}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Base URLs in server-index order.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// What to print for a newcomer.
+    pub fn banner(&self) -> String {
+        let servers = self.urls.join(",");
+        format!(
+            "Privacy Guardian: {n} share servers are running.\n\n{list}\n\n\
+             Use them from another terminal:\n\n  export GUARDIAN_SERVERS={servers}\n\n\
+             The demo endpoint `{DEMO_ENDPOINT}` is a {DEMO_PLUGIN} over {DEMO_PARAMS} (min batch {DEMO_MIN_BATCH}).\n\
+             Try:\n\n  curl {first}/api/v1/endpoints\n\nPress Ctrl-C to stop every server.",
+            n = self.urls.len(),
+            list = self
+                .urls
+                .iter()
+                .enumerate()
+                .map(|(i, u)| format!("  server {i}: {u}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            first = self.urls[0],
+        )
+    }
+
+    /// Stops every server gracefully.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        for server in self.servers {
+            server.shutdown().await?;
+        }
+        Ok(())
+    }
+}
