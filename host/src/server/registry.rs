@@ -5,8 +5,9 @@
 //! handlers that write it. Only this process writes its database.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
 
@@ -19,7 +20,12 @@ use crate::storage::{Endpoint, PluginRecord, PutPluginOutcome, Storage};
 pub(super) struct LiveEndpoint {
     pub(super) endpoint: Endpoint,
     pub(super) plugin: Plugin,
+    /// Set once a `validate` ran past [`INLINE_BUDGET`].
+    slow: AtomicBool,
 }
+
+/// Longest `validate` tolerated on an async thread.
+const INLINE_BUDGET: Duration = Duration::from_millis(2);
 
 pub(super) struct Registry {
     runtime: Arc<Runtime>,
@@ -80,6 +86,7 @@ impl Registry {
                     let live = LiveEndpoint {
                         plugin: plugin.clone(),
                         endpoint,
+                        slow: AtomicBool::new(false),
                     };
                     endpoints.insert(live.endpoint.record.name.clone(), Arc::new(live));
                 }
@@ -143,12 +150,54 @@ impl Registry {
     }
 
     pub(super) fn set_endpoint(&self, endpoint: Endpoint, plugin: Plugin) {
-        let live = Arc::new(LiveEndpoint { endpoint, plugin });
+        let live = Arc::new(LiveEndpoint {
+            endpoint,
+            plugin,
+            slow: AtomicBool::new(false),
+        });
         write(&self.endpoints).insert(live.endpoint.record.name.clone(), live);
     }
 
     pub(super) fn remove_endpoint(&self, name: &str) {
         write(&self.endpoints).remove(name);
+    }
+
+    /// Validates one share for `live`'s endpoint.
+    ///
+    /// A thread hand-off costs several times more than a normal `validate`
+    /// (about a microsecond), so it runs on the calling thread. A plugin whose
+    /// `validate` ever takes longer than [`INLINE_BUDGET`] is moved for good to
+    /// the blocking pool, so a slow or hostile plugin can hold an async thread
+    /// at most once, for at most the plugin deadline.
+    pub(super) async fn validate(
+        &self,
+        live: &Arc<LiveEndpoint>,
+        share: Vec<u8>,
+        server_index: u32,
+    ) -> Result<Vec<u8>, ApiError> {
+        if live.slow.load(Ordering::Relaxed) {
+            let live = live.clone();
+            return self
+                .call("validate", move || {
+                    live.plugin
+                        .validate(&live.endpoint.record.config, &share, server_index)
+                        .map(|()| share)
+                })
+                .await;
+        }
+        let started = Instant::now();
+        let result = live
+            .plugin
+            .validate(&live.endpoint.record.config, &share, server_index);
+        let elapsed = started.elapsed();
+        if elapsed > INLINE_BUDGET && !live.slow.swap(true, Ordering::Relaxed) {
+            tracing::warn!(endpoint = %live.endpoint.record.name, ?elapsed, "slow validate: this endpoint's plugin calls now run on the blocking pool");
+        }
+        self.metrics
+            .plugin_call_seconds
+            .get_or_create(&CallLabel { call: "validate" })
+            .observe(elapsed.as_secs_f64());
+        result.map(|()| share).map_err(plugin_failure)
     }
 
     /// Runs a plugin call on a blocking thread, at most `concurrency` at once,

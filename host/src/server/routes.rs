@@ -400,14 +400,8 @@ async fn store_report(state: &AppState, live: &Arc<LiveEndpoint>, report: PostRe
             format!("share is not valid base64: {e}"),
         )
     })?;
-    let (plugin, config) = (live.plugin.clone(), live.endpoint.record.config.clone());
     let index = state.config.server.index;
-    let share = state
-        .registry
-        .call("validate", move || {
-            plugin.validate(&config, &share, index).map(|()| share)
-        })
-        .await?;
+    let share = state.registry.validate(live, share, index).await?;
     let outcome = state
         .storage
         .insert_report(live.endpoint.id, report_id, share, SystemTime::now())
