@@ -97,10 +97,9 @@ async fn start_server() -> ServerProcess {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if let Ok(r) = client.get(format!("{}/readyz", server.url)).send().await {
-            if r.status().is_success() {
-                return server;
-            }
+        let ready = client.get(format!("{}/readyz", server.url)).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            return server;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

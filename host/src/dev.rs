@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 
-use crate::config::Config;
+use crate::auth::DevIssuer;
+use crate::config::{Config, Role};
 use crate::server::Server;
 
 /// Options of `guardian dev`.
@@ -29,10 +30,15 @@ const DEMO_PLUGIN: &str = "histogram";
 const DEMO_PARAMS: &str = r#"{"buckets": ["red", "green", "blue"]}"#;
 const DEMO_MIN_BATCH: u64 = 3;
 
+/// How long the tokens printed by `guardian dev` last.
+const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The servers of a running local deployment.
 pub struct Dev {
     servers: Vec<Server>,
     urls: Vec<String>,
+    /// One token per role, in [`Role::ALL`] order.
+    tokens: Vec<(Role, String)>,
 }
 
 impl Dev {
@@ -57,6 +63,20 @@ impl Dev {
             })?;
         }
         let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+        let issuer_dir = options.dir.join("dev-issuer");
+        let issuer = {
+            let dir = issuer_dir.clone();
+            tokio::task::spawn_blocking(move || DevIssuer::load_or_create(&dir)).await??
+        };
+        let tokens = Role::ALL
+            .iter()
+            .map(|role| {
+                Ok((
+                    *role,
+                    issuer.mint(*role, &format!("dev-{}", role.as_str()), TOKEN_TTL)?,
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut servers = Vec::new();
         for (index, addr) in addrs.iter().enumerate() {
             let mut config = Config::default();
@@ -65,7 +85,8 @@ impl Dev {
             config.server.peers = urls.clone();
             config.server.listen = Some(*addr);
             config.server.data_dir = Some(options.dir.join(format!("server-{index}")));
-            config.auth.disabled = true;
+            config.auth.dev_issuer = true;
+            config.auth.dev_issuer_dir = issuer_dir.clone();
             config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
             servers.push(
                 Server::start(config)
@@ -73,7 +94,11 @@ impl Dev {
                     .with_context(|| format!("starting server {index}"))?,
             );
         }
-        let dev = Dev { servers, urls };
+        let dev = Dev {
+            servers,
+            urls,
+            tokens,
+        };
         dev.create_demo_endpoint().await?;
         Ok(dev)
     }
@@ -90,6 +115,7 @@ impl Dev {
         for url in &self.urls {
             let response = client
                 .post(format!("{url}/api/v1/endpoints"))
+                .bearer_auth(self.token(Role::Developer))
                 .json(&body)
                 .send()
                 .await?;
@@ -102,6 +128,14 @@ impl Dev {
         Ok(())
     }
 
+    /// The printed token for `role`.
+    pub fn token(&self, role: Role) -> &str {
+        self.tokens
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map_or("", |(_, t)| t.as_str())
+    }
+
     /// Base URLs in server-index order.
     pub fn urls(&self) -> &[String] {
         &self.urls
@@ -110,20 +144,34 @@ impl Dev {
     /// What to print for a newcomer.
     pub fn banner(&self) -> String {
         let servers = self.urls.join(",");
+        let list: Vec<String> = self
+            .urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| format!("  server {i}: {u}"))
+            .collect();
+        let tokens: Vec<String> = self
+            .tokens
+            .iter()
+            .map(|(role, token)| format!("  {:<9} {token}", role.as_str()))
+            .collect();
+        let first = &self.urls[0];
         format!(
-            "Privacy Guardian: {n} share servers are running.\n\n{list}\n\n\
-             Use them from another terminal:\n\n  export GUARDIAN_SERVERS={servers}\n\n\
-             The demo endpoint `{DEMO_ENDPOINT}` is a {DEMO_PLUGIN} over {DEMO_PARAMS} (min batch {DEMO_MIN_BATCH}).\n\
-             Try:\n\n  curl {first}/api/v1/endpoints\n\nPress Ctrl-C to stop every server.",
+            "Privacy Guardian: {n} share servers are running (data in their folders; Ctrl-C stops them).\n\n\
+             {list}\n\n\
+             Tokens from the development issuer (valid 24 h; `guardian token --role ROLE` mints more):\n\n\
+             {tokens}\n\n\
+             In another terminal:\n\n\
+             \x20 export GUARDIAN_SERVERS={servers}\n\
+             \x20 export GUARDIAN_TOKEN={scientist}\n\n\
+             The demo endpoint `{DEMO_ENDPOINT}` is a {DEMO_PLUGIN} over {DEMO_PARAMS} (min batch {DEMO_MIN_BATCH}). Try:\n\n\
+             \x20 curl -H \"Authorization: Bearer $GUARDIAN_TOKEN\" {first}/api/v1/me\n\
+             \x20 curl -H \"Authorization: Bearer $GUARDIAN_TOKEN\" {first}/api/v1/endpoints/{DEMO_ENDPOINT}\n\
+             \x20 curl {first}/metrics\n",
             n = self.urls.len(),
-            list = self
-                .urls
-                .iter()
-                .enumerate()
-                .map(|(i, u)| format!("  server {i}: {u}"))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            first = self.urls[0],
+            list = list.join("\n"),
+            tokens = tokens.join("\n"),
+            scientist = self.token(Role::Scientist),
         )
     }
 

@@ -1,5 +1,6 @@
 //! Privacy Guardian share server.
 
+pub mod auth;
 pub mod config;
 pub mod dev;
 pub mod runtime;

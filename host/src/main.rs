@@ -31,6 +31,24 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Mint a token from the development issuer (for `guardian dev` or servers
+    /// with `auth.dev_issuer = true`).
+    ///
+    /// Example: guardian token --role scientist --sub alice --ttl 2h
+    Token {
+        /// user, developer, scientist or admin.
+        #[arg(long, value_parser = parse_role)]
+        role: config::Role,
+        /// The token's subject.
+        #[arg(long, default_value = "dev")]
+        sub: String,
+        /// Lifetime, e.g. 30m, 12h, 7d.
+        #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// The development issuer's folder (default: `auth.dev_issuer_dir` of the configuration).
+        #[arg(long)]
+        issuer_dir: Option<PathBuf>,
+    },
     /// Run a local demo: N share servers on embedded defaults with a demo endpoint.
     ///
     /// Data is kept in DIR, so running it again reuses it. Ctrl-C stops everything.
@@ -41,7 +59,7 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         servers: u32,
         /// Folder for every server's data.
-        #[arg(long, default_value = "guardian-dev")]
+        #[arg(long, default_value = "guardian-data")]
         dir: PathBuf,
         /// Server i listens on PORT + i.
         #[arg(long, default_value_t = guardian::config::DEFAULT_BASE_PORT)]
@@ -54,6 +72,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Dev { servers, dir, port } => dev(DevOptions { servers, dir, port }),
+        Command::Token {
+            role,
+            sub,
+            ttl,
+            issuer_dir,
+        } => token(role, &sub, ttl, issuer_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -79,6 +103,31 @@ fn serve(file: Option<PathBuf>) -> anyhow::Result<()> {
         let server = Server::start(loaded.config).await?;
         server.run_until(shutdown_signal()).await
     })
+}
+
+fn parse_role(text: &str) -> Result<config::Role, String> {
+    config::Role::ALL
+        .into_iter()
+        .find(|role| role.as_str() == text)
+        .ok_or_else(|| format!("expected user, developer, scientist or admin, got {text:?}"))
+}
+
+fn token(
+    role: config::Role,
+    sub: &str,
+    ttl: std::time::Duration,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let dir = match dir {
+        Some(dir) => dir,
+        None => {
+            let env = Environment::capture(&std::env::current_dir()?)?;
+            config::load(None, &env)?.config.auth.dev_issuer_dir
+        }
+    };
+    let issuer = guardian::auth::DevIssuer::load_or_create(&dir)?;
+    println!("{}", issuer.mint(role, sub, ttl)?);
+    Ok(())
 }
 
 fn dev(options: DevOptions) -> anyhow::Result<()> {

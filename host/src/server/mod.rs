@@ -51,12 +51,7 @@ pub struct Server {
 impl Server {
     /// Starts serving according to `config` (port 0 picks a free port).
     pub async fn start(config: Config) -> anyhow::Result<Server> {
-        let authenticator: Box<dyn auth::Authenticator> = if config.auth.disabled {
-            tracing::warn!("authentication is disabled: every caller has every role");
-            Box::new(auth::Disabled)
-        } else {
-            Box::new(auth::NoKeys)
-        };
+        let authenticator = crate::auth::authenticator_from_config(&config.auth).await?;
         Self::start_with(config, authenticator).await
     }
 

@@ -1,0 +1,106 @@
+//! [`PeerAuth`]: the credential share servers present to each other on `/peer/v1/…`.
+//!
+//! One shared random secret (`auth.peer_token` or `auth.peer_token_file`), sent as
+//! `Authorization: Bearer <secret>`. It is accepted on the peer routes only, and the
+//! peer routes accept nothing else: a user's JWT is not the secret, and the secret is
+//! not a JWT, so the user routes refuse it as a malformed token.
+//!
+//! The comparison hashes both sides with SHA-256 and compares the digests in constant
+//! time, so neither the secret's content nor its length shows in the response time.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use axum::http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+use super::jwt::bearer_token;
+use crate::config::AuthConfig;
+use crate::server::ApiError;
+use crate::server::auth::unauthorized;
+
+/// Longest peer credential read from a request.
+const MAX_PEER_TOKEN_BYTES: usize = 4096;
+/// Shortest peer credential accepted (as `auth.peer_token` is validated).
+const MIN_PEER_TOKEN_CHARS: usize = 32;
+
+/// Checks the peer credential of a request.
+pub struct PeerAuth {
+    /// SHA-256 of the secret; `None` when none is configured (every call refused).
+    expected: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for PeerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerAuth")
+            .field("configured", &self.expected.is_some())
+            .finish()
+    }
+}
+
+impl PeerAuth {
+    /// The peer credential of `config`: `peer_token`, or the content of
+    /// `peer_token_file` without surrounding whitespace.
+    ///
+    /// # Errors
+    /// The file cannot be read, or its secret is shorter than 32 characters.
+    pub fn from_config(config: &AuthConfig) -> anyhow::Result<PeerAuth> {
+        if let Some(secret) = &config.peer_token {
+            return Ok(PeerAuth::new(Some(secret.expose())));
+        }
+        let Some(path) = &config.peer_token_file else {
+            return Ok(PeerAuth::new(None));
+        };
+        let secret = read_secret(path)?;
+        Ok(PeerAuth::new(Some(&secret)))
+    }
+
+    /// Checks against `secret`; `None` refuses every call.
+    pub fn new(secret: Option<&str>) -> PeerAuth {
+        PeerAuth {
+            expected: secret.map(|s| Sha256::digest(s.as_bytes()).into()),
+        }
+    }
+
+    /// Whether a credential is configured.
+    pub fn is_configured(&self) -> bool {
+        self.expected.is_some()
+    }
+
+    /// `Ok` when the request carries the peer credential; a 401 otherwise.
+    ///
+    /// # Errors
+    /// `no_peer_credential` (this server has none), `missing_token`,
+    /// `invalid_authorization`, `token_too_large`, `bad_peer_credential`.
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(expected) = &self.expected else {
+            return Err(unauthorized(
+                "no_peer_credential",
+                "this server has no peer credential configured (auth.peer_token), so it refuses peer calls",
+            ));
+        };
+        let presented = bearer_token(headers, MAX_PEER_TOKEN_BYTES).map_err(ApiError::from)?;
+        let digest = Sha256::digest(presented.as_bytes());
+        match aws_lc_rs::constant_time::verify_slices_are_equal(&digest, expected) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(unauthorized(
+                "bad_peer_credential",
+                "the peer credential is not this deployment's (auth.peer_token must be the same on every server)",
+            )),
+        }
+    }
+}
+
+/// Reads a secret file, trimmed; at least [`MIN_PEER_TOKEN_CHARS`] characters.
+fn read_secret(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading auth.peer_token_file {}", path.display()))?;
+    let secret = text.trim();
+    if secret.chars().count() < MIN_PEER_TOKEN_CHARS {
+        anyhow::bail!(
+            "auth.peer_token_file {} holds a secret shorter than {MIN_PEER_TOKEN_CHARS} characters; use e.g. `openssl rand -hex 32`",
+            path.display()
+        );
+    }
+    Ok(secret.to_owned())
+}
