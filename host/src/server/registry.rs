@@ -168,36 +168,49 @@ impl Registry {
     /// (about a microsecond), so it runs on the calling thread. A plugin whose
     /// `validate` ever takes longer than [`INLINE_BUDGET`] is moved for good to
     /// the blocking pool, so a slow or hostile plugin can hold an async thread
-    /// at most once, for at most the plugin deadline.
+    /// at most once, for at most the plugin deadline; so is one that needs
+    /// WASI I/O (see below).
     pub(super) async fn validate(
         &self,
         live: &Arc<LiveEndpoint>,
         share: Vec<u8>,
         server_index: u32,
     ) -> Result<Vec<u8>, ApiError> {
-        if live.slow.load(Ordering::Relaxed) {
-            let live = live.clone();
-            return self
-                .call("validate", move || {
-                    live.plugin
-                        .validate(&live.endpoint.record.config, &share, server_index)
-                        .map(|()| share)
-                })
-                .await;
+        if !live.slow.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            // A plugin that touches WASI I/O (a panic message written to
+            // stderr) needs a thread that may block on the WASI runtime; on an
+            // async thread that panics inside the host, the instance is
+            // dropped, and the call is redone on the blocking pool below.
+            let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                live.plugin
+                    .validate(&live.endpoint.record.config, &share, server_index)
+            }));
+            let elapsed = started.elapsed();
+            match inline {
+                Ok(result) => {
+                    if elapsed > INLINE_BUDGET && !live.slow.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(endpoint = %live.endpoint.record.name, ?elapsed, "slow validate: this endpoint's plugin calls now run on the blocking pool");
+                    }
+                    self.metrics
+                        .plugin_call_seconds
+                        .get_or_create(&CallLabel { call: "validate" })
+                        .observe(elapsed.as_secs_f64());
+                    return result.map(|()| share).map_err(plugin_failure);
+                }
+                Err(_) => {
+                    live.slow.store(true, Ordering::Relaxed);
+                    tracing::warn!(endpoint = %live.endpoint.record.name, "validate needed WASI I/O: this endpoint's plugin calls now run on the blocking pool");
+                }
+            }
         }
-        let started = Instant::now();
-        let result = live
-            .plugin
-            .validate(&live.endpoint.record.config, &share, server_index);
-        let elapsed = started.elapsed();
-        if elapsed > INLINE_BUDGET && !live.slow.swap(true, Ordering::Relaxed) {
-            tracing::warn!(endpoint = %live.endpoint.record.name, ?elapsed, "slow validate: this endpoint's plugin calls now run on the blocking pool");
-        }
-        self.metrics
-            .plugin_call_seconds
-            .get_or_create(&CallLabel { call: "validate" })
-            .observe(elapsed.as_secs_f64());
-        result.map(|()| share).map_err(plugin_failure)
+        let live = live.clone();
+        self.call("validate", move || {
+            live.plugin
+                .validate(&live.endpoint.record.config, &share, server_index)
+                .map(|()| share)
+        })
+        .await
     }
 
     /// Runs a plugin call on a blocking thread, at most `concurrency` at once,
