@@ -123,6 +123,30 @@ pub fn pack(shares: &[&[u8]]) -> (Vec<u8>, Vec<u32>) {
     (data, ends)
 }
 
+/// Checks that a call was refused with the plugin's own error: one of `kind`
+/// (`"invalid_params"`, `"invalid_measurement"`, ...) whose message contains
+/// `needle`. The same check holds for every backend, since a wasm backend
+/// returns the plugin's error unchanged.
+///
+/// # Panics
+/// If the call succeeded or failed otherwise; the message starts with
+/// `context` (the backend and the input, say).
+#[track_caller]
+pub fn assert_refused<T: std::fmt::Debug>(
+    context: impl std::fmt::Display,
+    result: Result<T, Error>,
+    kind: &str,
+    needle: &str,
+) {
+    match result {
+        Ok(value) => panic!("{context}: expected {kind}, got Ok({value:?})"),
+        Err(err) => assert!(
+            err.kind() == kind && err.message().contains(needle),
+            "{context}: expected {kind} containing {needle:?}, got {err}"
+        ),
+    }
+}
+
 /// Derives a 32-byte seed from a test number and a purpose, so that runs
 /// are reproducible.
 pub fn seed(test_seed: u64, purpose: u64) -> [u8; 32] {
