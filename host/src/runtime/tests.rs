@@ -219,3 +219,22 @@ fn a_huge_output_is_refused() {
 fn unbounded_recursion_is_a_trap() {
     hostile("stack", "plugin_trap", "stack");
 }
+
+#[test]
+fn plugins_see_no_environment_files_clock_or_network() {
+    let plugin = runtime().load(&fixture("fixture_hostile")).unwrap();
+    let config = plugin.configure(r#"{"mode": "probe"}"#).unwrap();
+    let seen: serde_json::Value =
+        serde_json::from_str(&plugin.unshard(&config, &[], 0).unwrap()).unwrap();
+    assert_eq!(
+        seen,
+        serde_json::json!({
+            "env_vars": 0,
+            "args": 0,
+            "read_root": false,
+            "read_cwd": false,
+            "now_secs": 0,
+            "tcp_connect": false,
+        })
+    );
+}
