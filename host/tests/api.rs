@@ -388,6 +388,17 @@ async fn plugins_and_endpoints_survive_a_restart_without_recompiling() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "a second upload is a no-op");
+    let wasm = http
+        .get(format!("{url}/api/v1/plugins/{digest}/wasm"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wasm.headers()["content-type"], "application/wasm");
+    assert_eq!(
+        wasm.bytes().await.unwrap().to_vec(),
+        fixture("fixture_hostile"),
+        "clients get the exact bytes"
+    );
     let create = json!({"name": "h", "plugin": digest, "params": {"mode": "ok"}, "min_batch": 5});
     let (status, created) = send(http.post(format!("{url}/api/v1/endpoints")).json(&create)).await;
     assert_eq!(status, StatusCode::CREATED);

@@ -158,6 +158,7 @@ fn router(state: Arc<AppState>) -> Router {
                 .layer(DefaultBodyLimit::max(limits.max_plugin_bytes)),
         )
         .route("/plugins/{digest}", get(routes::get_plugin))
+        .route("/plugins/{digest}/wasm", get(routes::get_plugin_wasm))
         .route(
             "/endpoints",
             post(routes::create_endpoint).get(routes::list_endpoints),

@@ -161,6 +161,29 @@ pub(super) async fn get_plugin(
     }
 }
 
+/// The component itself, so clients shard and unshard with exactly the code
+/// the servers run.
+pub(super) async fn get_plugin_wasm(
+    State(state): State<Arc<AppState>>,
+    _caller: Caller<need::AnyRole>,
+    Path(digest): Path<String>,
+) -> Answer {
+    let digest = parse_digest(&digest).ok_or_else(|| {
+        ApiError::bad_request("invalid_digest", "a plugin digest is 64 hex digits")
+    })?;
+    match state.storage.plugin_wasm(digest).await? {
+        Some(wasm) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/wasm")],
+            wasm,
+        )
+            .into_response()),
+        None => Err(ApiError::not_found(
+            "unknown_plugin",
+            "no plugin with this digest",
+        )),
+    }
+}
+
 // ---------------------------------------------------------------- endpoints
 
 #[derive(Deserialize)]
