@@ -26,6 +26,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 
 pub use self::error::ApiError;
+pub use self::routes::config_hash;
 use self::metrics::Metrics;
 use self::registry::Registry;
 use crate::config::Config;

@@ -260,7 +260,7 @@ fn check_endpoint_name(name: &str) -> Result<(), ApiError> {
 
 /// What every server must agree on for an endpoint: the plugin's exact code,
 /// its canonical configuration and the minimum batch.
-pub(super) fn config_hash(plugin_digest: &[u8; 32], config: &[u8], min_batch: u64) -> [u8; 32] {
+pub fn config_hash(plugin_digest: &[u8; 32], config: &[u8], min_batch: u64) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(b"guardian:endpoint:v1\0");
     hasher.update(plugin_digest);
