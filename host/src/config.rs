@@ -217,13 +217,44 @@ pub struct EndpointsConfig {
     /// `min_batch` (legacy `NUM_CLIENTS_TO_SUM`). At least 2: a batch of one report
     /// would release that user's value. Default 10.
     pub default_min_batch: u64,
+    /// Most reports one seal takes (the oldest first; the rest wait for the next
+    /// seal). Bounds the memory and time of a seal and the size of peer messages.
+    /// Default 2,000,000.
+    pub max_batch: u64,
+    /// Seconds an unbatched report is kept before it expires (its share deleted, its
+    /// id kept against replays): reports that only some servers received can never be
+    /// sealed. Default 604800 (7 days).
+    pub report_retention_secs: u64,
+    /// Milliseconds a peer call of a seal may take before the peer counts as
+    /// unavailable. Default 60000.
+    pub peer_timeout_ms: u64,
 }
 
 impl Default for EndpointsConfig {
     fn default() -> Self {
         EndpointsConfig {
             default_min_batch: 10,
+            max_batch: 2_000_000,
+            report_retention_secs: 7 * 24 * 3600,
+            peer_timeout_ms: 60_000,
         }
+    }
+}
+
+impl EndpointsConfig {
+    /// See [`EndpointsConfig::report_retention_secs`].
+    pub fn report_retention(&self) -> Duration {
+        Duration::from_secs(self.report_retention_secs)
+    }
+
+    /// See [`EndpointsConfig::peer_timeout_ms`].
+    pub fn peer_timeout(&self) -> Duration {
+        Duration::from_millis(self.peer_timeout_ms)
+    }
+
+    /// `max_batch` as a length (saturating on 32-bit targets).
+    pub fn max_batch_len(&self) -> usize {
+        usize::try_from(self.max_batch).unwrap_or(usize::MAX)
     }
 }
 

@@ -77,6 +77,11 @@ impl Dev {
                 ))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let peer_token_file = options.dir.join("peer-token");
+        {
+            let path = peer_token_file.clone();
+            tokio::task::spawn_blocking(move || create_peer_token(&path)).await??;
+        }
         let mut servers = Vec::new();
         for (index, addr) in addrs.iter().enumerate() {
             let mut config = Config::default();
@@ -87,6 +92,7 @@ impl Dev {
             config.server.data_dir = Some(options.dir.join(format!("server-{index}")));
             config.auth.dev_issuer = true;
             config.auth.dev_issuer_dir = issuer_dir.clone();
+            config.auth.peer_token_file = Some(peer_token_file.clone());
             config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
             servers.push(
                 Server::start(config)
@@ -182,4 +188,26 @@ impl Dev {
         }
         Ok(())
     }
+}
+
+/// Writes a random peer credential to `path` unless one is there, readable by the
+/// owner only: the servers of the demo present it to each other.
+fn create_peer_token(path: &std::path::Path) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, secret.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
 }

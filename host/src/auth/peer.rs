@@ -45,14 +45,7 @@ impl PeerAuth {
     /// # Errors
     /// The file cannot be read, or its secret is shorter than 32 characters.
     pub fn from_config(config: &AuthConfig) -> anyhow::Result<PeerAuth> {
-        if let Some(secret) = &config.peer_token {
-            return Ok(PeerAuth::new(Some(secret.expose())));
-        }
-        let Some(path) = &config.peer_token_file else {
-            return Ok(PeerAuth::new(None));
-        };
-        let secret = read_secret(path)?;
-        Ok(PeerAuth::new(Some(&secret)))
+        Ok(PeerAuth::new(peer_secret(config)?.as_deref()))
     }
 
     /// Checks against `secret`; `None` refuses every call.
@@ -89,6 +82,23 @@ impl PeerAuth {
             )),
         }
     }
+}
+
+/// The peer credential of `config`, which this server also presents to its peers:
+/// `peer_token`, or the content of `peer_token_file` without surrounding whitespace;
+/// `None` if neither is set.
+///
+/// # Errors
+/// The file cannot be read, or its secret is shorter than 32 characters.
+pub fn peer_secret(config: &AuthConfig) -> anyhow::Result<Option<String>> {
+    if let Some(secret) = &config.peer_token {
+        return Ok(Some(secret.expose().to_owned()));
+    }
+    config
+        .peer_token_file
+        .as_deref()
+        .map(read_secret)
+        .transpose()
 }
 
 /// Reads a secret file, trimmed; at least [`MIN_PEER_TOKEN_CHARS`] characters.

@@ -308,6 +308,17 @@ pub(super) static KEYS: &[Key] = &[
         endpoints.default_min_batch,
         number
     ),
+    key!("endpoints.max_batch", endpoints.max_batch, number),
+    key!(
+        "endpoints.report_retention_secs",
+        endpoints.report_retention_secs,
+        number
+    ),
+    key!(
+        "endpoints.peer_timeout_ms",
+        endpoints.peer_timeout_ms,
+        number
+    ),
     key!("log.level", log.level, text),
     key!("log.format", log.format, LogFormat::from_str),
     key!("log.file_dir", log.file_dir, optional::<PathBuf>),

@@ -281,6 +281,9 @@ fn every_key_can_be_set_from_the_environment() {
         ("GUARDIAN_LIMITS_PLUGIN_OUTPUT_BYTES", "6000"),
         ("GUARDIAN_LIMITS_PLUGIN_CONCURRENCY", "7"),
         ("GUARDIAN_ENDPOINTS_DEFAULT_MIN_BATCH", "8"),
+        ("GUARDIAN_ENDPOINTS_MAX_BATCH", "80"),
+        ("GUARDIAN_ENDPOINTS_REPORT_RETENTION_SECS", "81"),
+        ("GUARDIAN_ENDPOINTS_PEER_TIMEOUT_MS", "82"),
         ("GUARDIAN_LOG_LEVEL", "trace"),
         ("GUARDIAN_LOG_FORMAT", "json"),
         ("GUARDIAN_LOG_FILE_DIR", "/var/log/g"),
@@ -349,6 +352,14 @@ fn every_key_can_be_set_from_the_environment() {
     );
     assert_eq!(limits.plugin_concurrency(), 7);
     assert_eq!(c.endpoints.default_min_batch, 8);
+    assert_eq!(
+        (
+            c.endpoints.max_batch,
+            c.endpoints.report_retention_secs,
+            c.endpoints.peer_timeout_ms
+        ),
+        (80, 81, 82)
+    );
     assert_eq!(
         (c.log.level.as_str(), c.log.format),
         ("trace", LogFormat::Json)
@@ -705,6 +716,14 @@ fn validation_of_limits() {
     );
     env(&[("GUARDIAN_ENDPOINTS_DEFAULT_MIN_BATCH", "1")])
         .invalid("endpoints.default_min_batch", &["at least 2"]);
+    env(&[("GUARDIAN_ENDPOINTS_MAX_BATCH", "5")]).invalid(
+        "endpoints.max_batch",
+        &["endpoints.max_batch = 5", "at least"],
+    );
+    env(&[("GUARDIAN_ENDPOINTS_REPORT_RETENTION_SECS", "0")])
+        .invalid("endpoints.report_retention_secs", &["must be positive"]);
+    env(&[("GUARDIAN_ENDPOINTS_PEER_TIMEOUT_MS", "0")])
+        .invalid("endpoints.peer_timeout_ms", &["must be positive"]);
     env(&[("NUM_CLIENTS_TO_SUM", "1")]).invalid(
         "endpoints.default_min_batch",
         &["from environment variable NUM_CLIENTS_TO_SUM"],

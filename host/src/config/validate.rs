@@ -143,6 +143,28 @@ pub(super) fn check(config: &Config, origins: &Origins) -> Result<(), ConfigErro
             ),
         );
     }
+    let endpoints = &config.endpoints;
+    if endpoints.max_batch < min_batch.max(2) {
+        let at = c.at("endpoints.max_batch", endpoints.max_batch);
+        c.fail(
+            "endpoints.max_batch",
+            format!("{at}: must be at least endpoints.default_min_batch ({min_batch}) and 2"),
+        );
+    }
+    if endpoints.report_retention_secs == 0 {
+        let at = c.at("endpoints.report_retention_secs", 0);
+        c.fail(
+            "endpoints.report_retention_secs",
+            format!("{at}: must be positive, or no report could wait for its seal"),
+        );
+    }
+    if endpoints.peer_timeout_ms == 0 {
+        let at = c.at("endpoints.peer_timeout_ms", 0);
+        c.fail(
+            "endpoints.peer_timeout_ms",
+            format!("{at}: must be positive"),
+        );
+    }
     log(&mut c, &config.log);
     cors(&mut c, &config.cors.allowed_origins);
     auth(&mut c, &config.auth);

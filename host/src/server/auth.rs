@@ -150,3 +150,19 @@ impl<R: Requirement> FromRequestParts<Arc<AppState>> for Caller<R> {
         })
     }
 }
+
+/// A call from another share server: it carried the peer credential. The peer
+/// routes take this instead of a [`Caller`], so no user token is accepted there.
+pub struct Peer;
+
+impl FromRequestParts<Arc<AppState>> for Peer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        state.peer_auth.check(&parts.headers)?;
+        Ok(Peer)
+    }
+}

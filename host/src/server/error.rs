@@ -18,6 +18,9 @@ pub struct ApiError {
     pub message: String,
     /// `WWW-Authenticate` value for 401 answers.
     pub www_authenticate: Option<String>,
+    /// Extra numbers for clients, answered next to `code` and `message` (e.g. the
+    /// `agreed` and `needed` counts of `batch_too_small`).
+    pub details: Vec<(&'static str, u64)>,
 }
 
 impl ApiError {
@@ -28,7 +31,15 @@ impl ApiError {
             code,
             message: message.into(),
             www_authenticate: None,
+            details: Vec::new(),
         }
+    }
+
+    /// This error with one more number in its body.
+    #[must_use]
+    pub fn with_detail(mut self, key: &'static str, value: u64) -> Self {
+        self.details.push((key, value));
+        self
     }
 
     /// 400: the request itself is malformed.
@@ -78,7 +89,11 @@ impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut error = serde_json::json!({"code": self.code, "message": self.message});
+        for (key, value) in &self.details {
+            error[*key] = (*value).into();
+        }
+        let body = serde_json::json!({ "error": error });
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(value) = self
             .www_authenticate
@@ -102,6 +117,14 @@ impl From<StorageError> for ApiError {
             StorageError::Closed => {
                 Self::unavailable("shutting_down", "the server is shutting down")
             }
+            StorageError::SealPending => Self::conflict(
+                "seal_pending",
+                "another seal of this endpoint is still being completed; retry shortly",
+            ),
+            StorageError::ReportUnavailable => Self::conflict(
+                "report_unavailable",
+                "a report of this seal is no longer held unbatched on this server",
+            ),
             other => Self::internal("accessing storage", &other),
         }
     }

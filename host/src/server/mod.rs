@@ -6,11 +6,13 @@
 //! lets in-flight requests finish and flushes pending writes.
 
 pub mod auth;
+mod batches;
 mod error;
 mod extract;
 mod metrics;
 mod registry;
 mod routes;
+mod seal;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,9 +28,10 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 
 pub use self::error::ApiError;
-pub use self::routes::config_hash;
 use self::metrics::Metrics;
 use self::registry::Registry;
+pub use self::routes::config_hash;
+pub use self::seal::FAULT_VAR;
 use crate::config::Config;
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::storage::{Storage, StorageOptions};
@@ -40,6 +43,8 @@ pub struct AppState {
     registry: Registry,
     metrics: Arc<Metrics>,
     auth: Box<dyn auth::Authenticator>,
+    peer_auth: crate::auth::peer::PeerAuth,
+    sealer: Arc<seal::Sealer>,
 }
 
 /// A running share server.
@@ -93,6 +98,8 @@ impl Server {
         )
         .await?;
 
+        let peer_auth = crate::auth::peer::PeerAuth::from_config(&config.auth)?;
+        let sealer = Arc::new(seal::Sealer::new(&config)?);
         let listener = tokio::net::TcpListener::bind(config.server.listen_addr())
             .await
             .with_context(|| format!("listening on {}", config.server.listen_addr()))?;
@@ -103,7 +110,14 @@ impl Server {
             registry,
             metrics,
             auth,
+            peer_auth,
+            sealer,
         });
+        let mut background = tokio::task::JoinSet::new();
+        if state.config.server.is_coordinator() {
+            background.spawn(seal::retry_decided(state.clone()));
+        }
+        background.spawn(seal::expire_reports(state.clone()));
         let app = router(state);
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -112,6 +126,9 @@ impl Server {
                     let _ = signal.await;
                 })
                 .await?;
+            // A seal cut short here is like a crash: its decision, if any, is stored
+            // and completed after the restart.
+            background.shutdown().await;
             // Every handler has finished: commit what is queued, then stop.
             storage.close().await?;
             Ok(())
@@ -168,13 +185,33 @@ fn router(state: Arc<AppState>) -> Router {
             "/endpoints/{name}",
             get(routes::get_endpoint).delete(routes::delete_endpoint),
         )
-        .route("/endpoints/{name}/reports", post(routes::post_report));
+        .route("/endpoints/{name}/reports", post(routes::post_report))
+        .route(
+            "/endpoints/{name}/batches",
+            post(batches::seal_batch).get(batches::list_batches),
+        )
+        .route(
+            "/endpoints/{name}/batches/{batch_id}",
+            get(batches::get_batch),
+        )
+        .route("/endpoints/{name}/total", get(batches::total));
+    // Proposals carry up to `max_batch` report ids in base64.
+    let peer_body = usize::try_from(state.config.endpoints.max_batch)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(24)
+        .saturating_add(1 << 20);
+    let peer = Router::new()
+        .route("/endpoints/{name}/prepare", post(batches::peer_prepare))
+        .route("/endpoints/{name}/commit", post(batches::peer_commit))
+        .route("/endpoints/{name}/abort", post(batches::peer_abort))
+        .layer(DefaultBodyLimit::max(peer_body));
     let cors = cors(&state.config.cors.allowed_origins);
     Router::new()
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
         .nest("/api/v1", api)
+        .nest("/peer/v1", peer)
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))

@@ -149,6 +149,17 @@ impl Registry {
         read(&self.endpoints).get(name).cloned()
     }
 
+    /// The live endpoint with this storage id, if loaded.
+    pub(super) fn endpoint_by_id(
+        &self,
+        id: crate::storage::EndpointId,
+    ) -> Option<Arc<LiveEndpoint>> {
+        read(&self.endpoints)
+            .values()
+            .find(|live| live.endpoint.id == id)
+            .cloned()
+    }
+
     pub(super) fn set_endpoint(&self, endpoint: Endpoint, plugin: Plugin) {
         let live = Arc::new(LiveEndpoint {
             endpoint,

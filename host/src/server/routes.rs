@@ -23,13 +23,13 @@ use crate::storage::{
     PluginInfo,
 };
 
-type Answer = Result<Response, ApiError>;
+pub(super) type Answer = Result<Response, ApiError>;
 
-fn json(status: StatusCode, value: impl Serialize) -> Answer {
+pub(super) fn json(status: StatusCode, value: impl Serialize) -> Answer {
     Ok((status, axum::Json(value)).into_response())
 }
 
-fn timestamp(time: SystemTime) -> String {
+pub(super) fn timestamp(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
@@ -345,7 +345,7 @@ pub(super) async fn list_endpoints(
     json(StatusCode::OK, serde_json::json!({"endpoints": views}))
 }
 
-fn unknown_endpoint(name: &str) -> ApiError {
+pub(super) fn unknown_endpoint(name: &str) -> ApiError {
     ApiError::not_found("unknown_endpoint", format!("no endpoint named {name:?}"))
 }
 

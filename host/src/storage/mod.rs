@@ -164,6 +164,174 @@ impl Storage {
             .insert_report(endpoint, report_id, share, received_at)
             .await
     }
+
+    /// The oldest unbatched reports of an endpoint, in arrival order, at most `limit`:
+    /// what a seal proposes (coordinator) or what a proposal is matched against
+    /// (follower).
+    pub async fn unbatched_reports(
+        &self,
+        endpoint: EndpointId,
+        limit: usize,
+    ) -> Result<Vec<SealReport>, StorageError> {
+        self.backend.unbatched_reports(endpoint, limit).await
+    }
+
+    /// Records the seal in progress of `seal.endpoint`, replacing an undecided one
+    /// (a follower's reservation for an older proposal).
+    ///
+    /// Fails with [`StorageError::SealPending`] if a decided seal with another batch id
+    /// is pending: it must be completed first. Storing the same seal again is a no-op.
+    pub async fn put_seal(&self, seal: Seal) -> Result<(), StorageError> {
+        self.backend.put_seal(seal).await
+    }
+
+    /// The seal in progress of an endpoint, if any.
+    pub async fn pending_seal(&self, endpoint: EndpointId) -> Result<Option<Seal>, StorageError> {
+        self.backend.pending_seal(endpoint).await
+    }
+
+    /// Every decided seal not yet committed here, to be driven to completion.
+    pub async fn decided_seals(&self) -> Result<Vec<Seal>, StorageError> {
+        self.backend.decided_seals().await
+    }
+
+    /// Forgets the seal in progress of an endpoint if it has this batch id; returns
+    /// whether there was one.
+    pub async fn drop_seal(
+        &self,
+        endpoint: EndpointId,
+        batch_id: [u8; 16],
+    ) -> Result<bool, StorageError> {
+        self.backend.drop_seal(endpoint, batch_id).await
+    }
+
+    /// The shares of `reports`, concatenated in their order, and where each ends: the
+    /// layout the plugins' `accumulate` takes. Fails with
+    /// [`StorageError::ReportUnavailable`] if one has no share any more.
+    pub async fn read_shares(
+        &self,
+        reports: Vec<SealReport>,
+    ) -> Result<(Vec<u8>, Vec<u32>), StorageError> {
+        self.backend.read_shares(reports).await
+    }
+
+    /// Seals `reports` into a batch with its released share, in one transaction:
+    /// marks them batched, deletes their shares (keeping their ids), stores the
+    /// batch and forgets the endpoint's seal in progress if it has this batch id.
+    ///
+    /// Idempotent by batch id: if the batch is already stored, nothing changes and
+    /// [`CommitOutcome::AlreadyCommitted`] tells it. Fails with
+    /// [`StorageError::ReportUnavailable`] (and changes nothing) if a report is gone or
+    /// already batched, so no report is ever in two batches.
+    pub async fn commit_batch(
+        &self,
+        endpoint: EndpointId,
+        batch: NewBatch,
+        reports: Vec<SealReport>,
+    ) -> Result<CommitOutcome, StorageError> {
+        self.backend.commit_batch(endpoint, batch, reports).await
+    }
+
+    /// The sealed batches of an endpoint, oldest first, without their shares.
+    pub async fn list_batches(&self, endpoint: EndpointId) -> Result<Vec<BatchInfo>, StorageError> {
+        self.backend.list_batches(endpoint).await
+    }
+
+    /// One sealed batch with its released share.
+    pub async fn get_batch(
+        &self,
+        endpoint: EndpointId,
+        batch_id: [u8; 16],
+    ) -> Result<Option<Batch>, StorageError> {
+        self.backend.get_batch(endpoint, batch_id).await
+    }
+
+    /// Every sealed batch of an endpoint with its released share, oldest first.
+    pub async fn all_batches(&self, endpoint: EndpointId) -> Result<Vec<Batch>, StorageError> {
+        self.backend.all_batches(endpoint).await
+    }
+
+    /// Expires the unbatched reports received before `before`: deletes their shares
+    /// and keeps their ids, so replays stay refused. Endpoints with a seal in
+    /// progress are skipped (their reports may be reserved). Returns how many expired.
+    pub async fn expire_reports(&self, before: SystemTime) -> Result<u64, StorageError> {
+        self.backend.expire_reports(before).await
+    }
+}
+
+/// An unbatched report as a seal handles it: its id, and where it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SealReport {
+    /// The client's report id, the same on every server.
+    pub report_id: [u8; 16],
+    /// Row of the report on this server, so a seal never looks an id up twice.
+    row: i64,
+}
+
+/// A seal in progress: on a follower, the reports it holds of a proposal (reserved
+/// until the coordinator commits or aborts); on the coordinator, the set it decided
+/// to commit, kept until every server has committed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seal {
+    /// The endpoint being sealed.
+    pub endpoint: EndpointId,
+    /// Batch id chosen by the coordinator for this seal.
+    pub batch_id: [u8; 16],
+    /// Whether the coordinator decided to commit `reports` (else a reservation).
+    pub decided: bool,
+    /// The reports, in proposal order.
+    pub reports: Vec<SealReport>,
+    /// When the seal was recorded (kept to the millisecond).
+    pub created_at: SystemTime,
+}
+
+/// A batch to store with [`Storage::commit_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBatch {
+    /// The coordinator's batch id.
+    pub batch_id: [u8; 16],
+    /// This server's released aggregate share of the batch.
+    pub share: Vec<u8>,
+    /// When it was sealed (kept to the millisecond).
+    pub sealed_at: SystemTime,
+}
+
+/// A sealed batch without its share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchInfo {
+    /// The coordinator's batch id, the same on every server.
+    pub batch_id: [u8; 16],
+    /// How many reports it holds.
+    pub count: u64,
+    /// When this server sealed it.
+    pub sealed_at: SystemTime,
+}
+
+/// A sealed batch with this server's released share of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// What the batch is.
+    pub info: BatchInfo,
+    /// The released aggregate share; it never changes.
+    pub share: Vec<u8>,
+}
+
+/// Result of [`Storage::commit_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The batch is now stored.
+    Committed(BatchInfo),
+    /// The batch was stored before (a retried commit); nothing changed.
+    AlreadyCommitted(BatchInfo),
+}
+
+impl CommitOutcome {
+    /// The stored batch, whichever way.
+    pub fn info(&self) -> BatchInfo {
+        match self {
+            CommitOutcome::Committed(info) | CommitOutcome::AlreadyCommitted(info) => *info,
+        }
+    }
 }
 
 /// Settings of [`Storage::open`]; `StorageOptions::default()` suits a server.
@@ -335,6 +503,10 @@ pub struct EndpointCounts {
     pub unbatched: u64,
     /// Reports already in a sealed batch.
     pub batched: u64,
+    /// Reports that expired unbatched (held by only some servers past the retention).
+    pub expired: u64,
+    /// Sealed batches.
+    pub batches: u64,
 }
 
 /// Result of [`Storage::insert_report`] when the database answered.
@@ -381,6 +553,12 @@ pub enum StorageError {
     /// that one failed group commit can answer every caller of the group.
     #[error("database error")]
     Database(#[source] Arc<rusqlite::Error>),
+    /// A decided seal of the endpoint is pending and must be completed first.
+    #[error("another seal of this endpoint is pending")]
+    SealPending,
+    /// A report of a seal has no share here any more, or is already in a batch.
+    #[error("a report of the seal is not available unbatched on this server")]
+    ReportUnavailable,
     /// A blocking storage task panicked or was cancelled.
     #[error("storage task failed")]
     TaskFailed,

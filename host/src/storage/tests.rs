@@ -280,7 +280,7 @@ async fn reopening_keeps_plugins_endpoints_and_reports() {
         storage.endpoint_counts("steps").await.unwrap(),
         Some(EndpointCounts {
             unbatched: 3,
-            batched: 0
+            ..EndpointCounts::default()
         })
     );
     assert_eq!(
@@ -517,50 +517,186 @@ async fn deleting_an_endpoint_removes_its_reports() {
     storage.close().await.unwrap();
 }
 
+/// Commits `reports` as batch `[batch; 16]` with a made-up released share.
+async fn commit(
+    storage: &Storage,
+    endpoint: EndpointId,
+    batch: u8,
+    reports: &[SealReport],
+) -> Result<CommitOutcome, StorageError> {
+    storage
+        .commit_batch(
+            endpoint,
+            NewBatch {
+                batch_id: [batch; 16],
+                share: vec![batch; 4],
+                sealed_at: at(10),
+            },
+            reports.to_vec(),
+        )
+        .await
+}
+
 #[tokio::test]
-async fn counts_separate_batched_from_unbatched_reports() {
+async fn a_committed_batch_releases_its_reports_once() {
     let (_dir, path) = temp_db();
     let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
     for n in 0..7 {
         storage
-            .insert_report(steps.id, report_id(n), vec![1], at(3))
+            .insert_report(steps.id, report_id(n), vec![n as u8; 3], at(3))
             .await
             .unwrap();
     }
-    // Sealing does not exist yet: batch three reports by hand, one of them released.
-    let conn = Connection::open(&path).unwrap();
-    conn.execute(
-        "UPDATE reports SET batch_id = 1 WHERE endpoint_id = ?1 AND report_id IN (?2, ?3, ?4)",
-        rusqlite::params![steps.id.0, report_id(0), report_id(1), report_id(2)],
-    )
-    .unwrap();
-    conn.execute(
-        "UPDATE reports SET share = NULL WHERE report_id = ?1",
-        [report_id(0)],
-    )
-    .unwrap();
+    let all = storage
+        .unbatched_reports(steps.id, usize::MAX)
+        .await
+        .unwrap();
+    let first = storage.unbatched_reports(steps.id, 3).await.unwrap();
+    assert_eq!(first, all[..3]);
+    assert_eq!(
+        first.iter().map(|r| r.report_id).collect::<Vec<_>>(),
+        [report_id(0), report_id(1), report_id(2)],
+        "oldest first"
+    );
+    let (data, ends) = storage.read_shares(first.clone()).await.unwrap();
+    assert_eq!(data, [0, 0, 0, 1, 1, 1, 2, 2, 2]);
+    assert_eq!(ends, [3, 6, 9]);
+    let outcome = commit(&storage, steps.id, 1, &first).await.unwrap();
+    assert!(matches!(outcome, CommitOutcome::Committed(info) if info.count == 3));
+    // Retried: the same batch, nothing changed.
+    let again = commit(&storage, steps.id, 1, &first).await.unwrap();
+    assert_eq!(again, CommitOutcome::AlreadyCommitted(outcome.info()));
     assert_eq!(
         storage.endpoint_counts("steps").await.unwrap(),
         Some(EndpointCounts {
             unbatched: 4,
-            batched: 3
+            batched: 3,
+            expired: 0,
+            batches: 1,
         })
     );
+    // A report already batched cannot go into another batch: nothing of it is kept.
+    assert!(matches!(
+        commit(&storage, steps.id, 2, &all[2..4]).await,
+        Err(StorageError::ReportUnavailable)
+    ));
+    // Its shares are gone: they cannot be read for another fold either.
+    assert!(matches!(
+        storage.read_shares(first).await,
+        Err(StorageError::ReportUnavailable)
+    ));
+    assert_eq!(storage.list_batches(steps.id).await.unwrap().len(), 1);
+    let batch = storage.get_batch(steps.id, [1; 16]).await.unwrap().unwrap();
+    assert_eq!((batch.info.count, batch.share), (3, vec![1; 4]));
     // A released report's id stays taken, and its share cannot be compared any more.
     assert_eq!(
         storage
-            .insert_report(steps.id, report_id(0), vec![1], at(4))
+            .insert_report(steps.id, report_id(0), vec![0; 3], at(4))
             .await
             .unwrap(),
         InsertReportOutcome::Conflict
     );
+    storage.close().await.unwrap();
     // The schema refuses a share deleted before its report was batched.
+    let conn = Connection::open(&path).unwrap();
     assert!(
         conn.execute(
             "UPDATE reports SET share = NULL WHERE report_id = ?1",
             [report_id(5)]
         )
         .is_err()
+    );
+}
+
+#[tokio::test]
+async fn one_seal_in_progress_per_endpoint() {
+    let (_dir, path) = temp_db();
+    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+    for n in 0..4 {
+        storage
+            .insert_report(steps.id, report_id(n), vec![1], at(3))
+            .await
+            .unwrap();
+    }
+    let reports = storage.unbatched_reports(steps.id, 10).await.unwrap();
+    let seal = |batch: u8, decided: bool| Seal {
+        endpoint: steps.id,
+        batch_id: [batch; 16],
+        decided,
+        reports: reports.clone(),
+        created_at: at(5),
+    };
+    // A newer reservation replaces an older one.
+    storage.put_seal(seal(1, false)).await.unwrap();
+    storage.put_seal(seal(2, false)).await.unwrap();
+    assert_eq!(
+        storage.pending_seal(steps.id).await.unwrap(),
+        Some(seal(2, false))
+    );
+    assert!(!storage.drop_seal(steps.id, [1; 16]).await.unwrap());
+    // A decision stays until completed: another seal is refused, the same is a no-op.
+    storage.put_seal(seal(3, true)).await.unwrap();
+    assert!(matches!(
+        storage.put_seal(seal(4, false)).await,
+        Err(StorageError::SealPending)
+    ));
+    storage.put_seal(seal(3, true)).await.unwrap();
+    assert_eq!(storage.decided_seals().await.unwrap(), vec![seal(3, true)]);
+    // It survives a restart, and committing its batch completes it.
+    storage.close().await.unwrap();
+    let storage = Storage::open(&path, StorageOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        storage.pending_seal(steps.id).await.unwrap(),
+        Some(seal(3, true))
+    );
+    commit(&storage, steps.id, 3, &reports).await.unwrap();
+    assert_eq!(storage.pending_seal(steps.id).await.unwrap(), None);
+    assert!(storage.decided_seals().await.unwrap().is_empty());
+    storage.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn unbatched_reports_expire_unless_a_seal_may_hold_them() {
+    let (_dir, path) = temp_db();
+    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+    for n in 0..5 {
+        storage
+            .insert_report(steps.id, report_id(n), vec![1], at(n * 1000))
+            .await
+            .unwrap();
+    }
+    let reserved = storage.unbatched_reports(steps.id, 1).await.unwrap();
+    storage
+        .put_seal(Seal {
+            endpoint: steps.id,
+            batch_id: [1; 16],
+            decided: false,
+            reports: reserved,
+            created_at: at(0),
+        })
+        .await
+        .unwrap();
+    assert_eq!(storage.expire_reports(at(2500)).await.unwrap(), 0);
+    assert!(storage.drop_seal(steps.id, [1; 16]).await.unwrap());
+    assert_eq!(storage.expire_reports(at(2500)).await.unwrap(), 3);
+    assert_eq!(
+        storage.endpoint_counts("steps").await.unwrap(),
+        Some(EndpointCounts {
+            unbatched: 2,
+            batched: 0,
+            expired: 3,
+            batches: 0,
+        })
+    );
+    // An expired id is still refused.
+    assert_eq!(
+        storage
+            .insert_report(steps.id, report_id(0), vec![1], at(9000))
+            .await
+            .unwrap(),
+        InsertReportOutcome::Conflict
     );
     storage.close().await.unwrap();
 }
@@ -857,7 +993,7 @@ async fn acknowledged_reports_survive_a_crash() {
             storage.endpoint_counts("steps").await.unwrap(),
             Some(EndpointCounts {
                 unbatched: 500,
-                batched: 0
+                ..EndpointCounts::default()
             }),
             "{}",
             path.display()

@@ -22,9 +22,10 @@ pub(crate) struct Migration {
 
 /// Every migration, in order. Times are Unix milliseconds; digests and hashes are raw
 /// 32-byte SHA-256 values; report ids raw 16 bytes.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    description: "plugins, endpoints and reports",
-    sql: r#"
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        description: "plugins, endpoints and reports",
+        sql: r#"
 CREATE TABLE plugins (
     digest        BLOB NOT NULL PRIMARY KEY CHECK (length(digest) = 32),
     name          TEXT NOT NULL,
@@ -74,7 +75,38 @@ CREATE TABLE reports (
 -- append to it instead of dirtying a random page each: measured 1.8x the insert rate.
 CREATE INDEX reports_unbatched ON reports (endpoint_id, id, report_id) WHERE batch_id IS NULL;
 "#,
-}];
+    },
+    Migration {
+        description: "sealed batches and pending seals",
+        sql: r#"
+-- A sealed batch of one endpoint and this server's released aggregate share of it.
+-- `reports.batch_id` holds `batches.id` of a report's batch; the value -1 marks a
+-- report that expired unbatched (its share deleted, its id kept against replays).
+CREATE TABLE batches (
+    id          INTEGER PRIMARY KEY,
+    endpoint_id INTEGER NOT NULL REFERENCES endpoints (id),
+    -- Chosen by the coordinator; the same on every server.
+    batch_id    BLOB NOT NULL CHECK (length(batch_id) = 16),
+    count       INTEGER NOT NULL CHECK (count > 0),
+    sealed_at   INTEGER NOT NULL,
+    -- Released once (noise drawn once) and never changed afterwards.
+    share       BLOB NOT NULL,
+    UNIQUE (endpoint_id, batch_id)
+);
+
+-- The seal in progress of an endpoint, at most one: on a follower the reports it
+-- reserved for a proposal, on the coordinator the set it decided to commit.
+CREATE TABLE seals (
+    endpoint_id INTEGER PRIMARY KEY REFERENCES endpoints (id),
+    batch_id    BLOB NOT NULL CHECK (length(batch_id) = 16),
+    decided     INTEGER NOT NULL CHECK (decided IN (0, 1)),
+    -- Per report, its 16-byte id then its `reports.id` as 8 little-endian bytes.
+    reports     BLOB NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+"#,
+    },
+];
 
 /// Applies the migrations of `migrations` that the database does not have yet;
 /// returns how many it applied.

@@ -21,8 +21,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use self::writer::{Command, InsertReport};
 use crate::storage::{
-    CreateEndpointOutcome, Endpoint, EndpointCounts, EndpointId, EndpointRecord,
-    InsertReportOutcome, PluginInfo, PluginRecord, PutPluginOutcome, StorageError, StorageOptions,
+    Batch, BatchInfo, CommitOutcome, CreateEndpointOutcome, Endpoint, EndpointCounts, EndpointId,
+    EndpointRecord, InsertReportOutcome, NewBatch, PluginInfo, PluginRecord, PutPluginOutcome,
+    Seal, SealReport, StorageError, StorageOptions,
 };
 
 /// Commands that may wait for the writer, per slot of a group. Enough for callers to
@@ -220,6 +221,15 @@ impl SqliteBackend {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.read_with(move |conn| Ok(read(conn)?)).await
+    }
+
+    /// [`Self::read`] for reads that fail with a [`StorageError`] of their own.
+    async fn read_with<T, F>(&self, read: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+    {
         if self.closed.load(Ordering::SeqCst) {
             return Err(StorageError::Closed);
         }
@@ -238,7 +248,7 @@ impl SqliteBackend {
             let result = read(&conn);
             lock(&pool.idle).push(conn);
             drop(permit);
-            Ok(result?)
+            result
         })
         .await
         .map_err(|_| StorageError::TaskFailed)?
@@ -307,6 +317,100 @@ impl SqliteBackend {
         name: String,
     ) -> Result<Option<EndpointCounts>, StorageError> {
         self.read(move |conn| sql::endpoint_counts(conn, &name))
+            .await
+    }
+
+    /// See [`crate::storage::Storage::unbatched_reports`].
+    pub(crate) async fn unbatched_reports(
+        &self,
+        endpoint: EndpointId,
+        limit: usize,
+    ) -> Result<Vec<SealReport>, StorageError> {
+        self.read(move |conn| sql::unbatched_reports(conn, endpoint, limit))
+            .await
+    }
+
+    /// See [`crate::storage::Storage::put_seal`].
+    pub(crate) async fn put_seal(&self, seal: Seal) -> Result<(), StorageError> {
+        self.write(move |conn| sql::put_seal(conn, &seal)).await
+    }
+
+    /// See [`crate::storage::Storage::pending_seal`].
+    pub(crate) async fn pending_seal(
+        &self,
+        endpoint: EndpointId,
+    ) -> Result<Option<Seal>, StorageError> {
+        self.read(move |conn| sql::pending_seal(conn, endpoint))
+            .await
+    }
+
+    /// See [`crate::storage::Storage::decided_seals`].
+    pub(crate) async fn decided_seals(&self) -> Result<Vec<Seal>, StorageError> {
+        self.read(sql::decided_seals).await
+    }
+
+    /// See [`crate::storage::Storage::drop_seal`].
+    pub(crate) async fn drop_seal(
+        &self,
+        endpoint: EndpointId,
+        batch_id: [u8; 16],
+    ) -> Result<bool, StorageError> {
+        self.write(move |conn| Ok(sql::drop_seal(conn, endpoint, &batch_id)?))
+            .await
+    }
+
+    /// See [`crate::storage::Storage::read_shares`].
+    pub(crate) async fn read_shares(
+        &self,
+        reports: Vec<SealReport>,
+    ) -> Result<(Vec<u8>, Vec<u32>), StorageError> {
+        self.read_with(move |conn| sql::read_shares(conn, &reports))
+            .await
+    }
+
+    /// See [`crate::storage::Storage::commit_batch`].
+    pub(crate) async fn commit_batch(
+        &self,
+        endpoint: EndpointId,
+        batch: NewBatch,
+        reports: Vec<SealReport>,
+    ) -> Result<CommitOutcome, StorageError> {
+        self.write(move |conn| sql::commit_batch(conn, endpoint, &batch, &reports))
+            .await
+    }
+
+    /// See [`crate::storage::Storage::list_batches`].
+    pub(crate) async fn list_batches(
+        &self,
+        endpoint: EndpointId,
+    ) -> Result<Vec<BatchInfo>, StorageError> {
+        self.read(move |conn| sql::list_batches(conn, endpoint))
+            .await
+    }
+
+    /// See [`crate::storage::Storage::get_batch`].
+    pub(crate) async fn get_batch(
+        &self,
+        endpoint: EndpointId,
+        batch_id: [u8; 16],
+    ) -> Result<Option<Batch>, StorageError> {
+        self.read(move |conn| sql::get_batch(conn, endpoint, &batch_id))
+            .await
+    }
+
+    /// See [`crate::storage::Storage::all_batches`].
+    pub(crate) async fn all_batches(
+        &self,
+        endpoint: EndpointId,
+    ) -> Result<Vec<Batch>, StorageError> {
+        self.read(move |conn| sql::all_batches(conn, endpoint))
+            .await
+    }
+
+    /// See [`crate::storage::Storage::expire_reports`].
+    pub(crate) async fn expire_reports(&self, before: SystemTime) -> Result<u64, StorageError> {
+        let before = sql::to_millis(before);
+        self.write(move |conn| Ok(sql::expire_reports(conn, before)?))
             .await
     }
 }

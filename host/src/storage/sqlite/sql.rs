@@ -10,9 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::storage::{
-    CreateEndpointOutcome, Endpoint, EndpointCounts, EndpointId, EndpointRecord,
-    InsertReportOutcome, PluginInfo, PluginRecord, PutPluginOutcome, StorageError,
+    Batch, BatchInfo, CommitOutcome, CreateEndpointOutcome, Endpoint, EndpointCounts, EndpointId,
+    EndpointRecord, InsertReportOutcome, NewBatch, PluginInfo, PluginRecord, PutPluginOutcome,
+    Seal, SealReport, StorageError,
 };
+
+/// `reports.batch_id` of a report that expired unbatched.
+const EXPIRED: i64 = -1;
 
 /// Converts a time to the Unix milliseconds stored in the database.
 pub(crate) fn to_millis(time: SystemTime) -> i64 {
@@ -211,8 +215,10 @@ pub(crate) fn delete_endpoint(conn: &Connection, name: &str) -> rusqlite::Result
     else {
         return Ok(false);
     };
-    conn.prepare_cached("DELETE FROM reports WHERE endpoint_id = ?1")?
-        .execute([id])?;
+    for table in ["reports", "batches", "seals"] {
+        conn.prepare_cached(&format!("DELETE FROM {table} WHERE endpoint_id = ?1"))?
+            .execute([id])?;
+    }
     conn.prepare_cached("DELETE FROM endpoints WHERE id = ?1")?
         .execute([id])?;
     Ok(true)
@@ -238,9 +244,17 @@ pub(crate) fn endpoint_counts(
     let total: u64 = conn
         .prepare_cached("SELECT count(*) FROM reports WHERE endpoint_id = ?1")?
         .query_row([id], |row| row.get(0))?;
+    // From the batches, not by scanning the batched reports.
+    let (batches, batched): (u64, u64) = conn
+        .prepare_cached(
+            "SELECT count(*), coalesce(sum(count), 0) FROM batches WHERE endpoint_id = ?1",
+        )?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))?;
     Ok(Some(EndpointCounts {
         unbatched,
-        batched: total.saturating_sub(unbatched),
+        batched,
+        expired: total.saturating_sub(unbatched).saturating_sub(batched),
+        batches,
     }))
 }
 
@@ -281,4 +295,279 @@ pub(crate) fn insert_report(
     } else {
         InsertReportOutcome::Conflict
     })
+}
+
+/// The oldest `limit` unbatched reports of an endpoint, from the partial index alone.
+pub(crate) fn unbatched_reports(
+    conn: &Connection,
+    endpoint: EndpointId,
+    limit: usize,
+) -> rusqlite::Result<Vec<SealReport>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut statement = conn.prepare_cached(
+        "SELECT id, report_id FROM reports WHERE endpoint_id = ?1 AND batch_id IS NULL \
+         ORDER BY id LIMIT ?2",
+    )?;
+    statement
+        .query_map(params![endpoint.0, limit], |row| {
+            Ok(SealReport {
+                row: row.get(0)?,
+                report_id: row.get(1)?,
+            })
+        })?
+        .collect()
+}
+
+/// Bytes per report in `seals.reports`: the id, then the row as little-endian i64.
+const SEAL_REPORT_BYTES: usize = 16 + 8;
+
+fn encode_seal_reports(reports: &[SealReport]) -> Vec<u8> {
+    let mut blob = Vec::with_capacity(reports.len() * SEAL_REPORT_BYTES);
+    for report in reports {
+        blob.extend_from_slice(&report.report_id);
+        blob.extend_from_slice(&report.row.to_le_bytes());
+    }
+    blob
+}
+
+fn decode_seal_reports(blob: &[u8]) -> rusqlite::Result<Vec<SealReport>> {
+    if !blob.len().is_multiple_of(SEAL_REPORT_BYTES) {
+        return Err(rusqlite::Error::FromSqlConversionFailure(
+            4,
+            rusqlite::types::Type::Blob,
+            "seals.reports is not a whole number of entries".into(),
+        ));
+    }
+    Ok(blob
+        .chunks_exact(SEAL_REPORT_BYTES)
+        .map(|entry| {
+            let (id, row) = entry.split_at(16);
+            SealReport {
+                report_id: id.try_into().expect("16 bytes"),
+                row: i64::from_le_bytes(row.try_into().expect("8 bytes")),
+            }
+        })
+        .collect())
+}
+
+const SEAL_COLUMNS: &str = "endpoint_id, batch_id, decided, reports, created_at";
+
+fn seal(row: &Row<'_>) -> rusqlite::Result<Seal> {
+    Ok(Seal {
+        endpoint: EndpointId(row.get(0)?),
+        batch_id: row.get(1)?,
+        decided: row.get(2)?,
+        reports: decode_seal_reports(row.get_ref(3)?.as_blob()?)?,
+        created_at: from_millis(row.get(4)?),
+    })
+}
+
+/// Records a seal in progress; see [`crate::storage::Storage::put_seal`].
+pub(crate) fn put_seal(conn: &Connection, new: &Seal) -> Result<(), StorageError> {
+    let existing: Option<([u8; 16], bool)> = conn
+        .prepare_cached("SELECT batch_id, decided FROM seals WHERE endpoint_id = ?1")?
+        .query_row([new.endpoint.0], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    match existing {
+        Some((batch_id, true)) if batch_id != new.batch_id => {
+            return Err(StorageError::SealPending);
+        }
+        Some((_, true)) => return Ok(()),
+        _ => {}
+    }
+    let stored = conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO seals (endpoint_id, batch_id, decided, reports, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            new.endpoint.0,
+            new.batch_id,
+            new.decided,
+            encode_seal_reports(&new.reports),
+            to_millis(new.created_at),
+        ]);
+    match stored {
+        Ok(_) => Ok(()),
+        Err(error) if is_foreign_key_violation(&error) => Err(StorageError::UnknownEndpoint),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The seal in progress of an endpoint.
+pub(crate) fn pending_seal(
+    conn: &Connection,
+    endpoint: EndpointId,
+) -> rusqlite::Result<Option<Seal>> {
+    conn.prepare_cached(&format!(
+        "SELECT {SEAL_COLUMNS} FROM seals WHERE endpoint_id = ?1"
+    ))?
+    .query_row([endpoint.0], seal)
+    .optional()
+}
+
+/// Every decided seal, oldest first.
+pub(crate) fn decided_seals(conn: &Connection) -> rusqlite::Result<Vec<Seal>> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {SEAL_COLUMNS} FROM seals WHERE decided = 1 ORDER BY created_at"
+    ))?;
+    statement.query_map([], seal)?.collect()
+}
+
+/// Deletes the seal of an endpoint if it has this batch id.
+pub(crate) fn drop_seal(
+    conn: &Connection,
+    endpoint: EndpointId,
+    batch_id: &[u8; 16],
+) -> rusqlite::Result<bool> {
+    Ok(conn
+        .prepare_cached("DELETE FROM seals WHERE endpoint_id = ?1 AND batch_id = ?2")?
+        .execute(params![endpoint.0, batch_id])?
+        == 1)
+}
+
+/// The unbatched shares of `reports`, concatenated, and the end of each.
+pub(crate) fn read_shares(
+    conn: &Connection,
+    reports: &[SealReport],
+) -> Result<(Vec<u8>, Vec<u32>), StorageError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT share FROM reports WHERE id = ?1 AND report_id = ?2 AND batch_id IS NULL",
+    )?;
+    let mut data = Vec::new();
+    let mut ends = Vec::with_capacity(reports.len());
+    for report in reports {
+        let mut rows = statement.query(params![report.row, report.report_id])?;
+        let row = rows.next()?.ok_or(StorageError::ReportUnavailable)?;
+        let share = row
+            .get_ref(0)?
+            .as_blob_or_null()
+            .map_err(rusqlite::Error::from)?
+            .ok_or(StorageError::ReportUnavailable)?;
+        data.extend_from_slice(share);
+        let end = u32::try_from(data.len())
+            .map_err(|_| StorageError::OutOfRange("shares of one chunk"))?;
+        ends.push(end);
+    }
+    Ok((data, ends))
+}
+
+const BATCH_COLUMNS: &str = "batch_id, count, sealed_at";
+
+fn batch_info(row: &Row<'_>) -> rusqlite::Result<BatchInfo> {
+    Ok(BatchInfo {
+        batch_id: row.get(0)?,
+        count: row.get(1)?,
+        sealed_at: from_millis(row.get(2)?),
+    })
+}
+
+fn batch(row: &Row<'_>) -> rusqlite::Result<Batch> {
+    Ok(Batch {
+        info: batch_info(row)?,
+        share: row.get(3)?,
+    })
+}
+
+/// Seals reports into a batch; see [`crate::storage::Storage::commit_batch`].
+pub(crate) fn commit_batch(
+    conn: &Connection,
+    endpoint: EndpointId,
+    new: &NewBatch,
+    reports: &[SealReport],
+) -> Result<CommitOutcome, StorageError> {
+    if let Some(existing) = get_batch(conn, endpoint, &new.batch_id)? {
+        return Ok(CommitOutcome::AlreadyCommitted(existing.info));
+    }
+    if reports.is_empty() {
+        return Err(StorageError::OutOfRange("an empty batch"));
+    }
+    let count = reports.len() as u64;
+    let sealed_at = to_millis(new.sealed_at);
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO batches (endpoint_id, batch_id, count, sealed_at, share) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            endpoint.0,
+            new.batch_id,
+            count,
+            sealed_at,
+            new.share
+        ]);
+    match inserted {
+        Ok(_) => {}
+        Err(error) if is_foreign_key_violation(&error) => {
+            return Err(StorageError::UnknownEndpoint);
+        }
+        Err(error) => return Err(error.into()),
+    }
+    let batch_row = conn.last_insert_rowid();
+    let mut mark = conn.prepare_cached(
+        "UPDATE reports SET batch_id = ?1, share = NULL \
+         WHERE id = ?2 AND endpoint_id = ?3 AND report_id = ?4 AND batch_id IS NULL",
+    )?;
+    for report in reports {
+        if mark.execute(params![batch_row, report.row, endpoint.0, report.report_id])? != 1 {
+            // The caller drops the transaction: nothing of this batch is kept.
+            return Err(StorageError::ReportUnavailable);
+        }
+    }
+    drop_seal(conn, endpoint, &new.batch_id)?;
+    Ok(CommitOutcome::Committed(BatchInfo {
+        batch_id: new.batch_id,
+        count,
+        sealed_at: from_millis(sealed_at),
+    }))
+}
+
+/// The sealed batches of an endpoint, oldest first.
+pub(crate) fn list_batches(
+    conn: &Connection,
+    endpoint: EndpointId,
+) -> rusqlite::Result<Vec<BatchInfo>> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {BATCH_COLUMNS} FROM batches WHERE endpoint_id = ?1 ORDER BY id"
+    ))?;
+    statement.query_map([endpoint.0], batch_info)?.collect()
+}
+
+/// One sealed batch with its share.
+pub(crate) fn get_batch(
+    conn: &Connection,
+    endpoint: EndpointId,
+    batch_id: &[u8; 16],
+) -> rusqlite::Result<Option<Batch>> {
+    conn.prepare_cached(&format!(
+        "SELECT {BATCH_COLUMNS}, share FROM batches WHERE endpoint_id = ?1 AND batch_id = ?2"
+    ))?
+    .query_row(params![endpoint.0, batch_id], batch)
+    .optional()
+}
+
+/// Every sealed batch of an endpoint with its share, oldest first.
+pub(crate) fn all_batches(conn: &Connection, endpoint: EndpointId) -> rusqlite::Result<Vec<Batch>> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {BATCH_COLUMNS}, share FROM batches WHERE endpoint_id = ?1 ORDER BY id"
+    ))?;
+    statement.query_map([endpoint.0], batch)?.collect()
+}
+
+/// Expires unbatched reports received before `before` (Unix milliseconds) of every
+/// endpoint without a seal in progress; returns how many.
+pub(crate) fn expire_reports(conn: &Connection, before: i64) -> rusqlite::Result<u64> {
+    let endpoints: Vec<i64> = conn
+        .prepare_cached("SELECT id FROM endpoints WHERE id NOT IN (SELECT endpoint_id FROM seals)")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut expired = 0;
+    let mut statement = conn.prepare_cached(
+        "UPDATE reports SET batch_id = ?1, share = NULL \
+         WHERE endpoint_id = ?2 AND batch_id IS NULL AND received_at < ?3",
+    )?;
+    for endpoint in endpoints {
+        expired += statement.execute(params![EXPIRED, endpoint, before])? as u64;
+    }
+    Ok(expired)
 }

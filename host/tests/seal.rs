@@ -1,0 +1,647 @@
+//! Sealing batches across real `guardian serve` processes over real HTTP
+//! (DESIGN.md section 6): agreement on one set of reports, release rules, totals,
+//! and recovery from a follower that is down and a coordinator that crashes
+//! mid-seal.
+//!
+//! Clients shard with the same wasm plugins the servers run
+//! (`guardian::runtime::testing::builtin`), so every check compares what a
+//! scientist would combine with the plain computation over the measurements.
+
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use guardian::runtime::Plugin;
+use guardian::runtime::testing::builtin;
+use rand::Rng as _;
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+const PEER_TOKEN: &str = "a-test-peer-credential-of-enough-length-0123456789";
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One `guardian serve` process of a cluster; killed when dropped.
+struct Node {
+    child: Option<Child>,
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    log: PathBuf,
+}
+
+/// N share servers wired to each other, with authentication off for clients (the
+/// peer credential is still required between servers).
+struct Cluster {
+    _dir: TempDir,
+    nodes: Vec<Node>,
+    peers: String,
+    http: Client,
+}
+
+fn free_port() -> SocketAddr {
+    let listener = StdTcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    listener.local_addr().expect("reading the free port")
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let addrs: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
+        let peers = addrs
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = addrs
+            .iter()
+            .enumerate()
+            .map(|(index, addr)| Node {
+                child: None,
+                addr: *addr,
+                data_dir: dir.path().join(format!("server-{index}")),
+                log: dir.path().join(format!("server-{index}.log")),
+            })
+            .collect();
+        let mut cluster = Cluster {
+            _dir: dir,
+            nodes,
+            peers,
+            http: Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap(),
+        };
+        for index in 0..n {
+            cluster.launch(index, &[]).await;
+        }
+        cluster
+    }
+
+    /// Starts server `index` (again), with extra environment variables.
+    async fn launch(&mut self, index: usize, extra_env: &[(&str, &str)]) {
+        let n = self.nodes.len();
+        let peers = self.peers.clone();
+        let node = &mut self.nodes[index];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_guardian"));
+        command
+            .arg("serve")
+            .env_clear()
+            .env("GUARDIAN_AUTH_DISABLED", "true")
+            .env("GUARDIAN_AUTH_PEER_TOKEN", PEER_TOKEN)
+            .env("GUARDIAN_SERVER_INDEX", index.to_string())
+            .env("GUARDIAN_SERVER_SERVERS", n.to_string())
+            .env("GUARDIAN_SERVER_PEERS", &peers)
+            .env("GUARDIAN_SERVER_LISTEN", node.addr.to_string())
+            .env("GUARDIAN_SERVER_DATA_DIR", &node.data_dir)
+            .env("GUARDIAN_ENDPOINTS_PEER_TIMEOUT_MS", "10000")
+            .env("GUARDIAN_LOG_LEVEL", "info")
+            .envs(extra_env.iter().copied())
+            .current_dir(node.data_dir.parent().unwrap())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        node.child = Some(command.spawn().expect("starting guardian serve"));
+        let base = self.base(index);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.nodes[index]
+                .child
+                .as_mut()
+                .unwrap()
+                .try_wait()
+                .unwrap()
+            {
+                panic!("server {index} exited with {status}:\n{}", self.log(index));
+            }
+            let ready = self.http.get(format!("{base}/readyz")).send().await;
+            if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server {index} not ready:\n{}",
+                self.log(index)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for server `index` to exit on its own; returns whether it did in time.
+    async fn wait_exit(&mut self, index: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let child = self.nodes[index].child.as_mut().unwrap();
+            if child.try_wait().unwrap().is_some() {
+                self.nodes[index].child = None;
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    fn log(&self, index: usize) -> String {
+        std::fs::read_to_string(&self.nodes[index].log).unwrap_or_default()
+    }
+
+    fn base(&self, index: usize) -> String {
+        format!("http://{}", self.nodes[index].addr)
+    }
+
+    fn n(&self) -> usize {
+        self.nodes.len()
+    }
+
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        index: usize,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base(index)));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request failed");
+        let status = response.status();
+        let value = response.json().await.unwrap_or(Value::Null);
+        (status, value)
+    }
+
+    async fn get(&self, index: usize, path: &str) -> (StatusCode, Value) {
+        self.request(reqwest::Method::GET, index, path, None).await
+    }
+
+    async fn post(&self, index: usize, path: &str, body: Value) -> (StatusCode, Value) {
+        self.request(reqwest::Method::POST, index, path, Some(body))
+            .await
+    }
+
+    /// Creates the endpoint on every server.
+    async fn create_endpoint(&self, name: &str, plugin: &str, params: Value, min_batch: u64) {
+        for index in 0..self.n() {
+            let (status, body) = self
+                .post(
+                    index,
+                    "/api/v1/endpoints",
+                    json!({"name": name, "plugin": plugin, "params": params, "min_batch": min_batch}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "server {index}: {body}");
+        }
+    }
+
+    /// Seals on server 0.
+    async fn seal(&self, endpoint: &str) -> (StatusCode, Value) {
+        self.post(
+            0,
+            &format!("/api/v1/endpoints/{endpoint}/batches"),
+            json!({}),
+        )
+        .await
+    }
+
+    /// Fetches the released shares of a batch (or the total) from every server and
+    /// checks that they agree on the count.
+    async fn shares(&self, path: &str) -> (u64, Vec<Vec<u8>>) {
+        let mut count = None;
+        let mut shares = Vec::new();
+        for index in 0..self.n() {
+            let (status, body) = self.get(index, path).await;
+            assert_eq!(status, StatusCode::OK, "server {index} {path}: {body}");
+            assert_eq!(body["server_index"], index as u64);
+            let c = body["count"].as_u64().unwrap();
+            assert_eq!(
+                *count.get_or_insert(c),
+                c,
+                "servers disagree on the count of {path}"
+            );
+            shares.push(BASE64.decode(body["share"].as_str().unwrap()).unwrap());
+        }
+        (count.unwrap(), shares)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for index in 0..self.nodes.len() {
+            self.kill(index);
+        }
+    }
+}
+
+/// A client: the endpoint's plugin and configuration, computed as the servers do.
+struct Client2 {
+    plugin: Plugin,
+    config: Vec<u8>,
+}
+
+impl Client2 {
+    fn new(plugin: &str, params: &Value) -> Client2 {
+        let plugin = builtin(plugin);
+        let config = plugin.configure(&params.to_string()).unwrap();
+        Client2 { plugin, config }
+    }
+
+    fn shard(&self, measurement: &Value, n: usize) -> (String, Vec<String>) {
+        let seed: [u8; 32] = rand::random();
+        let shares = self
+            .plugin
+            .shard(&self.config, &measurement.to_string(), n as u32, &seed)
+            .unwrap();
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        (id, shares.iter().map(|s| BASE64.encode(s)).collect())
+    }
+
+    /// Posts `measurement` to the servers in `to` (all of them normally).
+    async fn submit(&self, cluster: &Cluster, endpoint: &str, measurement: &Value, to: &[usize]) {
+        let (id, shares) = self.shard(measurement, cluster.n());
+        for &index in to {
+            let (status, body) = cluster
+                .post(
+                    index,
+                    &format!("/api/v1/endpoints/{endpoint}/reports"),
+                    json!({"report_id": id, "share": shares[index]}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "server {index}: {body}");
+        }
+    }
+
+    fn unshard(&self, shares: &[Vec<u8>], count: u64) -> Value {
+        serde_json::from_str(&self.plugin.unshard(&self.config, shares, count).unwrap()).unwrap()
+    }
+}
+
+fn random_vector(len: usize) -> Vec<i64> {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| rng.random_range(-1_000_000..1_000_000))
+        .collect()
+}
+
+fn plain_sum(measurements: &[Vec<i64>]) -> Value {
+    let len = measurements[0].len();
+    let mut sum = vec![0i64; len];
+    for m in measurements {
+        for (s, v) in sum.iter_mut().zip(m) {
+            *s = s.wrapping_add(*v);
+        }
+    }
+    json!(sum)
+}
+
+async fn agreement_for(n: usize) {
+    let cluster = Cluster::start(n).await;
+    let params = json!({"length": 3, "signed": true});
+    cluster
+        .create_endpoint("steps", "sum", params.clone(), 5)
+        .await;
+    let client = Client2::new("sum", &params);
+    let all: Vec<usize> = (0..n).collect();
+    let mut measurements = Vec::new();
+    for _ in 0..40 {
+        let m = random_vector(3);
+        client.submit(&cluster, "steps", &json!(m), &all).await;
+        measurements.push(m);
+    }
+    // Reports that a crashed client posted to only some servers are left out.
+    for missing in 0..n {
+        let some: Vec<usize> = all.iter().copied().filter(|i| *i != missing).collect();
+        client
+            .submit(&cluster, "steps", &json!(random_vector(3)), &some)
+            .await;
+    }
+    client
+        .submit(&cluster, "steps", &json!(random_vector(3)), &[n - 1])
+        .await;
+
+    // Only the coordinator seals.
+    let (status, body) = cluster
+        .post(n - 1, "/api/v1/endpoints/steps/batches", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "not_coordinator");
+
+    let (status, sealed) = cluster.seal("steps").await;
+    assert_eq!(status, StatusCode::CREATED, "{sealed}");
+    assert_eq!(sealed["count"], 40);
+    let batch_id = sealed["batch_id"].as_str().unwrap();
+    let (count, shares) = cluster
+        .shares(&format!("/api/v1/endpoints/steps/batches/{batch_id}"))
+        .await;
+    assert_eq!(count, 40);
+    assert_eq!(client.unshard(&shares, count), plain_sum(&measurements));
+
+    // Every server lists the same batch, and the partial reports stay unbatched.
+    for index in 0..n {
+        let (_, list) = cluster.get(index, "/api/v1/endpoints/steps/batches").await;
+        assert_eq!(list["batches"].as_array().unwrap().len(), 1);
+        assert_eq!(list["batches"][0]["batch_id"], batch_id);
+        assert_eq!(list["batches"][0]["count"], 40);
+        let (_, endpoint) = cluster.get(index, "/api/v1/endpoints/steps").await;
+        assert_eq!(
+            endpoint["reports"]["batched"], 40,
+            "server {index}: {endpoint}"
+        );
+    }
+
+    // A second batch, then the total over both combines to the plain sum.
+    for _ in 0..5 {
+        let m = random_vector(3);
+        client.submit(&cluster, "steps", &json!(m), &all).await;
+        measurements.push(m);
+    }
+    let (status, second) = cluster.seal("steps").await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    assert_eq!(second["count"], 5);
+    let (count, shares) = cluster.shares("/api/v1/endpoints/steps/total").await;
+    assert_eq!(count, 45);
+    assert_eq!(client.unshard(&shares, count), plain_sum(&measurements));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_agree_and_unshard_to_the_plain_sum() {
+    agreement_for(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_agree_and_unshard_to_the_plain_sum() {
+    agreement_for(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_min_batch_nothing_is_sealed_anywhere() {
+    let cluster = Cluster::start(2).await;
+    let params = json!({"buckets": ["a", "b", "c"]});
+    cluster
+        .create_endpoint("votes", "histogram", params.clone(), 4)
+        .await;
+    let client = Client2::new("histogram", &params);
+    let (status, body) = cluster.seal("votes").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "batch_too_small");
+    assert_eq!(
+        (
+            body["error"]["agreed"].as_u64(),
+            body["error"]["needed"].as_u64()
+        ),
+        (Some(0), Some(4))
+    );
+
+    let votes = ["a", "b", "a"];
+    for vote in votes {
+        client
+            .submit(&cluster, "votes", &json!(vote), &[0, 1])
+            .await;
+    }
+    // One more on server 0 only: the coordinator holds 4, only 3 are agreed.
+    client.submit(&cluster, "votes", &json!("c"), &[0]).await;
+    let (status, body) = cluster.seal("votes").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        (
+            body["error"]["agreed"].as_u64(),
+            body["error"]["needed"].as_u64()
+        ),
+        (Some(3), Some(4))
+    );
+    for index in 0..2 {
+        let (_, list) = cluster.get(index, "/api/v1/endpoints/votes/batches").await;
+        assert_eq!(list["batches"], json!([]), "server {index}");
+    }
+
+    client.submit(&cluster, "votes", &json!("c"), &[0, 1]).await;
+    let (status, sealed) = cluster.seal("votes").await;
+    assert_eq!(status, StatusCode::CREATED, "{sealed}");
+    assert_eq!(sealed["count"], 4);
+    let (count, shares) = cluster
+        .shares(&format!(
+            "/api/v1/endpoints/votes/batches/{}",
+            sealed["batch_id"].as_str().unwrap()
+        ))
+        .await;
+    let result = client.unshard(&shares, count);
+    assert_eq!(result["counts"], json!([2, 1, 1]), "{result}");
+
+    // Right after, one new report cannot be released on its own.
+    client.submit(&cluster, "votes", &json!("b"), &[0, 1]).await;
+    let (status, body) = cluster.seal("votes").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "batch_too_small");
+    assert_eq!(body["error"]["agreed"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_down_seals_nothing_until_it_returns() {
+    let mut cluster = Cluster::start(2).await;
+    let params = json!({"length": 2});
+    cluster
+        .create_endpoint("steps", "sum", params.clone(), 3)
+        .await;
+    let client = Client2::new("sum", &params);
+    let mut measurements = Vec::new();
+    for _ in 0..6 {
+        let m: Vec<i64> = random_vector(2).iter().map(|v| v.abs()).collect();
+        client.submit(&cluster, "steps", &json!(m), &[0, 1]).await;
+        measurements.push(m);
+    }
+    cluster.kill(1);
+    let (status, body) = cluster.seal("steps").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "peer_unavailable");
+    let (_, list) = cluster.get(0, "/api/v1/endpoints/steps/batches").await;
+    assert_eq!(list["batches"], json!([]));
+
+    cluster.launch(1, &[]).await;
+    let (_, list) = cluster.get(1, "/api/v1/endpoints/steps/batches").await;
+    assert_eq!(list["batches"], json!([]));
+    let (status, sealed) = cluster.seal("steps").await;
+    assert_eq!(status, StatusCode::CREATED, "{sealed}");
+    let (count, shares) = cluster.shares("/api/v1/endpoints/steps/total").await;
+    assert_eq!(count, 6);
+    assert_eq!(client.unshard(&shares, count), plain_sum(&measurements));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_crash_after_the_followers_committed_is_completed_after_restart() {
+    let mut cluster = Cluster::start(3).await;
+    let params = json!({"length": 4, "signed": true});
+    cluster
+        .create_endpoint("steps", "sum", params.clone(), 3)
+        .await;
+    let client = Client2::new("sum", &params);
+    let mut measurements = Vec::new();
+    for _ in 0..10 {
+        let m = random_vector(4);
+        client
+            .submit(&cluster, "steps", &json!(m), &[0, 1, 2])
+            .await;
+        measurements.push(m);
+    }
+    cluster.kill(0);
+    cluster
+        .launch(
+            0,
+            &[(
+                guardian::server::FAULT_VAR,
+                "crash_before_coordinator_commit",
+            )],
+        )
+        .await;
+    let sealing = cluster
+        .http
+        .post(format!(
+            "{}/api/v1/endpoints/steps/batches",
+            cluster.base(0)
+        ))
+        .json(&json!({}))
+        .send()
+        .await;
+    assert!(
+        sealing.is_err(),
+        "the coordinator answered instead of crashing: {sealing:?}"
+    );
+    assert!(
+        cluster.wait_exit(0, Duration::from_secs(30)).await,
+        "the coordinator did not crash"
+    );
+    // The followers committed; the coordinator did not.
+    for index in [1, 2] {
+        let (_, list) = cluster.get(index, "/api/v1/endpoints/steps/batches").await;
+        assert_eq!(
+            list["batches"].as_array().unwrap().len(),
+            1,
+            "server {index}: {list}"
+        );
+    }
+
+    cluster.launch(0, &[]).await;
+    // The background retry completes the decided seal on its own.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let batch_id = loop {
+        let (_, list) = cluster.get(0, "/api/v1/endpoints/steps/batches").await;
+        if let Some(batch) = list["batches"].as_array().unwrap().first() {
+            break batch["batch_id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pending seal was not completed:\n{}",
+            cluster.log(0)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for index in 0..3 {
+        let (_, list) = cluster.get(index, "/api/v1/endpoints/steps/batches").await;
+        assert_eq!(list["batches"].as_array().unwrap().len(), 1);
+        assert_eq!(list["batches"][0]["batch_id"], batch_id.as_str());
+        assert_eq!(list["batches"][0]["count"], 10);
+    }
+    let (count, shares) = cluster.shares("/api/v1/endpoints/steps/total").await;
+    assert_eq!(count, 10);
+    assert_eq!(client.unshard(&shares, count), plain_sum(&measurements));
+    // Nothing is left to seal: the same reports are never released twice.
+    let (status, body) = cluster.seal("steps").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["agreed"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mismatched_endpoint_config_refuses_the_seal() {
+    let cluster = Cluster::start(2).await;
+    for (index, length) in [(0, 2), (1, 3)] {
+        let (status, body) = cluster
+            .post(
+                index,
+                "/api/v1/endpoints",
+                json!({"name": "steps", "plugin": "sum", "params": {"length": length}, "min_batch": 2}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let client = Client2::new("sum", &json!({"length": 2}));
+    for _ in 0..3 {
+        client.submit(&cluster, "steps", &json!([1, 2]), &[0]).await;
+    }
+    let (status, body) = cluster.seal("steps").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "config_mismatch");
+    let (_, list) = cluster.get(0, "/api/v1/endpoints/steps/batches").await;
+    assert_eq!(list["batches"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dp_batch_share_never_changes() {
+    let cluster = Cluster::start(2).await;
+    let params = json!({"length": 2, "bound": 10, "epsilon": 1.0, "mechanism": "laplace"});
+    cluster
+        .create_endpoint("noisy", "dp-sum", params.clone(), 3)
+        .await;
+    let client = Client2::new("dp-sum", &params);
+    for _ in 0..3 {
+        client
+            .submit(&cluster, "noisy", &json!([3, 4]), &[0, 1])
+            .await;
+    }
+    let (status, sealed) = cluster.seal("noisy").await;
+    assert_eq!(status, StatusCode::CREATED, "{sealed}");
+    let path = format!(
+        "/api/v1/endpoints/noisy/batches/{}",
+        sealed["batch_id"].as_str().unwrap()
+    );
+    let (_, first) = cluster.shares(&path).await;
+    let (_, again) = cluster.shares(&path).await;
+    assert_eq!(first, again);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_routes_take_only_the_peer_credential() {
+    let cluster = Cluster::start(2).await;
+    cluster
+        .create_endpoint("steps", "sum", json!({"length": 1}), 2)
+        .await;
+    let url = format!("{}/peer/v1/endpoints/steps/abort", cluster.base(1));
+    let body = json!({"batch_id": "00".repeat(16)});
+    for token in [
+        None,
+        Some("not-the-credential"),
+        Some("eyJhbGciOiJSUzI1NiJ9.e30.c2ln"),
+    ] {
+        let mut request = cluster.http.post(&url).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "token {token:?}"
+        );
+    }
+    let response = cluster
+        .http
+        .post(&url)
+        .bearer_auth(PEER_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.json::<Value>().await.unwrap()["aborted"], false);
+}
