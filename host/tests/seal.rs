@@ -40,6 +40,8 @@ struct Cluster {
     nodes: Vec<Node>,
     peers: String,
     http: Client,
+    /// Environment of every server, after the defaults above.
+    env: Vec<(String, String)>,
 }
 
 fn free_port() -> SocketAddr {
@@ -49,7 +51,16 @@ fn free_port() -> SocketAddr {
 
 impl Cluster {
     async fn start(n: usize) -> Cluster {
+        Self::start_with(n, |_| Vec::new()).await
+    }
+
+    /// Starts a cluster whose servers also get the environment `env(dir)`.
+    async fn start_with(
+        n: usize,
+        env: impl Fn(&std::path::Path) -> Vec<(String, String)>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
+        let env = env(dir.path());
         let addrs: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
         let peers = addrs
             .iter()
@@ -71,6 +82,7 @@ impl Cluster {
             nodes,
             peers,
             http: Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap(),
+            env,
         };
         for index in 0..n {
             cluster.launch(index, &[]).await;
@@ -82,7 +94,7 @@ impl Cluster {
     async fn launch(&mut self, index: usize, extra_env: &[(&str, &str)]) {
         let n = self.nodes.len();
         let peers = self.peers.clone();
-        let node = &mut self.nodes[index];
+        let node = &self.nodes[index];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -101,12 +113,13 @@ impl Cluster {
             .env("GUARDIAN_SERVER_DATA_DIR", &node.data_dir)
             .env("GUARDIAN_ENDPOINTS_PEER_TIMEOUT_MS", "10000")
             .env("GUARDIAN_LOG_LEVEL", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(extra_env.iter().copied())
             .current_dir(node.data_dir.parent().unwrap())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        node.child = Some(command.spawn().expect("starting guardian serve"));
+        self.nodes[index].child = Some(command.spawn().expect("starting guardian serve"));
         let base = self.base(index);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -644,4 +657,64 @@ async fn peer_routes_take_only_the_peer_credential() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.json::<Value>().await.unwrap()["aborted"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_routes_refuse_the_peer_credential_and_peer_routes_user_tokens() {
+    let cluster = Cluster::start_with(2, |dir| {
+        vec![
+            ("GUARDIAN_AUTH_DISABLED".into(), "false".into()),
+            ("GUARDIAN_AUTH_DEV_ISSUER".into(), "true".into()),
+            (
+                "GUARDIAN_AUTH_DEV_ISSUER_DIR".into(),
+                dir.join("issuer").display().to_string(),
+            ),
+        ]
+    })
+    .await;
+    let issuer_dir = cluster._dir.path().join("issuer");
+    let issuer = guardian::auth::DevIssuer::load_or_create(&issuer_dir).unwrap();
+    let admin = issuer
+        .mint(
+            guardian::config::Role::Admin,
+            "root",
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    // The peer credential opens no user route, not even `me`.
+    for path in [
+        "/api/v1/me",
+        "/api/v1/endpoints",
+        "/api/v1/endpoints/steps/total",
+    ] {
+        let response = cluster
+            .http
+            .get(format!("{}{path}", cluster.base(0)))
+            .bearer_auth(PEER_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    // An admin token opens no peer route.
+    let response = cluster
+        .http
+        .post(format!("{}/peer/v1/endpoints/steps/abort", cluster.base(1)))
+        .bearer_auth(&admin)
+        .json(&json!({"batch_id": "00".repeat(16)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_peer_credential");
+    // While the same token works where it belongs.
+    let response = cluster
+        .http
+        .get(format!("{}/api/v1/me", cluster.base(0)))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }

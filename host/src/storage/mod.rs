@@ -205,9 +205,11 @@ impl Storage {
         self.backend.drop_seal(endpoint, batch_id).await
     }
 
-    /// The shares of `reports`, concatenated in their order, and where each ends: the
-    /// layout the plugins' `accumulate` takes. Fails with
-    /// [`StorageError::ReportUnavailable`] if one has no share any more.
+    /// The shares of `reports`, concatenated in [`SealReport`] order (not the order
+    /// given), and where each ends: the layout the plugins' `accumulate` takes. Reads
+    /// every stored row between the first and the last report, so give it reports
+    /// sorted and cut into chunks. Fails with [`StorageError::ReportUnavailable`] if
+    /// one has no share any more.
     pub async fn read_shares(
         &self,
         reports: Vec<SealReport>,
@@ -217,7 +219,8 @@ impl Storage {
 
     /// Seals `reports` into a batch with its released share, in one transaction:
     /// marks them batched, deletes their shares (keeping their ids), stores the
-    /// batch and forgets the endpoint's seal in progress if it has this batch id.
+    /// batch and forgets the endpoint's reservation if it has this batch id (a
+    /// decision is kept: the coordinator drops it once every server committed).
     ///
     /// Idempotent by batch id: if the batch is already stored, nothing changes and
     /// [`CommitOutcome::AlreadyCommitted`] tells it. Fails with
@@ -260,12 +263,26 @@ impl Storage {
 }
 
 /// An unbatched report as a seal handles it: its id, and where it is stored.
+///
+/// Ordered by where it is stored, the order in which [`Storage::read_shares`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SealReport {
     /// The client's report id, the same on every server.
     pub report_id: [u8; 16],
     /// Row of the report on this server, so a seal never looks an id up twice.
     row: i64,
+}
+
+impl Ord for SealReport {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.row, self.report_id).cmp(&(other.row, other.report_id))
+    }
+}
+
+impl PartialOrd for SealReport {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// A seal in progress: on a follower, the reports it holds of a proposal (reserved

@@ -651,9 +651,30 @@ async fn one_seal_in_progress_per_endpoint() {
         storage.pending_seal(steps.id).await.unwrap(),
         Some(seal(3, true))
     );
+    // Committing its batch keeps the decision (other servers may still have to
+    // commit); dropping it ends the seal.
     commit(&storage, steps.id, 3, &reports).await.unwrap();
+    assert_eq!(storage.decided_seals().await.unwrap(), vec![seal(3, true)]);
+    assert!(storage.drop_seal(steps.id, [3; 16]).await.unwrap());
     assert_eq!(storage.pending_seal(steps.id).await.unwrap(), None);
-    assert!(storage.decided_seals().await.unwrap().is_empty());
+    // A reservation is dropped by committing its batch.
+    for n in 4..6 {
+        storage
+            .insert_report(steps.id, report_id(n), vec![1], at(7))
+            .await
+            .unwrap();
+    }
+    let rest = storage.unbatched_reports(steps.id, 10).await.unwrap();
+    storage
+        .put_seal(Seal {
+            batch_id: [5; 16],
+            reports: rest.clone(),
+            ..seal(5, false)
+        })
+        .await
+        .unwrap();
+    commit(&storage, steps.id, 5, &rest).await.unwrap();
+    assert_eq!(storage.pending_seal(steps.id).await.unwrap(), None);
     storage.close().await.unwrap();
 }
 
@@ -1144,5 +1165,56 @@ async fn sql_inserts_per_second_without_the_queue() {
         "direct on the write connection: {:.0} reports/s",
         100_000.0 / elapsed.as_secs_f64()
     );
+    storage.close().await.unwrap();
+}
+
+/// Times each storage step of sealing a million length-10 reports; a figure, not a
+/// check: `cargo test -p guardian --lib seal_steps -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run explicitly"]
+async fn seal_steps_for_a_million_reports() {
+    const N: u64 = 1_000_000;
+    let (_dir, path) = temp_db();
+    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+    storage.close().await.unwrap();
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        {
+            let mut insert = tx
+                .prepare("INSERT INTO reports (endpoint_id, report_id, share, received_at) VALUES (?1, ?2, ?3, 0)")
+                .unwrap();
+            for n in 0..N {
+                let mut id = report_id(n);
+                id[..8].copy_from_slice(&n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+                insert
+                    .execute(rusqlite::params![steps.id.0, id, vec![n as u8; 80]])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    let storage = Storage::open(&path, StorageOptions::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let reports = storage
+        .unbatched_reports(steps.id, usize::MAX)
+        .await
+        .unwrap();
+    let listed = started.elapsed();
+    let started = Instant::now();
+    let mut bytes = 0;
+    for chunk in reports.chunks(65_536) {
+        let (data, _) = storage.read_shares(chunk.to_vec()).await.unwrap();
+        bytes += data.len();
+    }
+    let read = started.elapsed();
+    assert_eq!(bytes, 80 * N as usize);
+    let started = Instant::now();
+    let outcome = commit(&storage, steps.id, 1, &reports).await.unwrap();
+    let committed = started.elapsed();
+    assert_eq!(outcome.info().count, N);
+    println!("{N} reports: list {listed:?}, read shares {read:?}, commit {committed:?}");
     storage.close().await.unwrap();
 }
