@@ -387,6 +387,20 @@ async fn agreement_for(n: usize) {
     let (count, shares) = cluster.shares("/api/v1/endpoints/steps/total").await;
     assert_eq!(count, 45);
     assert_eq!(client.unshard(&shares, count), plain_sum(&measurements));
+
+    let metrics = cluster
+        .http
+        .get(format!("{}/metrics", cluster.base(0)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"guardian_seals_total{endpoint="steps",reason="sealed"} 2"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

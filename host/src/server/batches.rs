@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::auth::{Caller, Peer, need};
 use super::error::ApiError;
 use super::extract::Json;
+use super::metrics::RejectLabels;
 use super::registry::LiveEndpoint;
 use super::routes::{Answer, json, timestamp, unknown_endpoint};
 use super::{AppState, seal};
@@ -58,8 +59,21 @@ pub(super) async fn seal_batch(
             ),
         ));
     }
-    let info = seal::seal(&state, &live).await?;
-    json(StatusCode::CREATED, BatchView::from(info))
+    let started = std::time::Instant::now();
+    let sealed = seal::seal(&state, &live).await;
+    state
+        .metrics
+        .seal_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let labels = RejectLabels {
+        endpoint: name,
+        reason: match &sealed {
+            Ok(_) => "sealed".to_owned(),
+            Err(e) => e.code.to_owned(),
+        },
+    };
+    state.metrics.seals.get_or_create(&labels).inc();
+    json(StatusCode::CREATED, BatchView::from(sealed?))
 }
 
 /// `GET /api/v1/endpoints/{name}/batches`.

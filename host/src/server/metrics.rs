@@ -33,6 +33,11 @@ pub(super) struct Metrics {
     pub(super) plugin_call_seconds: Family<CallLabel, Histogram>,
     commit_seconds: Histogram,
     commit_reports: Histogram,
+    /// Seal requests on the coordinator, by endpoint and outcome (`sealed` or an
+    /// error code).
+    pub(super) seals: Family<RejectLabels, Counter>,
+    /// Duration of seal requests, from the request to every server's commit.
+    pub(super) seal_seconds: Histogram,
     plugins_compiled: Gauge,
     plugins_from_cache: Gauge,
 }
@@ -72,6 +77,18 @@ impl Metrics {
             "Reports per group commit",
             commit_reports.clone(),
         );
+        let seals = Family::<RejectLabels, Counter>::default();
+        registry.register(
+            "seals",
+            "Seal requests on the coordinator, by endpoint and outcome (reason: sealed or an error code)",
+            seals.clone(),
+        );
+        let seal_seconds = Histogram::new(exponential_buckets(1e-3, 2.0, 16));
+        registry.register(
+            "seal_seconds",
+            "Duration of seal requests on the coordinator",
+            seal_seconds.clone(),
+        );
         let plugins_compiled = Gauge::default();
         registry.register(
             "plugins_compiled",
@@ -93,6 +110,8 @@ impl Metrics {
             plugin_call_seconds,
             commit_seconds,
             commit_reports,
+            seals,
+            seal_seconds,
         }
     }
 

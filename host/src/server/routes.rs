@@ -217,6 +217,8 @@ struct EndpointView {
 struct ReportCounts {
     unbatched: u64,
     batched: u64,
+    expired: u64,
+    batches: u64,
 }
 
 impl EndpointView {
@@ -233,6 +235,8 @@ impl EndpointView {
             reports: counts.map(|c| ReportCounts {
                 unbatched: c.unbatched,
                 batched: c.batched,
+                expired: c.expired,
+                batches: c.batches,
             }),
         }
     }
