@@ -1,0 +1,323 @@
+//! A cluster of real `guardian serve` processes for the end-to-end tests, and a
+//! client that shards and unshards with the same wasm plugins the servers run.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use guardian::runtime::Plugin;
+use guardian::runtime::testing::builtin;
+use rand::Rng as _;
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+pub const PEER_TOKEN: &str = "a-test-peer-credential-of-enough-length-0123456789";
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One `guardian serve` process of a cluster; killed when dropped.
+pub struct Node {
+    child: Option<Child>,
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    log: PathBuf,
+}
+
+/// N share servers wired to each other, with authentication off for clients (the
+/// peer credential is still required between servers).
+pub struct Cluster {
+    pub dir: TempDir,
+    nodes: Vec<Node>,
+    peers: String,
+    pub http: Client,
+    /// Environment of every server, after the defaults above.
+    env: Vec<(String, String)>,
+}
+
+pub fn free_port() -> SocketAddr {
+    let listener = StdTcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    listener.local_addr().expect("reading the free port")
+}
+
+impl Cluster {
+    pub async fn start(n: usize) -> Cluster {
+        Self::start_with(n, |_| Vec::new()).await
+    }
+
+    /// Starts a cluster whose servers also get the environment `env(dir)`.
+    pub async fn start_with(
+        n: usize,
+        env: impl Fn(&std::path::Path) -> Vec<(String, String)>,
+    ) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(dir.path());
+        let addrs: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
+        let peers = addrs
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = addrs
+            .iter()
+            .enumerate()
+            .map(|(index, addr)| Node {
+                child: None,
+                addr: *addr,
+                data_dir: dir.path().join(format!("server-{index}")),
+                log: dir.path().join(format!("server-{index}.log")),
+            })
+            .collect();
+        let mut cluster = Cluster {
+            dir,
+            nodes,
+            peers,
+            http: Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap(),
+            env,
+        };
+        for index in 0..n {
+            cluster.launch(index, &[]).await;
+        }
+        cluster
+    }
+
+    /// Starts server `index` (again), with extra environment variables.
+    pub async fn launch(&mut self, index: usize, extra_env: &[(&str, &str)]) {
+        let n = self.nodes.len();
+        let peers = self.peers.clone();
+        let node = &self.nodes[index];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_guardian"));
+        command
+            .arg("serve")
+            .env_clear()
+            .env("GUARDIAN_AUTH_DISABLED", "true")
+            .env("GUARDIAN_AUTH_PEER_TOKEN", PEER_TOKEN)
+            .env("GUARDIAN_SERVER_INDEX", index.to_string())
+            .env("GUARDIAN_SERVER_SERVERS", n.to_string())
+            .env("GUARDIAN_SERVER_PEERS", &peers)
+            .env("GUARDIAN_SERVER_LISTEN", node.addr.to_string())
+            .env("GUARDIAN_SERVER_DATA_DIR", &node.data_dir)
+            .env("GUARDIAN_ENDPOINTS_PEER_TIMEOUT_MS", "10000")
+            .env("GUARDIAN_LOG_LEVEL", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra_env.iter().copied())
+            .current_dir(node.data_dir.parent().unwrap())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.nodes[index].child = Some(command.spawn().expect("starting guardian serve"));
+        let base = self.base(index);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.nodes[index]
+                .child
+                .as_mut()
+                .unwrap()
+                .try_wait()
+                .unwrap()
+            {
+                panic!("server {index} exited with {status}:\n{}", self.log(index));
+            }
+            let ready = self.http.get(format!("{base}/readyz")).send().await;
+            if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server {index} not ready:\n{}",
+                self.log(index)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for server `index` to exit on its own; returns whether it did in time.
+    pub async fn wait_exit(&mut self, index: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let child = self.nodes[index].child.as_mut().unwrap();
+            if child.try_wait().unwrap().is_some() {
+                self.nodes[index].child = None;
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    pub fn log(&self, index: usize) -> String {
+        std::fs::read_to_string(&self.nodes[index].log).unwrap_or_default()
+    }
+
+    pub fn base(&self, index: usize) -> String {
+        format!("http://{}", self.nodes[index].addr)
+    }
+
+    pub fn n(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        index: usize,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base(index)));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request failed");
+        let status = response.status();
+        let value = response.json().await.unwrap_or(Value::Null);
+        (status, value)
+    }
+
+    pub async fn get(&self, index: usize, path: &str) -> (StatusCode, Value) {
+        self.request(reqwest::Method::GET, index, path, None).await
+    }
+
+    pub async fn post(&self, index: usize, path: &str, body: Value) -> (StatusCode, Value) {
+        self.request(reqwest::Method::POST, index, path, Some(body))
+            .await
+    }
+
+    /// Creates the endpoint on every server.
+    pub async fn create_endpoint(&self, name: &str, plugin: &str, params: Value, min_batch: u64) {
+        for index in 0..self.n() {
+            let (status, body) = self
+                .post(
+                    index,
+                    "/api/v1/endpoints",
+                    json!({"name": name, "plugin": plugin, "params": params, "min_batch": min_batch}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "server {index}: {body}");
+        }
+    }
+
+    /// Seals on server 0.
+    pub async fn seal(&self, endpoint: &str) -> (StatusCode, Value) {
+        self.post(
+            0,
+            &format!("/api/v1/endpoints/{endpoint}/batches"),
+            json!({}),
+        )
+        .await
+    }
+
+    /// Fetches the released shares of a batch (or the total) from every server and
+    /// checks that they agree on the count.
+    pub async fn shares(&self, path: &str) -> (u64, Vec<Vec<u8>>) {
+        let mut count = None;
+        let mut shares = Vec::new();
+        for index in 0..self.n() {
+            let (status, body) = self.get(index, path).await;
+            assert_eq!(status, StatusCode::OK, "server {index} {path}: {body}");
+            assert_eq!(body["server_index"], index as u64);
+            let c = body["count"].as_u64().unwrap();
+            assert_eq!(
+                *count.get_or_insert(c),
+                c,
+                "servers disagree on the count of {path}"
+            );
+            shares.push(BASE64.decode(body["share"].as_str().unwrap()).unwrap());
+        }
+        (count.unwrap(), shares)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for index in 0..self.nodes.len() {
+            self.kill(index);
+        }
+    }
+}
+
+/// A client: the endpoint's plugin and configuration, computed as the servers do.
+pub struct Sharder {
+    plugin: Plugin,
+    config: Vec<u8>,
+}
+
+impl Sharder {
+    pub fn new(plugin: &str, params: &Value) -> Sharder {
+        let plugin = builtin(plugin);
+        let config = plugin.configure(&params.to_string()).unwrap();
+        Sharder { plugin, config }
+    }
+
+    pub fn shard(&self, measurement: &Value, n: usize) -> (String, Vec<String>) {
+        let seed: [u8; 32] = rand::random();
+        let shares = self
+            .plugin
+            .shard(&self.config, &measurement.to_string(), n as u32, &seed)
+            .unwrap();
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        (id, shares.iter().map(|s| BASE64.encode(s)).collect())
+    }
+
+    /// Posts `measurement` to the servers in `to` (all of them normally).
+    pub async fn submit(
+        &self,
+        cluster: &Cluster,
+        endpoint: &str,
+        measurement: &Value,
+        to: &[usize],
+    ) {
+        let (id, shares) = self.shard(measurement, cluster.n());
+        for &index in to {
+            let (status, body) = cluster
+                .post(
+                    index,
+                    &format!("/api/v1/endpoints/{endpoint}/reports"),
+                    json!({"report_id": id, "share": shares[index]}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "server {index}: {body}");
+        }
+    }
+
+    pub fn unshard(&self, shares: &[Vec<u8>], count: u64) -> Value {
+        serde_json::from_str(&self.plugin.unshard(&self.config, shares, count).unwrap()).unwrap()
+    }
+}
+
+pub fn random_vector(len: usize) -> Vec<i64> {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| rng.random_range(-1_000_000..1_000_000))
+        .collect()
+}
+
+pub fn plain_sum(measurements: &[Vec<i64>]) -> Value {
+    let len = measurements[0].len();
+    let mut sum = vec![0i64; len];
+    for m in measurements {
+        for (s, v) in sum.iter_mut().zip(m) {
+            *s = s.wrapping_add(*v);
+        }
+    }
+    json!(sum)
+}
