@@ -73,14 +73,20 @@ impl Authenticator for NoKeys {
     }
 }
 
-/// A 401 with the `WWW-Authenticate` header RFC 6750 asks for.
+/// A 401 with the `WWW-Authenticate` header RFC 6750 asks for: a bare challenge
+/// when no credentials came (section 3.1: no error code then), else
+/// `error="invalid_token"` with the reason.
 pub fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError {
     let message = message.into();
     let mut error = ApiError::new(StatusCode::UNAUTHORIZED, code, message.clone());
-    let description = message.replace(['"', '\\'], "'");
-    error.www_authenticate = Some(format!(
-        "Bearer error=\"invalid_token\", error_description=\"{description}\""
-    ));
+    error.www_authenticate = Some(if code == "missing_token" {
+        "Bearer realm=\"guardian\"".to_owned()
+    } else {
+        let description = message.replace(['"', '\\'], "'");
+        format!(
+            "Bearer realm=\"guardian\", error=\"invalid_token\", error_description=\"{description}\""
+        )
+    });
     error
 }
 
