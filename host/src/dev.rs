@@ -29,6 +29,9 @@ pub const DEMO_ENDPOINT: &str = "demo";
 const DEMO_PLUGIN: &str = "histogram";
 const DEMO_PARAMS: &str = r#"{"buckets": ["red", "green", "blue"]}"#;
 const DEMO_MIN_BATCH: u64 = 3;
+/// The banner's example submission: four measurements of the demo endpoint
+/// (one more than its minimum batch), posted with the user's token.
+const DEMO_SUBMIT: &str = r#"printf '"red"\n"green"\n"blue"\n"red"\n' | guardian submit demo --file - --token "$USER_TOKEN""#;
 
 /// How long the tokens printed by `guardian dev` last.
 const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -147,7 +150,8 @@ impl Dev {
         &self.urls
     }
 
-    /// What to print for a newcomer.
+    /// What to print for a newcomer: the servers, a token per role, the
+    /// `export` lines for the client commands and the next three commands to try.
     pub fn banner(&self) -> String {
         let servers = self.urls.join(",");
         let list: Vec<String> = self
@@ -169,15 +173,19 @@ impl Dev {
              {tokens}\n\n\
              In another terminal:\n\n\
              \x20 export GUARDIAN_SERVERS={servers}\n\
-             \x20 export GUARDIAN_TOKEN={scientist}\n\n\
-             The demo endpoint `{DEMO_ENDPOINT}` is a {DEMO_PLUGIN} over {DEMO_PARAMS} (min batch {DEMO_MIN_BATCH}). Try:\n\n\
-             \x20 curl -H \"Authorization: Bearer $GUARDIAN_TOKEN\" {first}/api/v1/me\n\
-             \x20 curl -H \"Authorization: Bearer $GUARDIAN_TOKEN\" {first}/api/v1/endpoints/{DEMO_ENDPOINT}\n\
-             \x20 curl {first}/metrics\n",
+             \x20 export GUARDIAN_TOKEN={scientist}\n\
+             \x20 export USER_TOKEN={user}\n\n\
+             The demo endpoint `{DEMO_ENDPOINT}` is a {DEMO_PLUGIN} over {DEMO_PARAMS} (min batch {DEMO_MIN_BATCH}). Next, try:\n\n\
+             \x20 guardian endpoint list\n\
+             \x20 {submit}\n\
+             \x20 guardian collect {DEMO_ENDPOINT}\n\n\
+             (From a checkout, `cargo run -q --` works in place of `guardian`. Metrics: {first}/metrics)\n",
             n = self.urls.len(),
             list = list.join("\n"),
             tokens = tokens.join("\n"),
             scientist = self.token(Role::Scientist),
+            user = self.token(Role::User),
+            submit = DEMO_SUBMIT,
         )
     }
 

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use guardian::client::{Cluster, admin, collect, submit};
 use guardian::config::{self, Environment, LogFormat};
 use guardian::dev::{Dev, DevOptions};
 use guardian::server::Server;
@@ -65,6 +67,144 @@ enum Command {
         #[arg(long, default_value_t = guardian::config::DEFAULT_BASE_PORT)]
         port: u16,
     },
+    /// Upload or list algorithm plugins (developer).
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Create or list endpoints (developer).
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+    /// Shard measurements locally and post share i to server i (user).
+    ///
+    /// The endpoint's plugin is fetched from the servers (checked against its
+    /// digest) and run here, so no server ever sees a measurement. `--value`
+    /// posts one measurement; `--file` posts one JSON measurement per line (blank
+    /// lines skipped, `-` reads standard input) concurrently, with a progress bar
+    /// and a summary, and exits non-zero if any failed. Retries are safe: a report
+    /// is retried under the same id, which the servers store once.
+    ///
+    /// Example: guardian submit demo --value '"red"'
+    ///
+    /// Example: guardian submit sums --file measurements.jsonl
+    Submit {
+        /// The endpoint.
+        name: String,
+        /// One measurement, as JSON (e.g. '[1, 2, 3]' or '"red"').
+        #[arg(
+            long,
+            value_name = "JSON",
+            required_unless_present = "file",
+            conflicts_with = "file"
+        )]
+        value: Option<String>,
+        /// A file of measurements, one JSON value per line (`-` for standard input).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Seal a batch and combine every server's released share (scientist).
+    ///
+    /// Asks server 0 to seal a batch of the reports every server holds, fetches
+    /// each server's released share, checks that they agree and combines them
+    /// locally with the endpoint's plugin. With --total, combines every batch
+    /// released so far instead of sealing a new one.
+    ///
+    /// Example: guardian collect demo
+    ///
+    /// Example: guardian collect demo --total --json
+    Collect {
+        /// The endpoint.
+        name: String,
+        /// Combine every released batch instead of sealing a new one.
+        #[arg(long)]
+        total: bool,
+        /// Print one JSON object: {"endpoint", "batch_id" or "batches", "count", "result"}.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `guardian plugin …`
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Upload a plugin component (.wasm) to every server.
+    ///
+    /// Reports what each server did. Uploading the same file again is safe, so
+    /// after a partial failure run the same command again.
+    ///
+    /// Example: guardian plugin upload target/wasm32-wasip2/release/my_plugin.wasm
+    Upload {
+        /// The component, built with `cargo build --release --target wasm32-wasip2`.
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the plugins of every server (built-in and uploaded).
+    ///
+    /// Example: guardian plugin list
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `guardian endpoint …`
+#[derive(Subcommand)]
+enum EndpointCommand {
+    /// Create an endpoint on every server.
+    ///
+    /// PLUGIN is a built-in's name (sum, count, histogram, mean, dp-sum,
+    /// dp-histogram) or an uploaded plugin's digest. Creating the same endpoint
+    /// again is safe, so after a partial failure run the same command again.
+    ///
+    /// Example: guardian endpoint create colors --plugin histogram --params '{"buckets": ["red", "green", "blue"]}' --min-batch 100
+    Create {
+        /// The endpoint's name: 1 to 64 of a-z, 0-9, '-', '_', '.'.
+        name: String,
+        /// A built-in plugin's name or an uploaded plugin's digest.
+        #[arg(long)]
+        plugin: String,
+        /// The plugin's parameters, as a JSON object.
+        #[arg(long, value_name = "JSON", default_value = "{}")]
+        params: String,
+        /// Fewest reports in a batch (default: the servers' `endpoints.default_min_batch`).
+        #[arg(long, value_name = "K")]
+        min_batch: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the endpoints of every server, with their report counts.
+    ///
+    /// Example: guardian endpoint list
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Where the share servers are and who is asking: every client command takes them.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// The share servers' base URLs, comma-separated, in server-index order.
+    #[arg(
+        long,
+        env = "GUARDIAN_SERVERS",
+        value_name = "URL,URL,…",
+        value_delimiter = ',',
+        required = true
+    )]
+    servers: Vec<String>,
+    /// An access token of your identity provider (or of `guardian token`).
+    #[arg(long, env = "GUARDIAN_TOKEN", value_name = "T", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ClientArgs {
+    fn cluster(self) -> anyhow::Result<Cluster> {
+        Cluster::new(&self.servers, self.token)
+    }
 }
 
 fn main() -> ExitCode {
@@ -78,6 +218,20 @@ fn main() -> ExitCode {
             ttl,
             issuer_dir,
         } => token(role, &sub, ttl, issuer_dir),
+        Command::Plugin(command) => client(plugin(command)),
+        Command::Endpoint(command) => client(endpoint(command)),
+        Command::Submit {
+            name,
+            value,
+            file,
+            client: args,
+        } => client(submit(name, value, file, args)),
+        Command::Collect {
+            name,
+            total,
+            json,
+            client: args,
+        } => client(collect(name, total, json, args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -145,6 +299,124 @@ fn dev(options: DevOptions) -> anyhow::Result<()> {
         println!("stopping…");
         dev.shutdown().await
     })
+}
+
+/// Runs one client command on a fresh async runtime.
+fn client(command: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(command)
+}
+
+async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
+    match command {
+        PluginCommand::Upload { file, client } => {
+            let cluster = client.cluster()?;
+            let wasm = std::fs::read(&file)
+                .with_context(|| format!("reading the plugin {}", file.display()))?;
+            let report = admin::upload_plugin(&cluster, wasm).await;
+            print!("{}", report.render());
+            report.check()?;
+            println!("{} is on every server", report.what);
+            Ok(())
+        }
+        PluginCommand::List { client } => {
+            let listing = admin::list_plugins(&client.cluster()?).await?;
+            print_listing(listing)
+        }
+    }
+}
+
+async fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
+    match command {
+        EndpointCommand::Create {
+            name,
+            plugin,
+            params,
+            min_batch,
+            client,
+        } => {
+            let cluster = client.cluster()?;
+            let params: serde_json::Value = serde_json::from_str(&params)
+                .with_context(|| format!("--params is not JSON: {params}"))?;
+            let new = admin::NewEndpoint {
+                name,
+                plugin,
+                params,
+                min_batch,
+            };
+            let report = admin::create_endpoint(&cluster, &new).await;
+            print!("{}", report.render());
+            report.check()?;
+            println!("{} is on every server", report.what);
+            Ok(())
+        }
+        EndpointCommand::List { client } => {
+            let listing = admin::list_endpoints(&client.cluster()?).await?;
+            print_listing(listing)
+        }
+    }
+}
+
+fn print_listing(listing: admin::Listing) -> anyhow::Result<()> {
+    print!("{}", listing.table);
+    if listing.warnings.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "not every server agrees:\n  {}",
+        listing.warnings.join("\n  ")
+    )
+}
+
+async fn submit(
+    name: String,
+    value: Option<String>,
+    file: Option<PathBuf>,
+    client: ClientArgs,
+) -> anyhow::Result<()> {
+    let cluster = client.cluster()?;
+    if let Some(value) = value {
+        let id = submit::submit_value(&cluster, &name, &value).await?;
+        println!("report {id} stored on all {} servers", cluster.len());
+        return Ok(());
+    }
+    let Some(file) = file else {
+        anyhow::bail!("give --value JSON or --file FILE");
+    };
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let measurements = submit::parse_lines(&text);
+    if measurements.is_empty() {
+        anyhow::bail!("{} holds no measurements", file.display());
+    }
+    let summary = submit::submit_many(
+        &cluster,
+        &name,
+        measurements,
+        submit::SubmitOptions::default(),
+    )
+    .await?;
+    print!("{}", summary.render());
+    match summary.failed_total() {
+        0 => Ok(()),
+        n => anyhow::bail!("{n} of {} reports failed", summary.sent),
+    }
+}
+
+async fn collect(name: String, total: bool, json: bool, client: ClientArgs) -> anyhow::Result<()> {
+    let cluster = client.cluster()?;
+    let collected = collect::collect(&cluster, &name, total).await?;
+    if json {
+        println!("{}", collected.to_json());
+    } else {
+        print!("{}", collected.render());
+    }
+    Ok(())
 }
 
 /// Ctrl-C or SIGTERM.

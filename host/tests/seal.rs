@@ -7,6 +7,8 @@
 //! (`guardian::runtime::testing::builtin`), so every check compares what a
 //! scientist would combine with the plain computation over the measurements.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

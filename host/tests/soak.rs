@@ -6,6 +6,8 @@
 //!
 //! `GUARDIAN_SOAK_SECS` sets the load time (default 20 s).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -118,7 +120,7 @@ async fn reader(load: Arc<Load>) {
     while !load.stop.load(Ordering::Relaxed) {
         n += 1;
         let base = &load.bases[n % load.bases.len()];
-        let path = if n % 2 == 0 { "total" } else { "batches" };
+        let path = if n.is_multiple_of(2) { "total" } else { "batches" };
         let sent = load
             .http
             .get(format!("{base}/api/v1/endpoints/{ENDPOINT}/{path}"))

@@ -1,7 +1,7 @@
 //! A cluster of real `guardian serve` processes for the end-to-end tests, and a
 //! client that shards and unshards with the same wasm plugins the servers run.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::PathBuf;

@@ -1,0 +1,542 @@
+//! The developer's commands: `plugin upload|list` and `endpoint create|list`.
+//!
+//! Uploads and creations go to every server and are reported per server. Both
+//! are idempotent on the servers (an identical upload or endpoint answers 200),
+//! so after a partial failure the same command is simply run again.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::bail;
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use super::endpoint::{EndpointInfo, short};
+use super::http::{Answer, Cluster, ServerError};
+use super::table;
+
+/// What one server did with an upload or a creation.
+#[derive(Debug)]
+pub enum Done {
+    /// It did not have it and stored it (201).
+    Created,
+    /// It already had exactly this (200).
+    AlreadyThere,
+    /// It refused or could not be reached.
+    Failed(ServerError),
+}
+
+impl Done {
+    fn from(result: &Result<Answer, ServerError>) -> Self {
+        match result {
+            Ok(answer) if answer.status == StatusCode::CREATED => Done::Created,
+            Ok(_) => Done::AlreadyThere,
+            Err(e) => Done::Failed(e.clone()),
+        }
+    }
+}
+
+/// Per-server outcomes of an action on every server.
+#[derive(Debug)]
+pub struct PerServer {
+    /// What the action was, e.g. `plugin sum 0.1.0` (for messages).
+    pub what: String,
+    /// `(server description, outcome)` in server-index order.
+    pub servers: Vec<(String, Done)>,
+    /// A problem found after every server answered (e.g. they disagree).
+    pub mismatch: Option<String>,
+}
+
+impl PerServer {
+    /// One line per server.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (who, done) in &self.servers {
+            let _ = match done {
+                Done::Created => writeln!(out, "{who}: created"),
+                Done::AlreadyThere => writeln!(out, "{who}: already there"),
+                Done::Failed(e) => writeln!(out, "{who}: failed ({})", e.code()),
+            };
+        }
+        out
+    }
+
+    /// `Ok` if every server has it and they agree, otherwise what went wrong and
+    /// how to go on.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let failed: Vec<&ServerError> = self
+            .servers
+            .iter()
+            .filter_map(|(_, d)| match d {
+                Done::Failed(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        if failed.is_empty() {
+            return match &self.mismatch {
+                Some(mismatch) => bail!("{mismatch}"),
+                None => Ok(()),
+            };
+        }
+        let errors: Vec<String> = failed.iter().map(|e| e.to_string()).collect();
+        let which: Vec<String> = failed.iter().map(|e| e.server.to_string()).collect();
+        if failed.len() == self.servers.len() {
+            bail!(
+                "{} failed on every server:\n  {}",
+                self.what,
+                errors.join("\n  ")
+            );
+        }
+        bail!(
+            "{} is not on every server yet (failed on server {}):\n  {}\nRerunning the same command is safe: servers that have it answer \"already there\".",
+            self.what,
+            which.join(", "),
+            errors.join("\n  ")
+        )
+    }
+}
+
+/// A plugin as the servers describe it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct PluginView {
+    /// SHA-256 of the component, hex: what `endpoint create --plugin` takes.
+    pub digest: String,
+    /// The plugin's own name.
+    pub name: String,
+    /// The plugin's own version.
+    pub version: String,
+    /// One line about it.
+    #[serde(default)]
+    pub description: String,
+    /// Whether it is embedded in the server.
+    #[serde(default)]
+    pub builtin: bool,
+    /// Component size in bytes.
+    #[serde(default)]
+    pub size: u64,
+}
+
+/// `guardian plugin upload FILE`: sends the component to every server.
+pub async fn upload_plugin(cluster: &Cluster, wasm: Vec<u8>) -> PerServer {
+    let digest = hex::encode(Sha256::digest(&wasm));
+    let mut servers = Vec::new();
+    let mut described: Option<PluginView> = None;
+    for index in 0..cluster.len() {
+        let result = cluster
+            .request(index, Method::POST, &["api", "v1", "plugins"])
+            .wasm(wasm.clone())
+            .send()
+            .await;
+        let result = result.and_then(|answer| {
+            let view: PluginView = answer.json()?;
+            described.get_or_insert(view);
+            Ok(answer)
+        });
+        servers.push((cluster.describe(index), Done::from(&result)));
+    }
+    let what = match &described {
+        Some(p) => format!("plugin {} {} (digest {digest})", p.name, p.version),
+        None => format!("the plugin with digest {digest}"),
+    };
+    PerServer {
+        what,
+        servers,
+        mismatch: None,
+    }
+}
+
+/// What `guardian endpoint create` asks for.
+#[derive(Clone, Debug)]
+pub struct NewEndpoint {
+    /// Endpoint name.
+    pub name: String,
+    /// A built-in's name or an uploaded plugin's digest.
+    pub plugin: String,
+    /// The plugin's parameters.
+    pub params: Value,
+    /// Fewest reports per batch (the servers' default when absent).
+    pub min_batch: Option<u64>,
+}
+
+/// `guardian endpoint create`: creates the endpoint on every server and checks
+/// that they all derived the same configuration hash.
+pub async fn create_endpoint(cluster: &Cluster, endpoint: &NewEndpoint) -> PerServer {
+    let mut body = serde_json::json!({
+        "name": endpoint.name,
+        "plugin": endpoint.plugin,
+        "params": endpoint.params,
+    });
+    if let Some(min_batch) = endpoint.min_batch {
+        body["min_batch"] = min_batch.into();
+    }
+    let mut servers = Vec::new();
+    let mut views: Vec<(usize, EndpointInfo)> = Vec::new();
+    for index in 0..cluster.len() {
+        let result = cluster
+            .request(index, Method::POST, &["api", "v1", "endpoints"])
+            .json(&body)
+            .send()
+            .await;
+        let result = result.and_then(|answer| {
+            views.push((index, answer.json()?));
+            Ok(answer)
+        });
+        servers.push((cluster.describe(index), Done::from(&result)));
+    }
+    let mismatch = views.split_first().and_then(|((i, first), rest)| {
+        rest.iter()
+            .find(|(_, v)| v.config_hash != first.config_hash)
+            .map(|(j, other)| {
+                format!(
+                    "the servers derived different configurations for endpoint {:?}: server {i} has plugin {} ({}) with min batch {} (config hash {}), server {j} has plugin {} ({}) with min batch {} (config hash {}); they must run the same plugin with the same min batch (give --min-batch explicitly)",
+                    endpoint.name,
+                    first.plugin,
+                    short(&first.plugin_digest),
+                    first.min_batch,
+                    short(&first.config_hash),
+                    other.plugin,
+                    short(&other.plugin_digest),
+                    other.min_batch,
+                    short(&other.config_hash),
+                )
+            })
+    });
+    let what = match views.first() {
+        Some((_, v)) => format!(
+            "endpoint {:?} ({} over {}, min batch {})",
+            v.name, v.plugin, v.params, v.min_batch
+        ),
+        None => format!("endpoint {:?}", endpoint.name),
+    };
+    PerServer {
+        what,
+        servers,
+        mismatch,
+    }
+}
+
+/// What every server listed, merged by key.
+#[derive(Debug)]
+pub struct Listing {
+    /// The table.
+    pub table: String,
+    /// Servers that could not list, and differences between servers.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Plugins {
+    plugins: Vec<PluginView>,
+}
+
+#[derive(Deserialize)]
+struct Endpoints {
+    endpoints: Vec<EndpointInfo>,
+}
+
+/// Which servers hold an entry: `all`, or their indexes.
+fn presence(held: &[usize], servers: usize) -> String {
+    if held.len() == servers {
+        "all".to_owned()
+    } else {
+        held.iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Fetches `segments` from every server; failures become warnings.
+async fn from_every_server<T: serde::de::DeserializeOwned>(
+    cluster: &Cluster,
+    segments: &[&str],
+) -> (Vec<(usize, T)>, Vec<String>) {
+    let mut answers = Vec::new();
+    let mut warnings = Vec::new();
+    for index in 0..cluster.len() {
+        match cluster.get_json(index, segments).await {
+            Ok(answer) => answers.push((index, answer)),
+            Err(e) => warnings.push(e.to_string()),
+        }
+    }
+    (answers, warnings)
+}
+
+/// `guardian plugin list`: every server's plugins, one row per digest.
+pub async fn list_plugins(cluster: &Cluster) -> anyhow::Result<Listing> {
+    let (answers, warnings) =
+        from_every_server::<Plugins>(cluster, &["api", "v1", "plugins"]).await;
+    if answers.is_empty() {
+        bail!(
+            "no server could list its plugins:\n  {}",
+            warnings.join("\n  ")
+        );
+    }
+    Ok(plugins_listing(cluster.len(), answers, warnings))
+}
+
+fn plugins_listing(
+    servers: usize,
+    answers: Vec<(usize, Plugins)>,
+    warnings: Vec<String>,
+) -> Listing {
+    let mut merged: BTreeMap<(String, String, String), (PluginView, Vec<usize>)> = BTreeMap::new();
+    for (index, list) in answers {
+        for plugin in list.plugins {
+            let key = (
+                plugin.name.clone(),
+                plugin.version.clone(),
+                plugin.digest.clone(),
+            );
+            merged
+                .entry(key)
+                .or_insert_with(|| (plugin, Vec::new()))
+                .1
+                .push(index);
+        }
+    }
+    let rows: Vec<Vec<String>> = merged
+        .into_values()
+        .map(|(p, held)| {
+            vec![
+                p.name,
+                p.version,
+                if p.builtin { "built-in" } else { "uploaded" }.to_owned(),
+                p.size.to_string(),
+                presence(&held, servers),
+                p.digest,
+            ]
+        })
+        .collect();
+    Listing {
+        table: table::render(
+            &["name", "version", "kind", "bytes", "servers", "digest"],
+            &rows,
+        ),
+        warnings,
+    }
+}
+
+/// `guardian endpoint list`: every server's endpoints, one row per name, with
+/// each server's count of reports waiting for a batch.
+pub async fn list_endpoints(cluster: &Cluster) -> anyhow::Result<Listing> {
+    let (answers, warnings) =
+        from_every_server::<Endpoints>(cluster, &["api", "v1", "endpoints"]).await;
+    if answers.is_empty() {
+        bail!(
+            "no server could list its endpoints:\n  {}",
+            warnings.join("\n  ")
+        );
+    }
+    Ok(endpoints_listing(cluster.len(), answers, warnings))
+}
+
+fn endpoints_listing(
+    servers: usize,
+    answers: Vec<(usize, Endpoints)>,
+    mut warnings: Vec<String>,
+) -> Listing {
+    let mut merged: BTreeMap<String, Vec<(usize, EndpointInfo)>> = BTreeMap::new();
+    for (index, list) in answers {
+        for endpoint in list.endpoints {
+            merged
+                .entry(endpoint.name.clone())
+                .or_default()
+                .push((index, endpoint));
+        }
+    }
+    let mut rows = Vec::new();
+    for (name, held) in merged {
+        let (_, first) = &held[0];
+        if let Some((j, other)) = held
+            .iter()
+            .find(|(_, e)| e.config_hash != first.config_hash)
+        {
+            warnings.push(format!(
+                "endpoint {name:?} differs between server {} (config hash {}) and server {j} (config hash {}): collecting it will fail until it is recreated alike",
+                held[0].0,
+                short(&first.config_hash),
+                short(&other.config_hash)
+            ));
+        }
+        let per_server = |f: fn(&EndpointInfo) -> u64| {
+            held.iter()
+                .map(|(_, e)| f(e).to_string())
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        let indexes: Vec<usize> = held.iter().map(|(i, _)| *i).collect();
+        rows.push(vec![
+            name.clone(),
+            first.plugin.clone(),
+            first.params.to_string(),
+            first.min_batch.to_string(),
+            per_server(|e| e.reports.map_or(0, |r| r.batches)),
+            per_server(|e| e.reports.map_or(0, |r| r.unbatched)),
+            presence(&indexes, servers),
+        ]);
+    }
+    Listing {
+        table: table::render(
+            &[
+                "name",
+                "plugin",
+                "params",
+                "min batch",
+                "batches",
+                "waiting",
+                "servers",
+            ],
+            &rows,
+        ),
+        warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn endpoint(name: &str, hash: &str, unbatched: u64) -> EndpointInfo {
+        serde_json::from_value(json!({
+            "name": name, "plugin": "sum", "plugin_digest": "ab".repeat(32),
+            "params": {"length": 3}, "min_batch": 10, "config_hash": hash,
+            "created_at": "", "reports": {"unbatched": unbatched, "batched": 0, "batches": 1}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn endpoints_are_merged_by_name_with_counts_per_server() {
+        let answers = vec![
+            (
+                0,
+                Endpoints {
+                    endpoints: vec![endpoint("a", "h1", 5), endpoint("b", "h2", 1)],
+                },
+            ),
+            (
+                1,
+                Endpoints {
+                    endpoints: vec![endpoint("a", "h1", 4)],
+                },
+            ),
+        ];
+        let listing = endpoints_listing(2, answers, Vec::new());
+        assert_eq!(
+            listing.table,
+            "name  plugin  params        min batch  batches  waiting  servers\n\
+             a     sum     {\"length\":3}         10  1/1      5/4      all\n\
+             b     sum     {\"length\":3}         10  1        1        0\n"
+        );
+        assert!(listing.warnings.is_empty());
+    }
+
+    #[test]
+    fn differing_endpoints_are_warned_about() {
+        let answers = vec![
+            (
+                0,
+                Endpoints {
+                    endpoints: vec![endpoint("a", "h1", 0)],
+                },
+            ),
+            (
+                1,
+                Endpoints {
+                    endpoints: vec![endpoint("a", "h2", 0)],
+                },
+            ),
+        ];
+        let listing = endpoints_listing(2, answers, Vec::new());
+        assert_eq!(listing.warnings.len(), 1);
+        assert!(listing.warnings[0].contains("differs between server 0"));
+    }
+
+    #[test]
+    fn plugins_note_which_servers_hold_them() {
+        let plugin = |name: &str, digest: &str, builtin: bool| PluginView {
+            digest: digest.into(),
+            name: name.into(),
+            version: "0.1.0".into(),
+            description: String::new(),
+            builtin,
+            size: 100,
+        };
+        let answers = vec![
+            (
+                0,
+                Plugins {
+                    plugins: vec![plugin("sum", "d1", true), plugin("mine", "d2", false)],
+                },
+            ),
+            (
+                1,
+                Plugins {
+                    plugins: vec![plugin("sum", "d1", true)],
+                },
+            ),
+        ];
+        let listing = plugins_listing(2, answers, Vec::new());
+        assert_eq!(
+            listing.table,
+            "name  version  kind      bytes  servers  digest\n\
+             mine  0.1.0    uploaded    100  0        d2\n\
+             sum   0.1.0    built-in    100  all      d1\n"
+        );
+    }
+
+    fn failure(server: usize) -> ServerError {
+        ServerError {
+            server,
+            url: format!("http://s{server}"),
+            has_token: true,
+            kind: super::super::http::ErrorKind::Unreachable("connection refused".into()),
+        }
+    }
+
+    #[test]
+    fn a_partial_failure_names_the_server_and_says_rerun() {
+        let report = PerServer {
+            what: "endpoint \"a\"".into(),
+            servers: vec![
+                ("server 0 (http://s0)".into(), Done::Created),
+                ("server 1 (http://s1)".into(), Done::Failed(failure(1))),
+            ],
+            mismatch: None,
+        };
+        assert_eq!(
+            report.render(),
+            "server 0 (http://s0): created\nserver 1 (http://s1): failed (unreachable)\n"
+        );
+        let error = report.check().unwrap_err().to_string();
+        assert!(error.contains("failed on server 1"), "{error}");
+        assert!(
+            error.contains("Rerunning the same command is safe"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_total_failure_does_not_promise_a_rerun() {
+        let report = PerServer {
+            what: "plugin x".into(),
+            servers: vec![("server 0 (http://s0)".into(), Done::Failed(failure(0)))],
+            mismatch: None,
+        };
+        let error = report.check().unwrap_err().to_string();
+        assert!(
+            error.starts_with("plugin x failed on every server"),
+            "{error}"
+        );
+        let fine = PerServer {
+            what: "plugin x".into(),
+            servers: vec![("server 0 (http://s0)".into(), Done::AlreadyThere)],
+            mismatch: None,
+        };
+        assert!(fine.check().is_ok());
+    }
+}

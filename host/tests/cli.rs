@@ -1,0 +1,556 @@
+//! The `guardian` command line end to end, run as a user runs it: the built
+//! binary starts `guardian dev` (two share servers with the development issuer),
+//! mints tokens with `guardian token`, creates endpoints, submits 1,000 random
+//! measurements from a file, collects, and the printed JSON is compared with the
+//! plain computation over the measurements, for `sum` and `histogram`. Then the
+//! client-side errors a user meets: a wrong or missing token, a server down, an
+//! unknown endpoint, a measurement the plugin rejects, too small a batch.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rand::Rng as _;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+const GUARDIAN: &str = env!("CARGO_BIN_EXE_guardian");
+/// `guardian dev` compiles the built-in plugins on its first start.
+const START_TIMEOUT: Duration = Duration::from_secs(300);
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+const MEASUREMENTS: usize = 1000;
+const COLORS: [&str; 4] = ["red", "green", "blue", "yellow"];
+
+/// A running `guardian dev`, killed if the test fails before stopping it.
+struct Dev {
+    child: Option<Child>,
+    dir: TempDir,
+    /// The value of the `export GUARDIAN_SERVERS=` line of the banner.
+    servers: String,
+    /// Every line `guardian dev` printed so far, for failure messages.
+    lines: mpsc::Receiver<String>,
+    stderr: PathBuf,
+}
+
+/// A base port p with p and p + 1 free (for two servers).
+fn free_base_port() -> u16 {
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+        let port = first.local_addr().expect("reading the port").port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("found no two consecutive free ports");
+}
+
+impl Dev {
+    fn start() -> Dev {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let stderr = dir.path().join("dev.stderr");
+        let port = free_base_port();
+        let mut child = Command::new(GUARDIAN)
+            .args(["dev", "--dir"])
+            .arg(dir.path().join("data"))
+            .args(["--port", &port.to_string()])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("creating the stderr file"))
+            .spawn()
+            .expect("starting guardian dev");
+        // Read stdout to the end on a thread, so that `guardian dev` never blocks
+        // on a full pipe, and hand the lines over.
+        let stdout = child.stdout.take().expect("the piped stdout");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut dev = Dev {
+            child: Some(child),
+            dir,
+            servers: String::new(),
+            lines,
+            stderr,
+        };
+        let mut banner = Vec::new();
+        loop {
+            match dev.lines.recv_timeout(START_TIMEOUT) {
+                Ok(line) => {
+                    if let Some(servers) = line.trim().strip_prefix("export GUARDIAN_SERVERS=") {
+                        dev.servers = servers.to_owned();
+                    }
+                    let done = line.contains("guardian collect demo");
+                    banner.push(line);
+                    if done {
+                        break;
+                    }
+                }
+                Err(e) => panic!(
+                    "guardian dev printed no complete banner ({e}); stdout so far:\n{}\nstderr:\n{}",
+                    banner.join("\n"),
+                    std::fs::read_to_string(&dev.stderr).unwrap_or_default()
+                ),
+            }
+        }
+        let banner = banner.join("\n");
+        assert_eq!(
+            dev.servers.split(',').count(),
+            2,
+            "two servers in the banner:\n{banner}"
+        );
+        // The banner shows the next three commands to try, with the client commands.
+        for next in [
+            "guardian endpoint list",
+            "guardian submit demo --file -",
+            "guardian collect demo",
+        ] {
+            assert!(banner.contains(next), "{next:?} in the banner:\n{banner}");
+        }
+        dev
+    }
+
+    fn issuer_dir(&self) -> PathBuf {
+        self.dir.path().join("data").join("dev-issuer")
+    }
+
+    /// Mints a token with `guardian token`, as the banner says.
+    fn token(&self, role: &str) -> String {
+        let out = run(
+            self.dir.path(),
+            &[
+                "token",
+                "--role",
+                role,
+                "--issuer-dir",
+                self.issuer_dir().to_str().expect("a UTF-8 path"),
+            ],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "guardian token: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout).trim().to_owned()
+    }
+
+    /// Runs a client command with `GUARDIAN_SERVERS` and `GUARDIAN_TOKEN` set.
+    fn client(&self, token: &str, args: &[&str]) -> Output {
+        run(
+            self.dir.path(),
+            args,
+            &[
+                ("GUARDIAN_SERVERS", &self.servers),
+                ("GUARDIAN_TOKEN", token),
+            ],
+        )
+    }
+
+    /// Stops `guardian dev` with SIGTERM, as Ctrl-C would, and checks that it
+    /// exits cleanly.
+    fn stop(mut self) {
+        let mut child = self.child.take().expect("guardian dev is running");
+        let pid = child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM {pid}");
+        let (sender, done) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sender.send(child.wait());
+        });
+        match done.recv_timeout(STOP_TIMEOUT) {
+            Ok(status) => {
+                let status = status.expect("waiting for guardian dev");
+                assert!(
+                    status.success(),
+                    "guardian dev exited with {status}; stderr:\n{}",
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
+            }
+            Err(_) => {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                panic!("guardian dev did not stop within {STOP_TIMEOUT:?} of SIGTERM");
+            }
+        }
+        let rest: Vec<String> = self.lines.try_iter().collect();
+        assert!(
+            rest.iter().any(|l| l.contains("stopping")),
+            "guardian dev said it was stopping: {rest:?}"
+        );
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the binary in `dir` with exactly the `GUARDIAN_*` variables given.
+fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(GUARDIAN);
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("GUARDIAN_SERVERS")
+        .env_remove("GUARDIAN_TOKEN")
+        .stdin(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("running guardian")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts success and returns stdout.
+#[track_caller]
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "expected success, got {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Asserts failure and returns stderr.
+#[track_caller]
+fn fails(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure\nstdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stderr)
+}
+
+#[track_caller]
+fn contains(haystack: &str, needle: &str) {
+    assert!(
+        haystack.contains(needle),
+        "expected {needle:?} in:\n{haystack}"
+    );
+}
+
+/// `collect --json` prints exactly one JSON object on stdout.
+#[track_caller]
+fn collected(out: &Output) -> Value {
+    let stdout = ok(out);
+    let value: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("collect --json printed no single JSON value ({e}):\n{stdout}"));
+    assert!(value.is_object(), "{value}");
+    value
+}
+
+fn write_lines(dir: &Path, name: &str, lines: &[String]) -> String {
+    let path = dir.join(name);
+    // A blank line in the middle: skipped, as the help says.
+    let mut body = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        body.push_str(line);
+        body.push('\n');
+        if i == lines.len() / 2 {
+            body.push('\n');
+        }
+    }
+    std::fs::write(&path, body).expect("writing measurements");
+    path.to_str().expect("a UTF-8 path").to_owned()
+}
+
+#[test]
+fn every_party_uses_the_command_line_end_to_end() {
+    let dev = Dev::start();
+    let developer = dev.token("developer");
+    let user = dev.token("user");
+    let scientist = dev.token("scientist");
+    let dir = dev.dir.path().to_owned();
+
+    help_shows_examples(&dev);
+
+    // Developer: two endpoints on every server, the second run is a no-op.
+    let out = ok(&dev.client(
+        &developer,
+        &[
+            "endpoint",
+            "create",
+            "sum3",
+            "--plugin",
+            "sum",
+            "--params",
+            r#"{"length": 3}"#,
+            "--min-batch",
+            "10",
+        ],
+    ));
+    assert_eq!(out.matches(": created").count(), 2, "{out}");
+    let out = ok(&dev.client(
+        &developer,
+        &[
+            "endpoint",
+            "create",
+            "sum3",
+            "--plugin",
+            "sum",
+            "--params",
+            r#"{"length": 3}"#,
+            "--min-batch",
+            "10",
+        ],
+    ));
+    assert_eq!(out.matches(": already there").count(), 2, "{out}");
+    let buckets = serde_json::to_string(&json!({"buckets": COLORS})).unwrap();
+    ok(&dev.client(
+        &developer,
+        &[
+            "endpoint",
+            "create",
+            "colors",
+            "--plugin",
+            "histogram",
+            "--params",
+            &buckets,
+            "--min-batch",
+            "5",
+        ],
+    ));
+    let conflict = fails(&dev.client(
+        &developer,
+        &["endpoint", "create", "colors", "--plugin", "count"],
+    ));
+    contains(&conflict, "endpoint_conflict");
+    let list = ok(&dev.client(&scientist, &["endpoint", "list"]));
+    for name in ["demo", "sum3", "colors"] {
+        contains(&list, name);
+    }
+
+    // User: 1,000 random measurements each, from files.
+    let mut rng = rand::rng();
+    let vectors: Vec<[u64; 3]> = (0..MEASUREMENTS)
+        .map(|_| std::array::from_fn(|_| rng.random_range(0..1_000_000)))
+        .collect();
+    let file = write_lines(
+        &dir,
+        "sums.jsonl",
+        &vectors
+            .iter()
+            .map(|v| serde_json::to_string(v).unwrap())
+            .collect::<Vec<_>>(),
+    );
+    let out = ok(&dev.client(&user, &["submit", "sum3", "--file", &file]));
+    contains(&out, "sent 1000, stored 1000, duplicates 0, failed 0");
+    // Buckets by label or by index, both as the histogram plugin allows.
+    let picks: Vec<usize> = (0..MEASUREMENTS)
+        .map(|_| rng.random_range(0..COLORS.len()))
+        .collect();
+    let file = write_lines(
+        &dir,
+        "colors.jsonl",
+        &picks
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if i % 3 == 0 {
+                    b.to_string()
+                } else {
+                    format!("{:?}", COLORS[b])
+                }
+            })
+            .collect::<Vec<_>>(),
+    );
+    let out = ok(&dev.client(&user, &["submit", "colors", "--file", &file]));
+    contains(&out, "sent 1000, stored 1000, duplicates 0, failed 0");
+
+    // Scientist: seal, combine, compare with the plain computation.
+    let mut sums = [0u64; 3];
+    for v in &vectors {
+        for (s, x) in sums.iter_mut().zip(v) {
+            *s += x;
+        }
+    }
+    let result = collected(&dev.client(&scientist, &["collect", "sum3", "--json"]));
+    assert_eq!(result["endpoint"], "sum3");
+    assert_eq!(result["count"], MEASUREMENTS);
+    assert_eq!(result["result"], json!(sums));
+    let batch_id = result["batch_id"].as_str().unwrap();
+    assert!(
+        batch_id.len() == 32 && batch_id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{batch_id}"
+    );
+    assert_eq!(result.as_object().unwrap().len(), 4, "{result}");
+
+    let mut counts = [0u64; COLORS.len()];
+    for &b in &picks {
+        counts[b] += 1;
+    }
+    let result = collected(&dev.client(&scientist, &["collect", "colors", "--json"]));
+    assert_eq!(result["count"], MEASUREMENTS);
+    assert_eq!(
+        result["result"],
+        json!({"buckets": COLORS, "counts": counts})
+    );
+
+    // The total over every released batch, and the table for people.
+    let total = collected(&dev.client(&scientist, &["collect", "sum3", "--total", "--json"]));
+    assert_eq!(
+        total,
+        json!({"endpoint": "sum3", "batches": 1, "count": MEASUREMENTS, "result": sums})
+    );
+    let table = ok(&dev.client(&scientist, &["collect", "colors", "--total"]));
+    contains(&table, "endpoint colors, total of 1 batch: 1000 reports");
+    contains(&table, &format!("{:<7}  {:>6}\n", "red", counts[0]));
+
+    // Nothing left to seal: said in words, with the counts.
+    let error = fails(&dev.client(&scientist, &["collect", "sum3"]));
+    contains(&error, "only 0 reports are held by every server");
+    contains(&error, "needs at least 10 per batch");
+
+    client_errors_are_clear(&dev, &developer, &user, &scientist);
+    dev.stop();
+}
+
+fn help_shows_examples(dev: &Dev) {
+    for command in [
+        &["plugin", "upload"][..],
+        &["plugin", "list"],
+        &["endpoint", "create"],
+        &["endpoint", "list"],
+        &["submit"],
+        &["collect"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = ok(&run(dev.dir.path(), &args, &[]));
+        contains(&help, "Example: guardian ");
+        contains(&help, "--servers");
+        contains(&help, "GUARDIAN_SERVERS");
+        contains(&help, "GUARDIAN_TOKEN");
+    }
+}
+
+fn client_errors_are_clear(dev: &Dev, developer: &str, user: &str, scientist: &str) {
+    // A measurement the plugin rejects never leaves the machine.
+    let error = fails(&dev.client(user, &["submit", "colors", "--value", r#""purple""#]));
+    contains(&error, "invalid_measurement");
+    contains(&error, "purple");
+
+    // A file with one bad line: the rest is posted, the summary counts by reason.
+    let file = write_lines(
+        dev.dir.path(),
+        "mixed.jsonl",
+        &[r#""red""#, r#""pink""#, "2", r#""blue""#].map(String::from),
+    );
+    let out = dev.client(user, &["submit", "colors", "--file", &file]);
+    fails(&out);
+    let summary = text(&out.stdout);
+    contains(&summary, "sent 4, stored 3, duplicates 0, failed 1");
+    contains(&summary, "invalid_measurement (lines 2)");
+
+    // One measurement.
+    let out = ok(&dev.client(user, &["submit", "sum3", "--value", "[1, 2, 3]"]));
+    contains(&out, "stored on all 2 servers");
+
+    // Tokens: none, garbage, and one without the role.
+    let error = fails(&run(
+        dev.dir.path(),
+        &["submit", "sum3", "--value", "[1, 2, 3]"],
+        &[("GUARDIAN_SERVERS", &dev.servers)],
+    ));
+    contains(&error, "needs a token");
+    contains(&error, "server 0");
+    let error = fails(&dev.client("not-a-token", &["submit", "sum3", "--value", "[1, 2, 3]"]));
+    contains(&error, "refused the token");
+    let error = fails(&dev.client(scientist, &["submit", "sum3", "--value", "[1, 2, 3]"]));
+    contains(&error, "role");
+
+    // An unknown endpoint.
+    let error = fails(&dev.client(user, &["submit", "nope", "--value", "1"]));
+    contains(&error, "there is no endpoint \"nope\" on server 0");
+
+    // A server down: which one, and where.
+    let down = format!("http://127.0.0.1:{}", free_base_port());
+    let servers = format!(
+        "{},{down}",
+        dev.servers.split(',').next().expect("a server URL")
+    );
+    let error = fails(&run(
+        dev.dir.path(),
+        &[
+            "submit",
+            "sum3",
+            "--value",
+            "[1, 2, 3]",
+            "--servers",
+            &servers,
+        ],
+        &[("GUARDIAN_TOKEN", user)],
+    ));
+    contains(&error, &format!("server 1 ({down}) could not be reached"));
+
+    // Servers in the wrong order, or too few of them.
+    let reversed: Vec<&str> = dev.servers.split(',').rev().collect();
+    let error = fails(&run(
+        dev.dir.path(),
+        &[
+            "collect",
+            "sum3",
+            "--total",
+            "--servers",
+            &reversed.join(","),
+        ],
+        &[("GUARDIAN_TOKEN", scientist)],
+    ));
+    contains(&error, "server-index order");
+    let error = fails(&run(
+        dev.dir.path(),
+        &[
+            "submit",
+            "sum3",
+            "--value",
+            "1",
+            "--servers",
+            &reversed[1..].join(","),
+        ],
+        &[("GUARDIAN_TOKEN", user)],
+    ));
+    contains(&error, "at least two share servers");
+
+    // Plugins: an upload lands on every server once; a component of another
+    // world is refused on every server with the reason.
+    let fixtures = Path::new(env!("GUARDIAN_FIXTURES_DIR"));
+    let plugin = fixtures.join("fixture_hostile.wasm");
+    let plugin = plugin.to_str().expect("a UTF-8 path");
+    let out = ok(&dev.client(developer, &["plugin", "upload", plugin]));
+    assert_eq!(out.matches(": created").count(), 2, "{out}");
+    let out = ok(&dev.client(developer, &["plugin", "upload", plugin]));
+    assert_eq!(out.matches(": already there").count(), 2, "{out}");
+    let other = fixtures.join("fixture_other_world.wasm");
+    let error = fails(&dev.client(
+        developer,
+        &["plugin", "upload", other.to_str().expect("a UTF-8 path")],
+    ));
+    contains(&error, "failed on every server");
+    contains(&error, "invalid_plugin");
+    let list = ok(&dev.client(developer, &["plugin", "list"]));
+    contains(&list, "histogram");
+    contains(&list, "uploaded");
+}
