@@ -42,6 +42,30 @@ use crate::storage::{BatchInfo, EndpointId, NewBatch, Seal, SealReport};
 /// other plugin calls interleave.
 const FOLD_CHUNK: usize = 65_536;
 
+/// Most share bytes passed to one `accumulate` call.
+const FOLD_BYTES: usize = 8 << 20;
+
+/// Cuts concatenated shares (`ends` as `accumulate` takes them) into slices of at
+/// most `max_bytes` each (a single longer share makes a slice of its own), with
+/// their ends rebased to the slice.
+fn fold_slices<'a>(data: &'a [u8], ends: &[u32], max_bytes: usize) -> Vec<(&'a [u8], Vec<u32>)> {
+    let mut slices = Vec::new();
+    let (mut start, mut slice_ends) = (0usize, Vec::new());
+    for &end in ends {
+        let end = end as usize;
+        if !slice_ends.is_empty() && end - start > max_bytes {
+            let stop = *slice_ends.last().expect("not empty") as usize + start;
+            slices.push((&data[start..stop], std::mem::take(&mut slice_ends)));
+            start = stop;
+        }
+        slice_ends.push(u32::try_from(end - start).expect("within a u32 chunk"));
+    }
+    if !slice_ends.is_empty() {
+        slices.push((&data[start..], slice_ends));
+    }
+    slices
+}
+
 /// How often the coordinator retries the decided seals that did not complete.
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 
@@ -517,9 +541,13 @@ async fn commit_locally(
         let call_live = live.clone();
         agg = registry
             .call("accumulate", move || {
-                call_live
-                    .plugin
-                    .accumulate(&call_live.endpoint.record.config, &agg, &data, &ends)
+                let config = &call_live.endpoint.record.config;
+                let mut agg = agg;
+                // Long shares: keep each call's input well inside the plugin's memory.
+                for (data, ends) in fold_slices(&data, &ends, FOLD_BYTES) {
+                    agg = call_live.plugin.accumulate(config, &agg, data, &ends)?;
+                }
+                Ok(agg)
             })
             .await?;
     }
@@ -732,5 +760,32 @@ pub(super) async fn expire_reports(state: Arc<AppState>) {
             Err(crate::storage::StorageError::Closed) => return,
             Err(e) => tracing::warn!(error = %e, "expiring reports failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fold_slices;
+
+    #[test]
+    fn fold_slices_cut_at_share_boundaries() {
+        let data: Vec<u8> = (0..10).collect();
+        // Shares of 3, 3, 4 bytes.
+        let ends = [3, 6, 10];
+        let whole = fold_slices(&data, &ends, 100);
+        assert_eq!(whole, vec![(&data[..], vec![3, 6, 10])]);
+        let cut = fold_slices(&data, &ends, 6);
+        assert_eq!(cut, vec![(&data[..6], vec![3, 6]), (&data[6..], vec![4])]);
+        // A share longer than the limit still goes, alone.
+        let alone = fold_slices(&data, &ends, 2);
+        assert_eq!(
+            alone,
+            vec![
+                (&data[..3], vec![3]),
+                (&data[3..6], vec![3]),
+                (&data[6..], vec![4])
+            ]
+        );
+        assert!(fold_slices(&data, &[], 5).is_empty());
     }
 }
