@@ -144,6 +144,15 @@ fn loading_nothing_gives_the_defaults() {
 }
 
 #[test]
+fn readme_lists_every_key_with_its_environment_name() {
+    let readme = include_str!("../../../README.md");
+    for key in KEYS {
+        let row = format!("| `{}` | `{}`", key.path, env_name(key.path));
+        assert!(readme.contains(&row), "README.md has no row {row}");
+    }
+}
+
+#[test]
 fn example_file_is_the_defaults_and_lists_every_key() {
     let parsed: Config = toml::from_str(EXAMPLE).unwrap();
     assert_eq!(parsed, Config::default());
