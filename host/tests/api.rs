@@ -237,6 +237,20 @@ async fn bad_inputs_get_their_status_and_code_and_the_server_keeps_serving() {
             "invalid_min_batch",
         ),
         (
+            // Found by schemathesis: it was a 500 from storage.
+            "min batch past any seal",
+            http.post(format!("{api}/endpoints"))
+                .json(&json!({"name": "x", "plugin": "sum", "min_batch": 1u64 << 63})),
+            StatusCode::BAD_REQUEST,
+            "invalid_min_batch",
+        ),
+        (
+            "path not UTF-8",
+            http.get(format!("{api}/endpoints/%FF")),
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+        ),
+        (
             "not a component",
             http.post(format!("{api}/plugins"))
                 .body(b"\0asm\x01\0\0\0".to_vec()),
@@ -342,7 +356,10 @@ async fn bad_inputs_get_their_status_and_code_and_the_server_keeps_serving() {
         (StatusCode::CONFLICT, Some("report_conflict"))
     );
     let (_, body) = send(http.get(format!("{api}/endpoints/s"))).await;
-    assert_eq!(body["reports"], json!({"unbatched": 1, "batched": 0}));
+    assert_eq!(
+        body["reports"],
+        json!({"unbatched": 1, "batched": 0, "expired": 0, "batches": 0})
+    );
 
     let (_, metrics) = (
         StatusCode::OK,

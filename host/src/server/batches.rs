@@ -1,19 +1,22 @@
 //! Routes of sealed batches: the scientists' (`/api/v1/endpoints/{name}/batches…`,
 //! `…/total`) and the peers' (`/peer/v1/endpoints/{name}/…`). The protocol itself is
-//! in `seal`.
+//! in `seal`; the OpenAPI schemas of its messages are written here, next to the
+//! routes that take them (see `peer_schemas`).
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::auth::{Caller, Peer, need};
-use super::error::ApiError;
-use super::extract::Json;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{Json, Path};
 use super::metrics::RejectLabels;
+use super::openapi::{PeerAuthErrors, RoleErrors, STORAGE_500, STORAGE_503};
 use super::registry::LiveEndpoint;
 use super::routes::{Answer, json, timestamp, unknown_endpoint};
 use super::{AppState, seal};
@@ -26,11 +29,55 @@ fn live(state: &AppState, name: &str) -> Result<Arc<LiveEndpoint>, ApiError> {
         .ok_or_else(|| unknown_endpoint(name))
 }
 
-#[derive(Serialize)]
-struct BatchView {
+/// A sealed batch.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Batch)]
+pub(super) struct BatchView {
+    /// The batch's id, 32 hex digits, the same on every server.
+    #[schema(pattern = "^[0-9a-f]{32}$")]
     batch_id: String,
+    /// How many reports it folds.
     count: u64,
+    /// When this server committed it (RFC 3339).
     sealed_at: String,
+}
+
+/// Answer of `GET /api/v1/endpoints/{name}/batches`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct BatchList {
+    /// The endpoint's sealed batches, oldest first.
+    batches: Vec<BatchView>,
+}
+
+/// Answer of `GET /api/v1/endpoints/{name}/batches/{batch_id}`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct BatchShare {
+    /// The batch's id, 32 hex digits.
+    #[schema(pattern = "^[0-9a-f]{32}$")]
+    batch_id: String,
+    /// How many reports it folds.
+    count: u64,
+    /// When this server committed it (RFC 3339).
+    sealed_at: String,
+    /// This server's index: add the shares of every index with the plugin's `unshard`.
+    server_index: u32,
+    /// This server's released share of the batch's aggregate, base64; it never changes.
+    #[schema(format = Byte)]
+    share: String,
+}
+
+/// Answer of `GET /api/v1/endpoints/{name}/total`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Total {
+    /// How many batches are merged.
+    batches: u64,
+    /// How many reports they fold.
+    count: u64,
+    /// This server's index.
+    server_index: u32,
+    /// The merge of this server's released shares of every batch, base64.
+    #[schema(format = Byte)]
+    share: String,
 }
 
 impl From<BatchInfo> for BatchView {
@@ -43,7 +90,31 @@ impl From<BatchInfo> for BatchView {
     }
 }
 
-/// `POST /api/v1/endpoints/{name}/batches`: seal a batch (server 0 only).
+/// Seals a batch: every server folds exactly the same reports, the oldest
+/// unbatched ones that every server holds, and releases its share of the
+/// aggregate. Only server 0 seals.
+#[utoipa::path(post, path = "/endpoints/{name}/batches", tag = "batches",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The endpoint's name.", example = "demo")),
+    responses(
+        (status = 201, description = "Sealed (or a pending seal completed).", body = BatchView),
+        (status = 400, description = "Undecodable path: `invalid_path`.", body = ErrorBody),
+        RoleErrors,
+        (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
+        (status = 409, description = "Nothing sealed: `batch_too_small` (with integers \
+            `agreed`, reports held by every server, and `needed`, the endpoint's \
+            `min_batch`), `not_coordinator` (send it to server 0), `config_mismatch` or \
+            `endpoint_missing_on_peer` (the endpoint differs between servers), \
+            `seal_pending`, `report_unavailable`.", body = ErrorBody),
+        (status = 422, description = "The plugin failed folding: its own code, \
+            `plugin_internal`, or the limit it hit.", body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 502, description = "Another server refused: `peer_refused`, \
+            `peer_credential_refused`, `batch_mismatch`.", body = ErrorBody),
+        (status = 503, description = "`peer_unavailable` (nothing sealed), `seal_incomplete` \
+            (decided; completes on retry), `plugin_unavailable`, `shutting_down`, \
+            `keys_unavailable`.", body = ErrorBody),
+    ))]
 pub(super) async fn seal_batch(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::Scientist>,
@@ -76,7 +147,18 @@ pub(super) async fn seal_batch(
     json(StatusCode::CREATED, BatchView::from(sealed?))
 }
 
-/// `GET /api/v1/endpoints/{name}/batches`.
+/// Lists the endpoint's sealed batches.
+#[utoipa::path(get, path = "/endpoints/{name}/batches", tag = "batches",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The endpoint's name.", example = "demo")),
+    responses(
+        (status = 200, description = "The batches.", body = BatchList),
+        (status = 400, description = "Undecodable path: `invalid_path`.", body = ErrorBody),
+        RoleErrors,
+        (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = STORAGE_503, body = ErrorBody),
+    ))]
 pub(super) async fn list_batches(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::Scientist>,
@@ -90,10 +172,27 @@ pub(super) async fn list_batches(
         .into_iter()
         .map(BatchView::from)
         .collect();
-    json(StatusCode::OK, serde_json::json!({ "batches": batches }))
+    json(StatusCode::OK, BatchList { batches })
 }
 
-/// `GET /api/v1/endpoints/{name}/batches/{batch_id}`: this server's released share.
+/// This server's released share of one batch.
+#[utoipa::path(get, path = "/endpoints/{name}/batches/{batch_id}", tag = "batches",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "The endpoint's name.", example = "demo"),
+        ("batch_id" = String, Path, description = "The batch's id: 32 hex digits.",
+            pattern = "^[0-9a-fA-F]{32}$"),
+    ),
+    responses(
+        (status = 200, description = "The batch and this server's share.", body = BatchShare),
+        (status = 400, description = "Not 32 hex digits: `bad_batch_id`, `invalid_path`.",
+            body = ErrorBody),
+        RoleErrors,
+        (status = 404, description = "No such endpoint or batch: `unknown_endpoint`, \
+            `unknown_batch`.", body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = STORAGE_503, body = ErrorBody),
+    ))]
 pub(super) async fn get_batch(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::Scientist>,
@@ -113,17 +212,31 @@ pub(super) async fn get_batch(
         })?;
     json(
         StatusCode::OK,
-        serde_json::json!({
-            "batch_id": hex::encode(batch.info.batch_id),
-            "count": batch.info.count,
-            "sealed_at": timestamp(batch.info.sealed_at),
-            "server_index": state.config.server.index,
-            "share": BASE64.encode(&batch.share),
-        }),
+        BatchShare {
+            batch_id: hex::encode(batch.info.batch_id),
+            count: batch.info.count,
+            sealed_at: timestamp(batch.info.sealed_at),
+            server_index: state.config.server.index,
+            share: BASE64.encode(&batch.share),
+        },
     )
 }
 
-/// `GET /api/v1/endpoints/{name}/total`: the merge of every released batch.
+/// The merge of this server's released shares of every batch.
+#[utoipa::path(get, path = "/endpoints/{name}/total", tag = "batches",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The endpoint's name.", example = "demo")),
+    responses(
+        (status = 200, description = "The merged share.", body = Total),
+        (status = 400, description = "Undecodable path: `invalid_path`.", body = ErrorBody),
+        RoleErrors,
+        (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
+        (status = 422, description = "The plugin failed merging: its own code, \
+            `plugin_internal`, or the limit it hit.", body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = "Retry later: `plugin_unavailable`, `shutting_down`, \
+            `keys_unavailable`.", body = ErrorBody),
+    ))]
 pub(super) async fn total(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::Scientist>,
@@ -132,7 +245,7 @@ pub(super) async fn total(
     let live = live(&state, &name)?;
     let batches = state.storage.all_batches(live.endpoint.id).await?;
     let count: u64 = batches.iter().map(|b| b.info.count).sum();
-    let n = batches.len();
+    let n = batches.len() as u64;
     let call_live = live.clone();
     let share = state
         .registry
@@ -148,16 +261,33 @@ pub(super) async fn total(
         .await?;
     json(
         StatusCode::OK,
-        serde_json::json!({
-            "batches": n,
-            "count": count,
-            "server_index": state.config.server.index,
-            "share": BASE64.encode(share),
-        }),
+        Total {
+            batches: n,
+            count,
+            server_index: state.config.server.index,
+            share: BASE64.encode(share),
+        },
     )
 }
 
-/// `POST /peer/v1/endpoints/{name}/prepare`.
+/// Follower: reserves the proposed reports it holds and answers which.
+#[utoipa::path(post, path = "/endpoints/{name}/prepare", tag = "peer",
+    security(("peer" = [])),
+    params(("name" = String, Path, description = "The endpoint's name.", example = "demo")),
+    request_body = seal::Prepare,
+    responses(
+        (status = 200, description = "Reserved.", body = seal::Prepared),
+        (status = 400, description = "Malformed request: `malformed_json`, `bad_body`, \
+            `bad_request`, `bad_batch_id`, `too_many_reports`, `invalid_path`.",
+            body = ErrorBody),
+        PeerAuthErrors,
+        (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
+        (status = 409, description = "`coordinator` (server 0 takes no proposals), \
+            `config_mismatch`.", body = ErrorBody),
+        (status = 413, description = "Body too large: `body_too_large`.", body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = "Shutting down: `shutting_down`.", body = ErrorBody),
+    ))]
 pub(super) async fn peer_prepare(
     State(state): State<Arc<AppState>>,
     _peer: Peer,
@@ -168,7 +298,28 @@ pub(super) async fn peer_prepare(
     json(StatusCode::OK, seal::prepare(&state, &live, body).await?)
 }
 
-/// `POST /peer/v1/endpoints/{name}/commit`.
+/// Follower: commits exactly the decided reports, reserved before.
+#[utoipa::path(post, path = "/endpoints/{name}/commit", tag = "peer",
+    security(("peer" = [])),
+    params(("name" = String, Path, description = "The endpoint's name.", example = "demo")),
+    request_body = seal::Commit,
+    responses(
+        (status = 200, description = "Committed (now or before).", body = seal::Committed),
+        (status = 400, description = "Malformed request: `malformed_json`, `bad_body`, \
+            `bad_request`, `bad_batch_id`, `too_many_reports`, `invalid_path`.",
+            body = ErrorBody),
+        PeerAuthErrors,
+        (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
+        (status = 409, description = "`coordinator`, `config_mismatch`, `unknown_seal`, \
+            `seal_mismatch`, `batch_too_small` (with `agreed` and `needed`), \
+            `seal_pending`, `report_unavailable`.", body = ErrorBody),
+        (status = 413, description = "Body too large: `body_too_large`.", body = ErrorBody),
+        (status = 422, description = "The plugin failed folding: its own code, \
+            `plugin_internal`, or the limit it hit.", body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = "Retry later: `plugin_unavailable`, `shutting_down`.",
+            body = ErrorBody),
+    ))]
 pub(super) async fn peer_commit(
     State(state): State<Arc<AppState>>,
     _peer: Peer,
@@ -179,7 +330,24 @@ pub(super) async fn peer_commit(
     json(StatusCode::OK, seal::commit(&state, &live, body).await?)
 }
 
-/// `POST /peer/v1/endpoints/{name}/abort`.
+/// Follower: forgets the reservation of an aborted seal.
+#[utoipa::path(post, path = "/endpoints/{name}/abort", tag = "peer",
+    security(("peer" = [])),
+    params(("name" = String, Path, description = "The endpoint's name.", example = "demo")),
+    request_body = seal::Abort,
+    responses(
+        (status = 200, description = "Forgotten (or there was nothing to forget).",
+            body = seal::Aborted),
+        (status = 400, description = "Malformed request: `malformed_json`, `bad_body`, \
+            `bad_batch_id`, `invalid_path`.", body = ErrorBody),
+        PeerAuthErrors,
+        (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
+        (status = 409, description = "`coordinator`: server 0 takes no aborts.",
+            body = ErrorBody),
+        (status = 413, description = "Body too large: `body_too_large`.", body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = "Shutting down: `shutting_down`.", body = ErrorBody),
+    ))]
 pub(super) async fn peer_abort(
     State(state): State<Arc<AppState>>,
     _peer: Peer,
@@ -188,4 +356,209 @@ pub(super) async fn peer_abort(
 ) -> Answer {
     let live = live(&state, &name)?;
     json(StatusCode::OK, seal::abort(&state, &live, body).await?)
+}
+
+/// OpenAPI schemas of the seal protocol's messages (the types live in `seal`).
+///
+/// Written by hand from one field list per message; the test below round-trips a
+/// sample built from each list through the real type, so a field added to or
+/// removed from a message without its list fails the build's tests.
+mod peer_schemas {
+    use std::borrow::Cow;
+
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
+    use utoipa::{PartialSchema, ToSchema};
+
+    use super::seal;
+
+    /// What one field holds.
+    #[derive(Clone, Copy)]
+    pub(super) enum Kind {
+        /// Hex digits, this many.
+        Hex(usize),
+        /// Bytes in base64.
+        Base64,
+        /// A count.
+        Count,
+        /// A yes or no.
+        Flag,
+    }
+
+    /// A field: its name, what it holds and what it means.
+    pub(super) type Field = (&'static str, Kind, &'static str);
+
+    fn object(description: &str, fields: &[Field]) -> RefOr<Schema> {
+        let mut object = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(description));
+        for (name, kind, doc) in fields {
+            let field = ObjectBuilder::new().description(Some(*doc));
+            let field = match kind {
+                Kind::Hex(n) => field
+                    .schema_type(Type::String)
+                    .pattern(Some(format!("^[0-9a-fA-F]{{{n}}}$"))),
+                Kind::Base64 => field
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Byte))),
+                Kind::Count => field
+                    .schema_type(Type::Integer)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                    .minimum(Some(0)),
+                Kind::Flag => field.schema_type(Type::Boolean),
+            };
+            object = object.property(*name, field).required(*name);
+        }
+        RefOr::T(Schema::Object(object.build()))
+    }
+
+    macro_rules! peer_schema {
+        ($ty:ident, $fields:ident, $name:literal, $description:literal) => {
+            impl PartialSchema for seal::$ty {
+                fn schema() -> RefOr<Schema> {
+                    object($description, $fields)
+                }
+            }
+            impl ToSchema for seal::$ty {
+                fn name() -> Cow<'static, str> {
+                    Cow::Borrowed($name)
+                }
+            }
+        };
+    }
+
+    const BATCH_ID: Field = ("batch_id", Kind::Hex(32), "The batch's id.");
+    const CONFIG_HASH: Field = (
+        "config_hash",
+        Kind::Hex(64),
+        "The endpoint's `config_hash` on the coordinator.",
+    );
+    pub(super) const PREPARE: &[Field] = &[
+        BATCH_ID,
+        CONFIG_HASH,
+        (
+            "reports",
+            Kind::Base64,
+            "The proposed report ids, 16 bytes each, concatenated.",
+        ),
+    ];
+    pub(super) const PREPARED: &[Field] = &[
+        (
+            "held",
+            Kind::Base64,
+            "Bit i (least significant first in each byte) is set when this server holds \
+             and reserved proposed report i.",
+        ),
+        (
+            "count",
+            Kind::Count,
+            "How many proposed reports it reserved.",
+        ),
+    ];
+    pub(super) const COMMIT: &[Field] = &[
+        BATCH_ID,
+        CONFIG_HASH,
+        (
+            "reports",
+            Kind::Base64,
+            "The report ids of the batch, 16 bytes each, concatenated.",
+        ),
+    ];
+    pub(super) const COMMITTED: &[Field] = &[
+        BATCH_ID,
+        (
+            "count",
+            Kind::Count,
+            "How many reports the batch folds here.",
+        ),
+    ];
+    pub(super) const ABORT: &[Field] = &[BATCH_ID];
+    pub(super) const ABORTED: &[Field] = &[(
+        "aborted",
+        Kind::Flag,
+        "Whether a reservation for this batch was dropped.",
+    )];
+
+    peer_schema!(
+        Prepare,
+        PREPARE,
+        "PeerPrepare",
+        "The coordinator's proposal of a batch."
+    );
+    peer_schema!(
+        Prepared,
+        PREPARED,
+        "PeerPrepared",
+        "Which proposed reports a follower reserved."
+    );
+    peer_schema!(
+        Commit,
+        COMMIT,
+        "PeerCommit",
+        "The coordinator's decision: commit exactly these reports."
+    );
+    peer_schema!(
+        Committed,
+        COMMITTED,
+        "PeerCommitted",
+        "The batch as the follower stored it."
+    );
+    peer_schema!(
+        Abort,
+        ABORT,
+        "PeerAbort",
+        "Drop the reservation of this batch."
+    );
+    peer_schema!(
+        Aborted,
+        ABORTED,
+        "PeerAborted",
+        "Whether anything was dropped."
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+    use serde_json::{Map, Value};
+
+    use super::peer_schemas::{self, Field, Kind};
+    use super::seal;
+
+    /// A sample built from `fields` parses as `T` and serialises back to the same
+    /// field names: the hand-written schema matches the message.
+    fn check<T: Serialize + DeserializeOwned>(fields: &[Field]) {
+        let sample: Map<String, Value> = fields
+            .iter()
+            .map(|(name, kind, _)| {
+                let value = match kind {
+                    Kind::Hex(n) => Value::from("0".repeat(*n)),
+                    Kind::Base64 => Value::from("AA=="),
+                    Kind::Count => Value::from(1),
+                    Kind::Flag => Value::from(true),
+                };
+                ((*name).to_owned(), value)
+            })
+            .collect();
+        let parsed: T = serde_json::from_value(Value::Object(sample.clone()))
+            .expect("the schema's fields make a valid message");
+        let back = serde_json::to_value(&parsed).expect("serialises");
+        let names = |map: &Map<String, Value>| map.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(
+            back.as_object().map(names),
+            Some(names(&sample)),
+            "the message has other fields than its schema"
+        );
+    }
+
+    #[test]
+    fn peer_schemas_match_the_seal_messages() {
+        check::<seal::Prepare>(peer_schemas::PREPARE);
+        check::<seal::Prepared>(peer_schemas::PREPARED);
+        check::<seal::Commit>(peer_schemas::COMMIT);
+        check::<seal::Committed>(peer_schemas::COMMITTED);
+        check::<seal::Abort>(peer_schemas::ABORT);
+        check::<seal::Aborted>(peer_schemas::ABORTED);
+    }
 }

@@ -1,8 +1,14 @@
 //! API errors: a status, a stable machine code and a message for people,
 //! answered as `{"error": {"code", "message"}}`.
 
+use std::collections::BTreeMap;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::{PartialSchema, ToSchema};
 
 use crate::runtime::CallError;
 use crate::storage::StorageError;
@@ -87,13 +93,80 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// Every error answer: `{"error": {"code", "message", …}}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The `error` of an [`ErrorBody`]. Its schema is written by hand below, since
+/// the flattened `details` have no derivable one.
+#[derive(Debug, Serialize)]
+pub struct ErrorDetail {
+    /// Stable machine code.
+    pub code: &'static str,
+    /// What went wrong, for people.
+    pub message: String,
+    /// Extra integers for some codes, next to `code` and `message`.
+    #[serde(flatten)]
+    pub details: BTreeMap<&'static str, u64>,
+}
+
+impl PartialSchema for ErrorDetail {
+    fn schema() -> RefOr<Schema> {
+        let string = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(description))
+        };
+        let integer = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .minimum(Some(0))
+                .description(Some(description))
+        };
+        let object = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "What went wrong. Some codes add integer fields next to `code` and `message`.",
+            ))
+            .property(
+                "code",
+                string("Stable, lower-case machine code, e.g. `unknown_endpoint`: match on this."),
+            )
+            .required("code")
+            .property(
+                "message",
+                string("What went wrong, for people; never contains secrets or shares."),
+            )
+            .required("message")
+            .property(
+                "agreed",
+                integer("`batch_too_small`: unbatched reports held by every server."),
+            )
+            .property(
+                "needed",
+                integer("`batch_too_small`: the endpoint's `min_batch`."),
+            )
+            .additional_properties(Some(integer("Another integer of the error.")));
+        RefOr::T(Schema::Object(object.build()))
+    }
+}
+
+impl ToSchema for ErrorDetail {}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = serde_json::json!({"code": self.code, "message": self.message});
-        for (key, value) in &self.details {
-            error[*key] = (*value).into();
-        }
-        let body = serde_json::json!({ "error": error });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                details: self.details.into_iter().collect(),
+            },
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(value) = self
             .www_authenticate

@@ -1,8 +1,9 @@
 //! Request body extractors whose failures are API errors with stable codes.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -47,5 +48,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
                 format!("the request body is not valid: {e}"),
             )
         })
+    }
+}
+
+/// Path parameters parsed into `T`; a parameter that cannot be decoded (not
+/// UTF-8 once percent-decoded, or not of `T`'s type) is 400 `invalid_path`, as
+/// JSON like every other error, rather than axum's plain-text rejection.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(e) if e.status().is_server_error() => {
+                Err(ApiError::internal("extracting path parameters", &e))
+            }
+            Err(e) => Err(ApiError::bad_request(
+                "invalid_path",
+                format!("the URL path is not valid: {}", e.body_text()),
+            )),
+        }
     }
 }

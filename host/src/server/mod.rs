@@ -4,12 +4,17 @@
 //! uploaded plugins (from the compiled-artifact cache) and endpoints, binds the
 //! listener and serves until [`Server::shutdown`]: then it stops accepting,
 //! lets in-flight requests finish and flushes pending writes.
+//!
+//! [`router`] registers every handler through `utoipa_axum::routes!`, which also
+//! adds it to the OpenAPI document served at `/api/v1/openapi.json`: a route
+//! cannot be served without being documented (`openapi` has the rest).
 
 pub mod auth;
 mod batches;
 mod error;
 mod extract;
 mod metrics;
+mod openapi;
 mod registry;
 mod routes;
 mod seal;
@@ -18,14 +23,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, StatusCode};
-use axum::routing::{get, post};
+use axum::{Extension, Router};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use self::error::ApiError;
 use self::metrics::Metrics;
@@ -165,55 +172,58 @@ impl Server {
     }
 }
 
-fn router(state: Arc<AppState>) -> Router {
+/// Every route, each added to the OpenAPI document as it is added to the router.
+fn routes(state: &AppState) -> OpenApiRouter<Arc<AppState>> {
     let limits = &state.config.limits;
-    let api = Router::new()
-        .route("/me", get(routes::me))
-        .route(
-            "/plugins",
-            post(routes::upload_plugin)
-                .get(routes::list_plugins)
-                .layer(DefaultBodyLimit::max(limits.max_plugin_bytes)),
-        )
-        .route("/plugins/{digest}", get(routes::get_plugin))
-        .route("/plugins/{digest}/wasm", get(routes::get_plugin_wasm))
-        .route(
-            "/endpoints",
-            post(routes::create_endpoint).get(routes::list_endpoints),
-        )
-        .route(
-            "/endpoints/{name}",
-            get(routes::get_endpoint).delete(routes::delete_endpoint),
-        )
-        .route("/endpoints/{name}/reports", post(routes::post_report))
-        .route(
-            "/endpoints/{name}/batches",
-            post(batches::seal_batch).get(batches::list_batches),
-        )
-        .route(
-            "/endpoints/{name}/batches/{batch_id}",
-            get(batches::get_batch),
-        )
-        .route("/endpoints/{name}/total", get(batches::total));
+    let plugins = OpenApiRouter::new()
+        .routes(routes!(routes::upload_plugin, routes::list_plugins))
+        .layer(DefaultBodyLimit::max(limits.max_plugin_bytes));
+    let api = OpenApiRouter::new()
+        .routes(routes!(routes::openapi))
+        .routes(routes!(routes::me))
+        .merge(plugins)
+        .routes(routes!(routes::get_plugin))
+        .routes(routes!(routes::get_plugin_wasm))
+        .routes(routes!(routes::create_endpoint, routes::list_endpoints))
+        .routes(routes!(routes::get_endpoint, routes::delete_endpoint))
+        .routes(routes!(routes::post_report))
+        .routes(routes!(batches::seal_batch, batches::list_batches))
+        .routes(routes!(batches::get_batch))
+        .routes(routes!(batches::total));
     // Proposals carry up to `max_batch` report ids in base64.
     let peer_body = usize::try_from(state.config.endpoints.max_batch)
         .unwrap_or(usize::MAX)
         .saturating_mul(24)
         .saturating_add(1 << 20);
-    let peer = Router::new()
-        .route("/endpoints/{name}/prepare", post(batches::peer_prepare))
-        .route("/endpoints/{name}/commit", post(batches::peer_commit))
-        .route("/endpoints/{name}/abort", post(batches::peer_abort))
+    let peer = OpenApiRouter::new()
+        .routes(routes!(batches::peer_prepare))
+        .routes(routes!(batches::peer_commit))
+        .routes(routes!(batches::peer_abort))
         .layer(DefaultBodyLimit::max(peer_body));
-    let cors = cors(&state.config.cors.allowed_origins);
-    Router::new()
-        .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
-        .route("/metrics", get(routes::metrics))
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(routes::healthz))
+        .routes(routes!(routes::readyz))
+        .routes(routes!(routes::metrics))
         .nest("/api/v1", api)
         .nest("/peer/v1", peer)
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    let (router, document) = routes(&state).split_for_parts();
+    let document = match document.to_json() {
+        Ok(json) => routes::OpenApiJson(json.into()),
+        // Serialising plain data structures cannot fail; should it, the route says so.
+        Err(e) => {
+            tracing::error!(error = %e, "the OpenAPI document cannot be serialised");
+            routes::OpenApiJson(axum::body::Bytes::from_static(b"{}"))
+        }
+    };
+    let limits = &state.config.limits;
+    let cors = cors(&state.config.cors.allowed_origins);
+    router
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(Extension(document))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -1,10 +1,12 @@
 //! The public API's handlers (DESIGN section 5). Each declares its role through
-//! its [`Caller`] argument.
+//! its [`Caller`] argument, and its method, path, bodies and every status it
+//! answers through `#[utoipa::path]`: the OpenAPI document is built from these
+//! (see `openapi`), and every body is a typed struct deriving `ToSchema`.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -12,11 +14,13 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::{Caller, need};
-use super::error::ApiError;
-use super::extract::{Body, Json};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{Body, Json, Path};
+use super::openapi::{AuthErrors, RoleErrors, STORAGE_500, STORAGE_503};
 use super::registry::{LiveEndpoint, parse_digest};
 use crate::storage::{
     CreateEndpointOutcome, Endpoint, EndpointCounts, EndpointRecord, InsertReportOutcome,
@@ -35,23 +39,56 @@ pub(super) fn timestamp(time: SystemTime) -> String {
 
 // ---------------------------------------------------------------- health
 
-pub(super) async fn healthz() -> Answer {
-    json(StatusCode::OK, serde_json::json!({"status": "ok"}))
+/// Answer of `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Health {
+    /// Always `ok`: the process serves HTTP.
+    #[schema(example = "ok")]
+    status: &'static str,
 }
 
+/// Answer of `GET /readyz`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Ready {
+    /// Always `ready`: storage answers reads.
+    #[schema(example = "ready")]
+    status: &'static str,
+    /// This server's index among the share servers (0 coordinates seals).
+    server_index: u32,
+    /// How many share servers the deployment has.
+    servers: u32,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "Alive.", body = Health)))]
+pub(super) async fn healthz() -> Answer {
+    json(StatusCode::OK, Health { status: "ok" })
+}
+
+/// Readiness: storage answers a read.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready to serve.", body = Ready),
+        (status = 500, description = "Storage failed: `internal`.", body = ErrorBody),
+        (status = 503, description = "Shutting down: `shutting_down`.", body = ErrorBody),
+    ))]
 pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Answer {
-    // Ready when storage answers a read.
     state.storage.list_endpoints().await?;
     json(
         StatusCode::OK,
-        serde_json::json!({
-            "status": "ready",
-            "server_index": state.config.server.index,
-            "servers": state.config.server.servers,
-        }),
+        Ready {
+            status: "ready",
+            server_index: state.config.server.index,
+            servers: state.config.server.servers,
+        },
     )
 }
 
+/// Prometheus metrics, in the OpenMetrics text format.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "The metrics.", body = String,
+        content_type = "application/openmetrics-text")))]
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state
         .metrics
@@ -66,26 +103,65 @@ pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// Answer of `GET /api/v1/me`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Me {
+    /// The token's subject.
+    sub: String,
+    /// The roles the token grants (`admin` implies every other).
+    #[schema(example = json!(["user"]))]
+    roles: Vec<&'static str>,
+}
+
+/// Who the token belongs to and which roles it grants.
+#[utoipa::path(get, path = "/me", tag = "health", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller.", body = Me),
+        AuthErrors,
+        (status = 503, description = "The issuer's keys cannot be fetched: `keys_unavailable`.",
+            body = ErrorBody),
+    ))]
 pub(super) async fn me(caller: Caller<need::AnyRole>) -> Answer {
-    let roles: Vec<&str> = caller.principal.roles.iter().map(|r| r.as_str()).collect();
+    let roles = caller.principal.roles.iter().map(|r| r.as_str()).collect();
     json(
         StatusCode::OK,
-        serde_json::json!({"sub": caller.principal.sub, "roles": roles}),
+        Me {
+            sub: caller.principal.sub,
+            roles,
+        },
     )
 }
 
 // ---------------------------------------------------------------- plugins
 
-#[derive(Serialize)]
-struct PluginView {
+/// A stored plugin.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Plugin)]
+pub(super) struct PluginView {
+    /// SHA-256 of the component, 64 hex digits: the plugin's identity.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     digest: String,
+    /// The name the plugin declares.
     name: String,
+    /// The version the plugin declares.
     version: String,
+    /// What the plugin computes, in its own words.
     description: String,
+    /// JSON Schema of the plugin's `params` (null if the plugin's is not JSON).
     params_schema: Value,
+    /// Whether it is one of the plugins built into the server.
     builtin: bool,
+    /// Size of the component in bytes.
     size: u64,
+    /// When it was stored (RFC 3339).
     created_at: String,
+}
+
+/// Answer of `GET /api/v1/plugins`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct PluginList {
+    /// Every stored plugin, built-ins included.
+    plugins: Vec<PluginView>,
 }
 
 impl From<PluginInfo> for PluginView {
@@ -103,6 +179,29 @@ impl From<PluginInfo> for PluginView {
     }
 }
 
+/// Uploads a plugin: the body is the `.wasm` component. It is compiled and
+/// type-checked before it is stored.
+#[utoipa::path(post, path = "/plugins", tag = "plugins", security(("bearer" = [])),
+    request_body(description = "The plugin's WebAssembly component.",
+        content(
+            (Wasm = "application/wasm"),
+            (Wasm = "application/octet-stream"),
+        )),
+    responses(
+        (status = 201, description = "Stored.", body = PluginView),
+        (status = 200, description = "Already stored.", body = PluginView),
+        (status = 400, description = "Empty or unreadable body: `empty_body`, `bad_body`.",
+            body = ErrorBody),
+        RoleErrors,
+        (status = 404, description = "The plugin vanished while being stored: `unknown_plugin`.",
+            body = ErrorBody),
+        (status = 413, description = "Larger than `limits.max_plugin_bytes`: `body_too_large`.",
+            body = ErrorBody),
+        (status = 422, description = "Not a plugin this server can run: `invalid_plugin`, with \
+            the reason.", body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = STORAGE_503, body = ErrorBody),
+    ))]
 pub(super) async fn upload_plugin(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::Developer>,
@@ -130,6 +229,14 @@ pub(super) async fn upload_plugin(
     json(status, PluginView::from(info))
 }
 
+/// Lists every plugin.
+#[utoipa::path(get, path = "/plugins", tag = "plugins", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The plugins.", body = PluginList),
+        RoleErrors,
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = STORAGE_503, body = ErrorBody),
+    ))]
 pub(super) async fn list_plugins(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::DeveloperOrScientist>,
@@ -141,9 +248,22 @@ pub(super) async fn list_plugins(
         .into_iter()
         .map(PluginView::from)
         .collect();
-    json(StatusCode::OK, serde_json::json!({"plugins": plugins}))
+    json(StatusCode::OK, PluginList { plugins })
 }
 
+/// Shows one plugin.
+#[utoipa::path(get, path = "/plugins/{digest}", tag = "plugins", security(("bearer" = [])),
+    params(("digest" = String, Path, description = "The plugin's digest: 64 hex digits.",
+        pattern = "^[0-9a-fA-F]{64}$")),
+    responses(
+        (status = 200, description = "The plugin.", body = PluginView),
+        (status = 400, description = "Not 64 hex digits: `invalid_digest`, `invalid_path`.",
+            body = ErrorBody),
+        RoleErrors,
+        (status = 404, description = "No such plugin: `unknown_plugin`.", body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = STORAGE_503, body = ErrorBody),
+    ))]
 pub(super) async fn get_plugin(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::DeveloperOrScientist>,
@@ -161,8 +281,36 @@ pub(super) async fn get_plugin(
     }
 }
 
+/// A WebAssembly component's bytes, answered as `application/wasm`.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub(super) struct Wasm(Vec<u8>);
+
+impl IntoResponse for Wasm {
+    fn into_response(self) -> Response {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/wasm")],
+            self.0,
+        )
+            .into_response()
+    }
+}
+
 /// The component itself, so clients shard and unshard with exactly the code
 /// the servers run.
+#[utoipa::path(get, path = "/plugins/{digest}/wasm", tag = "plugins", security(("bearer" = [])),
+    params(("digest" = String, Path, description = "The plugin's digest: 64 hex digits.",
+        pattern = "^[0-9a-fA-F]{64}$")),
+    responses(
+        (status = 200, description = "The component's bytes.", body = Wasm,
+            content_type = "application/wasm"),
+        (status = 400, description = "Not 64 hex digits: `invalid_digest`, `invalid_path`.",
+            body = ErrorBody),
+        AuthErrors,
+        (status = 404, description = "No such plugin: `unknown_plugin`.", body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = STORAGE_503, body = ErrorBody),
+    ))]
 pub(super) async fn get_plugin_wasm(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::AnyRole>,
@@ -172,11 +320,7 @@ pub(super) async fn get_plugin_wasm(
         ApiError::bad_request("invalid_digest", "a plugin digest is 64 hex digits")
     })?;
     match state.storage.plugin_wasm(digest).await? {
-        Some(wasm) => Ok((
-            [(axum::http::header::CONTENT_TYPE, "application/wasm")],
-            wasm,
-        )
-            .into_response()),
+        Some(wasm) => Ok(Wasm(wasm).into_response()),
         None => Err(ApiError::not_found(
             "unknown_plugin",
             "no plugin with this digest",
@@ -186,13 +330,25 @@ pub(super) async fn get_plugin_wasm(
 
 // ---------------------------------------------------------------- endpoints
 
-#[derive(Deserialize)]
+/// Body of `POST /api/v1/endpoints`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateEndpoint {
+    /// The endpoint's name, used in URLs: 1 to 64 of `a-z 0-9 - _ .`, starting
+    /// with a letter or digit.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$", example = "demo")]
     name: String,
+    /// A built-in plugin's name (`sum`, `count`, `histogram`, `mean`, …) or an
+    /// uploaded plugin's digest.
+    #[schema(example = "sum")]
     plugin: String,
+    /// The plugin's parameters (its `params_schema`); `{}` when left out.
     #[serde(default = "empty_object")]
+    #[schema(example = json!({"length": 4}))]
     params: Value,
+    /// The smallest batch a seal may release; the server's
+    /// `endpoints.default_min_batch` when left out.
+    #[schema(minimum = 1)]
     min_batch: Option<u64>,
 }
 
@@ -200,25 +356,48 @@ fn empty_object() -> Value {
     Value::Object(Default::default())
 }
 
-#[derive(Serialize)]
-struct EndpointView {
+/// An endpoint: a plugin with its parameters, collecting reports.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Endpoint)]
+pub(super) struct EndpointView {
+    /// The endpoint's name.
     name: String,
+    /// The plugin's declared name.
     plugin: String,
+    /// The plugin's digest, 64 hex digits.
     plugin_digest: String,
+    /// The parameters, as stored (canonical JSON).
     params: Value,
+    /// The smallest batch a seal releases.
     min_batch: u64,
+    /// SHA-256 over the plugin, its configuration and `min_batch`, 64 hex
+    /// digits: equal on every server of a deployment.
     config_hash: String,
+    /// When the endpoint was created (RFC 3339).
     created_at: String,
+    /// Report counts; left out in the answer to a creation.
     #[serde(skip_serializing_if = "Option::is_none")]
     reports: Option<ReportCounts>,
 }
 
-#[derive(Serialize)]
-struct ReportCounts {
+/// How many reports an endpoint holds, by state.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ReportCounts {
+    /// Stored and not yet in a batch.
     unbatched: u64,
+    /// Folded into a sealed batch.
     batched: u64,
+    /// Dropped unbatched after `endpoints.report_retention_secs`.
     expired: u64,
+    /// Sealed batches.
     batches: u64,
+}
+
+/// Answer of `GET /api/v1/endpoints`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct EndpointList {
+    /// Every endpoint, with its report counts.
+    endpoints: Vec<EndpointView>,
 }
 
 impl EndpointView {
@@ -273,6 +452,27 @@ pub fn config_hash(plugin_digest: &[u8; 32], config: &[u8], min_batch: u64) -> [
     hasher.finalize().into()
 }
 
+/// Creates an endpoint; the same definition again is not an error.
+#[utoipa::path(post, path = "/endpoints", tag = "endpoints", security(("bearer" = [])),
+    request_body = CreateEndpoint,
+    responses(
+        (status = 201, description = "Created.", body = EndpointView),
+        (status = 200, description = "An identical endpoint exists.", body = EndpointView),
+        (status = 400, description = "Malformed request: `malformed_json`, `bad_body`, \
+            `invalid_endpoint_name`, `invalid_min_batch`.", body = ErrorBody),
+        RoleErrors,
+        (status = 404, description = "No such plugin: `unknown_plugin`.", body = ErrorBody),
+        (status = 409, description = "An endpoint of this name exists with another \
+            definition: `endpoint_conflict`.", body = ErrorBody),
+        (status = 413, description = "Larger than `limits.max_body_bytes`: `body_too_large`.",
+            body = ErrorBody),
+        (status = 422, description = "The plugin refused the parameters: its own code (e.g. \
+            `invalid_params`), `plugin_internal`, or the limit its `configure` hit.",
+            body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = "Retry later: `plugin_unavailable`, `shutting_down`, \
+            `keys_unavailable`.", body = ErrorBody),
+    ))]
 pub(super) async fn create_endpoint(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::Developer>,
@@ -286,6 +486,16 @@ pub(super) async fn create_endpoint(
         return Err(ApiError::bad_request(
             "invalid_min_batch",
             "min_batch must be at least 1",
+        ));
+    }
+    // A larger minimum could never be sealed (and would not fit storage's integers).
+    let most = state.config.endpoints.max_batch.min(i64::MAX as u64);
+    if min_batch > most {
+        return Err(ApiError::bad_request(
+            "invalid_min_batch",
+            format!(
+                "min_batch must be at most {most}, the most reports one seal takes (endpoints.max_batch)"
+            ),
         ));
     }
     let plugin = state.registry.plugin(&body.plugin).ok_or_else(|| {
@@ -337,6 +547,14 @@ pub(super) async fn create_endpoint(
     }
 }
 
+/// Lists every endpoint with its report counts.
+#[utoipa::path(get, path = "/endpoints", tag = "endpoints", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The endpoints.", body = EndpointList),
+        AuthErrors,
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = STORAGE_503, body = ErrorBody),
+    ))]
 pub(super) async fn list_endpoints(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::AnyRole>,
@@ -346,13 +564,24 @@ pub(super) async fn list_endpoints(
         let counts = state.storage.endpoint_counts(&endpoint.record.name).await?;
         views.push(EndpointView::new(&endpoint, counts));
     }
-    json(StatusCode::OK, serde_json::json!({"endpoints": views}))
+    json(StatusCode::OK, EndpointList { endpoints: views })
 }
 
 pub(super) fn unknown_endpoint(name: &str) -> ApiError {
     ApiError::not_found("unknown_endpoint", format!("no endpoint named {name:?}"))
 }
 
+/// Shows one endpoint with its report counts.
+#[utoipa::path(get, path = "/endpoints/{name}", tag = "endpoints", security(("bearer" = [])),
+    params(("name" = String, Path, description = "The endpoint's name.", example = "demo")),
+    responses(
+        (status = 200, description = "The endpoint.", body = EndpointView),
+        (status = 400, description = "Undecodable path: `invalid_path`.", body = ErrorBody),
+        AuthErrors,
+        (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = STORAGE_503, body = ErrorBody),
+    ))]
 pub(super) async fn get_endpoint(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::AnyRole>,
@@ -367,6 +596,17 @@ pub(super) async fn get_endpoint(
     json(StatusCode::OK, EndpointView::new(&endpoint, counts))
 }
 
+/// Removes an endpoint with its reports and batches.
+#[utoipa::path(delete, path = "/endpoints/{name}", tag = "endpoints", security(("bearer" = [])),
+    params(("name" = String, Path, description = "The endpoint's name.", example = "demo")),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 400, description = "Undecodable path: `invalid_path`.", body = ErrorBody),
+        RoleErrors,
+        (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = STORAGE_503, body = ErrorBody),
+    ))]
 pub(super) async fn delete_endpoint(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::Admin>,
@@ -381,13 +621,63 @@ pub(super) async fn delete_endpoint(
 
 // ---------------------------------------------------------------- reports
 
-#[derive(Deserialize)]
+/// Body of `POST /api/v1/endpoints/{name}/reports`: one user's share.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PostReport {
+    /// The report's id, 32 hex digits (16 random bytes), the same on every
+    /// server: a retry with the same id and share is acknowledged again.
+    #[schema(
+        pattern = "^[0-9a-fA-F]{32}$",
+        example = "00112233445566778899aabbccddeeff"
+    )]
     report_id: String,
+    /// This server's share of the measurement, base64.
+    #[schema(format = Byte, example = "AAAAAAAAAAA=")]
     share: String,
 }
 
+/// Answer to a posted report.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ReportAccepted {
+    /// The report's id, as posted.
+    report_id: String,
+    /// Whether it was stored now or had been before.
+    status: ReportStatus,
+}
+
+/// What happened to a posted report.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum ReportStatus {
+    /// Stored now (201).
+    Stored,
+    /// The same report was stored before (200).
+    Duplicate,
+}
+
+/// Posts one share. It is acknowledged only once durably stored.
+#[utoipa::path(post, path = "/endpoints/{name}/reports", tag = "reports",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The endpoint's name.", example = "demo")),
+    request_body = PostReport,
+    responses(
+        (status = 201, description = "Stored.", body = ReportAccepted),
+        (status = 200, description = "The same report was stored before.", body = ReportAccepted),
+        (status = 400, description = "Malformed request: `malformed_json`, `bad_body`, \
+            `invalid_report_id`, `invalid_share_encoding`, `invalid_path`.", body = ErrorBody),
+        RoleErrors,
+        (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
+        (status = 409, description = "This report id was posted with another share: \
+            `report_conflict`.", body = ErrorBody),
+        (status = 413, description = "Larger than `limits.max_body_bytes`: `body_too_large`.",
+            body = ErrorBody),
+        (status = 422, description = "The plugin rejected the share: its own code and message, \
+            `plugin_internal`, or the limit its `validate` hit.", body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = "Retry later: `plugin_unavailable`, `shutting_down`, \
+            `keys_unavailable`.", body = ErrorBody),
+    ))]
 pub(super) async fn post_report(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::User>,
@@ -436,11 +726,17 @@ async fn store_report(state: &AppState, live: &Arc<LiveEndpoint>, report: PostRe
     match outcome {
         Ok(InsertReportOutcome::Stored) => json(
             StatusCode::CREATED,
-            serde_json::json!({"report_id": report.report_id, "status": "stored"}),
+            ReportAccepted {
+                report_id: report.report_id,
+                status: ReportStatus::Stored,
+            },
         ),
         Ok(InsertReportOutcome::Duplicate) => json(
             StatusCode::OK,
-            serde_json::json!({"report_id": report.report_id, "status": "duplicate"}),
+            ReportAccepted {
+                report_id: report.report_id,
+                status: ReportStatus::Duplicate,
+            },
         ),
         Ok(InsertReportOutcome::Conflict) => Err(ApiError::conflict(
             "report_conflict",
@@ -463,4 +759,20 @@ pub(super) async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this route does not take this method",
     )
+}
+
+/// The OpenAPI document, serialised once when the router is built.
+#[derive(Clone)]
+pub(super) struct OpenApiJson(pub(super) axum::body::Bytes);
+
+/// This API's OpenAPI document.
+#[utoipa::path(get, path = "/openapi.json", tag = "health",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this server.",
+        body = Object)))]
+pub(super) async fn openapi(axum::Extension(doc): axum::Extension<OpenApiJson>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        doc.0,
+    )
+        .into_response()
 }
