@@ -179,6 +179,8 @@ impl Dev {
              \x20 guardian endpoint list\n\
              \x20 {submit}\n\
              \x20 guardian collect {DEMO_ENDPOINT}\n\n\
+             Live charts of the released results, with a button to seal a batch:\n\n\
+             \x20 guardian dashboard        (then open http://127.0.0.1:8080/; --listen ADDR for another)\n\n\
              (From a checkout, `cargo run -q --` works in place of `guardian`. Metrics: {first}/metrics)\n",
             n = self.urls.len(),
             list = list.join("\n"),

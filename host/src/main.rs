@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use guardian::client::{Cluster, admin, collect, submit};
+use guardian::client::{Cluster, admin, collect, dashboard, submit};
 use guardian::config::{self, Environment, LogFormat};
 use guardian::dev::{Dev, DevOptions};
 use guardian::server::Server;
@@ -124,6 +124,22 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Serve a local web page with live charts of every endpoint's results (scientist).
+    ///
+    /// The page lists the endpoints with their report counts and charts each
+    /// one's total over every released batch, refreshing on its own, with a
+    /// button to seal a batch. Shares are fetched and combined by this process,
+    /// as `guardian collect --total` does; the page never talks to the share
+    /// servers, and it needs nothing from the internet.
+    ///
+    /// Example: guardian dashboard --listen 127.0.0.1:8080
+    Dashboard {
+        /// Address to serve the page on (port 0 picks a free port).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// `guardian plugin …`
@@ -232,6 +248,10 @@ fn main() -> ExitCode {
             json,
             client: args,
         } => client(collect(name, total, json, args)),
+        Command::Dashboard {
+            listen,
+            client: args,
+        } => client(serve_dashboard(listen, args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -417,6 +437,18 @@ async fn collect(name: String, total: bool, json: bool, client: ClientArgs) -> a
         print!("{}", collected.render());
     }
     Ok(())
+}
+
+async fn serve_dashboard(listen: std::net::SocketAddr, client: ClientArgs) -> anyhow::Result<()> {
+    let cluster = client.cluster()?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!("cannot listen on {listen} (is it taken? choose another with --listen)")
+        })?;
+    let addr = listener.local_addr()?;
+    println!("Dashboard: http://{addr}/ (Ctrl-C stops it)");
+    dashboard::run(listener, cluster, shutdown_signal()).await
 }
 
 /// Ctrl-C or SIGTERM.

@@ -231,9 +231,11 @@ struct Plugins {
     plugins: Vec<PluginView>,
 }
 
+/// `GET /api/v1/endpoints`.
 #[derive(Deserialize)]
-struct Endpoints {
-    endpoints: Vec<EndpointInfo>,
+pub(crate) struct Endpoints {
+    /// Every endpoint of the server.
+    pub endpoints: Vec<EndpointInfo>,
 }
 
 /// Which servers hold an entry: `all`, or their indexes.
@@ -248,17 +250,17 @@ fn presence(held: &[usize], servers: usize) -> String {
     }
 }
 
-/// Fetches `segments` from every server; failures become warnings.
-async fn from_every_server<T: serde::de::DeserializeOwned>(
+/// Fetches `segments` from every server: the answers and the failures.
+pub(crate) async fn from_every_server<T: serde::de::DeserializeOwned>(
     cluster: &Cluster,
     segments: &[&str],
-) -> (Vec<(usize, T)>, Vec<String>) {
+) -> (Vec<(usize, T)>, Vec<ServerError>) {
     let mut answers = Vec::new();
     let mut warnings = Vec::new();
     for index in 0..cluster.len() {
         match cluster.get_json(index, segments).await {
             Ok(answer) => answers.push((index, answer)),
-            Err(e) => warnings.push(e.to_string()),
+            Err(e) => warnings.push(e),
         }
     }
     (answers, warnings)
@@ -268,6 +270,7 @@ async fn from_every_server<T: serde::de::DeserializeOwned>(
 pub async fn list_plugins(cluster: &Cluster) -> anyhow::Result<Listing> {
     let (answers, warnings) =
         from_every_server::<Plugins>(cluster, &["api", "v1", "plugins"]).await;
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
     if answers.is_empty() {
         bail!(
             "no server could list its plugins:\n  {}",
@@ -324,6 +327,7 @@ fn plugins_listing(
 pub async fn list_endpoints(cluster: &Cluster) -> anyhow::Result<Listing> {
     let (answers, warnings) =
         from_every_server::<Endpoints>(cluster, &["api", "v1", "endpoints"]).await;
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
     if answers.is_empty() {
         bail!(
             "no server could list its endpoints:\n  {}",

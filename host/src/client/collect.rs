@@ -3,6 +3,7 @@
 //! describe the same reports, and combines them locally with the plugin's
 //! `unshard`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -12,7 +13,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::endpoint::{self, endpoint_path};
+use super::endpoint::{self, LocalEndpoint, endpoint_path};
 use super::http::{Cluster, Retry, ServerError};
 use super::table;
 
@@ -36,10 +37,13 @@ pub struct Collected {
     pub result: Value,
 }
 
+/// A batch server 0 sealed: `201 {batch_id, count}`.
 #[derive(Deserialize)]
-struct Sealed {
-    batch_id: String,
-    count: u64,
+pub(crate) struct Sealed {
+    /// The new batch.
+    pub batch_id: String,
+    /// Reports in it.
+    pub count: u64,
 }
 
 #[derive(Deserialize)]
@@ -61,7 +65,7 @@ struct TotalShare {
 /// Seals a batch of endpoint `name` (or, with `total`, merges every released
 /// batch) and combines every server's share.
 pub async fn collect(cluster: &Cluster, name: &str, total: bool) -> anyhow::Result<Collected> {
-    let endpoint = endpoint::open(cluster, name).await?;
+    let endpoint = Arc::new(endpoint::open(cluster, name).await?);
     let (shares, mut collected) = if total {
         fetch_total(cluster, name).await?
     } else {
@@ -73,7 +77,17 @@ pub async fn collect(cluster: &Cluster, name: &str, total: bool) -> anyhow::Resu
             )
         })?
     };
-    let count = collected.count;
+    collected.result = combine(endpoint, shares, collected.count).await?;
+    Ok(collected)
+}
+
+/// Combines every server's released share with the plugin's `unshard`, on a
+/// blocking thread (the plugin runs in wasmtime).
+pub(crate) async fn combine(
+    endpoint: Arc<LocalEndpoint>,
+    shares: Vec<Vec<u8>>,
+    count: u64,
+) -> anyhow::Result<Value> {
     let text = tokio::task::spawn_blocking(move || {
         endpoint
             .plugin
@@ -82,24 +96,30 @@ pub async fn collect(cluster: &Cluster, name: &str, total: bool) -> anyhow::Resu
     })
     .await
     .context("the unsharding thread stopped")??;
-    collected.result =
-        serde_json::from_str(&text).context("the plugin's unshard did not return JSON")?;
-    Ok(collected)
+    serde_json::from_str(&text).context("the plugin's unshard did not return JSON")
 }
 
 async fn seal(cluster: &Cluster, name: &str) -> anyhow::Result<Sealed> {
-    let answer = cluster
+    request_seal(cluster, name)
+        .await
+        .map_err(explain_seal_error)
+}
+
+/// Asks server 0 to seal a batch of endpoint `name`; the server's refusal is
+/// returned as it came, for callers that show its details (see
+/// [`explain_seal_error`] for the sentence).
+pub(crate) async fn request_seal(cluster: &Cluster, name: &str) -> Result<Sealed, ServerError> {
+    cluster
         .request(0, Method::POST, &endpoint_path(name, &["batches"]))
         .retry(Retry::WhenAsked)
         .timeout(SEAL_TIMEOUT)
         .send()
-        .await
-        .map_err(explain_seal_error)?;
-    Ok(answer.json()?)
+        .await?
+        .json()
 }
 
 /// Turns the seal's refusals into sentences.
-fn explain_seal_error(error: ServerError) -> anyhow::Error {
+pub(crate) fn explain_seal_error(error: ServerError) -> anyhow::Error {
     match error.code() {
         "batch_too_small" => match (error.detail("agreed"), error.detail("needed")) {
             (Some(agreed), Some(needed)) => anyhow!(
@@ -162,7 +182,12 @@ async fn fetch_batch(
     ))
 }
 
-async fn fetch_total(cluster: &Cluster, name: &str) -> anyhow::Result<(Vec<Vec<u8>>, Collected)> {
+/// Fetches every server's share of the total over all released batches and
+/// checks that they describe the same batches.
+pub(crate) async fn fetch_total(
+    cluster: &Cluster,
+    name: &str,
+) -> anyhow::Result<(Vec<Vec<u8>>, Collected)> {
     let mut shares = Vec::new();
     let mut first: Option<(u64, u64)> = None;
     for index in 0..cluster.len() {

@@ -62,6 +62,9 @@ pub(crate) struct LocalEndpoint {
     pub plugin: Plugin,
     /// The canonical configuration bytes (`configure` of the params).
     pub config: Vec<u8>,
+    /// The configuration hash the servers agreed on, hex (to notice an endpoint
+    /// recreated with another definition).
+    pub config_hash: String,
     /// Keeps the engine (and its deadline ticker) alive while `plugin` is used.
     _runtime: Runtime,
 }
@@ -221,6 +224,7 @@ fn load(info: EndpointInfo, wasm: &[u8]) -> anyhow::Result<LocalEndpoint> {
     Ok(LocalEndpoint {
         plugin,
         config,
+        config_hash: info.config_hash,
         _runtime: runtime,
     })
 }

@@ -10,12 +10,15 @@
 //! - [`collect`]: sealing a batch, fetching every server's released share and
 //!   combining them with the plugin's `unshard`.
 //! - [`admin`]: plugin uploads and endpoint creation on every server, listings.
+//! - [`dashboard`]: `guardian dashboard`, a local web page that charts what
+//!   [`collect`] combines.
 //!
 //! Functions return values with a `render` for people; printing is left to
 //! `main`, so output formats are unit-tested here.
 
 pub mod admin;
 pub mod collect;
+pub mod dashboard;
 mod endpoint;
 mod http;
 pub mod submit;
