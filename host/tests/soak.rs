@@ -120,7 +120,11 @@ async fn reader(load: Arc<Load>) {
     while !load.stop.load(Ordering::Relaxed) {
         n += 1;
         let base = &load.bases[n % load.bases.len()];
-        let path = if n.is_multiple_of(2) { "total" } else { "batches" };
+        let path = if n.is_multiple_of(2) {
+            "total"
+        } else {
+            "batches"
+        };
         let sent = load
             .http
             .get(format!("{base}/api/v1/endpoints/{ENDPOINT}/{path}"))
