@@ -723,12 +723,17 @@ pub(super) async fn retry_decided(state: Arc<AppState>) {
                     };
                     let lock = state.sealer.lock(decision.endpoint);
                     let _sealing = lock.lock().await;
-                    // Completed meanwhile by a request?
-                    match state.storage.pending_seal(decision.endpoint).await {
-                        Ok(Some(pending)) if pending == decision => {}
+                    // Completed meanwhile by a request? A decision keeps its batch
+                    // id until it is dropped, so the id tells it is still this one.
+                    let pending = match state.storage.pending_seal(decision.endpoint).await {
+                        Ok(Some(pending))
+                            if pending.decided && pending.batch_id == decision.batch_id =>
+                        {
+                            pending
+                        }
                         _ => continue,
-                    }
-                    match finish(&state, &live, decision).await {
+                    };
+                    match finish(&state, &live, pending).await {
                         Ok(info) => {
                             tracing::info!(endpoint = %live.endpoint.record.name, batch = %hex::encode(info.batch_id), "pending seal completed")
                         }
