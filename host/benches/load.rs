@@ -37,7 +37,11 @@
 //! `--seal N[,N…]`, `--only NAME[,NAME…]`, and `--perf DIR` to `perf record` the
 //! servers during every measured interval (`perf report -i DIR/….perf.data`),
 //! `--before-seal CMD` to run a shell command (servers' pids in `$SERVER_PIDS`)
-//! right before each seal, e.g. to attach `heaptrack -p`.
+//! right before each seal. The environment variable `GUARDIAN_BENCH_WRAPPER`
+//! (words split on spaces) is put in front of every server's command line, e.g.
+//! `env MALLOC_ARENA_MAX=2` or `heaptrack -o /tmp/ht/server` (the servers run
+//! with an empty environment otherwise; a wrapper that does not `exec` makes the
+//! RSS figures its own).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -227,7 +231,7 @@ impl Profile {
         let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
         let out = dir.join(format!("{name}.perf.data"));
         let child = Command::new("perf")
-            .args(["record", "-F", "999", "-o"])
+            .args(["record", "-g", "-F", "999", "-o"])
             .arg(&out)
             .args(["-p", &pids.join(",")])
             .stdin(Stdio::null())
@@ -406,7 +410,16 @@ async fn start_cluster(n: usize, auth: Auth<'_>, extra_env: &[(&str, &str)]) -> 
         let data = dir.path().join(format!("server-{index}"));
         std::fs::create_dir_all(&data).expect("data dir");
         let log = dir.path().join(format!("server-{index}.log"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_guardian"));
+        let wrapper = std::env::var("GUARDIAN_BENCH_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(words).arg(env!("CARGO_BIN_EXE_guardian"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_guardian")),
+        };
         command
             .arg("serve")
             .env_clear()

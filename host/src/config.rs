@@ -174,6 +174,33 @@ pub struct LimitsConfig {
     /// so the default is the number of CPUs; see [`LimitsConfig::plugin_concurrency`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plugin_concurrency: Option<usize>,
+    /// Largest request head (request line and headers) accepted, in bytes; hyper
+    /// answers 431 beyond. Must leave room for the longest token
+    /// (`auth.max_token_bytes`). Default 16 KiB.
+    pub max_header_bytes: usize,
+    /// Time a client has to send a complete request head, in milliseconds, counted
+    /// from when the server starts waiting for it (so it also closes keep-alive
+    /// connections idle that long); cuts off clients that send headers byte by byte
+    /// to hold connections open (slowloris). Default 10 000 ms.
+    pub header_read_timeout_ms: u64,
+    /// Reports one user (token `sub`) may post per second, on average; 0 turns the
+    /// limit off. No limit when authentication is off. Default 1000.
+    pub reports_per_second_per_user: u32,
+    /// Reports one user may post at once before the per-second rate applies; 0 means
+    /// one second's worth. Default 2000.
+    pub reports_burst_per_user: u32,
+    /// Reports one client IP address may post per second, on average; 0 turns the
+    /// limit off. Default 0: behind a reverse proxy every client has the proxy's
+    /// address (see `trust_forwarded_for`).
+    pub reports_per_second_per_ip: u32,
+    /// Reports one client IP address may post at once before the per-second rate
+    /// applies; 0 means one second's worth. Default 0.
+    pub reports_burst_per_ip: u32,
+    /// Take the client's address from the last `X-Forwarded-For` entry (the one the
+    /// reverse proxy in front of the server added) instead of the TCP peer. Only
+    /// for a server that nothing but the proxy can reach: otherwise clients choose
+    /// their own address. Default false.
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for LimitsConfig {
@@ -186,6 +213,13 @@ impl Default for LimitsConfig {
             plugin_memory_bytes: 128 << 20,
             plugin_output_bytes: 16 << 20,
             plugin_concurrency: None,
+            max_header_bytes: 16 << 10,
+            header_read_timeout_ms: 10_000,
+            reports_per_second_per_user: 1000,
+            reports_burst_per_user: 2000,
+            reports_per_second_per_ip: 0,
+            reports_burst_per_ip: 0,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -199,6 +233,11 @@ impl LimitsConfig {
     /// `plugin_deadline_ms` as a duration.
     pub fn plugin_deadline(&self) -> Duration {
         Duration::from_millis(self.plugin_deadline_ms)
+    }
+
+    /// `header_read_timeout_ms` as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
     }
 
     /// Plugin calls allowed at once: `plugin_concurrency`, or the number of CPUs.

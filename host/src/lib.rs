@@ -4,6 +4,8 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod dev;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod runtime;
 pub mod server;
 pub mod storage;

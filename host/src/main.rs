@@ -188,6 +188,10 @@ enum EndpointCommand {
         /// Fewest reports in a batch (default: the servers' `endpoints.default_min_batch`).
         #[arg(long, value_name = "K")]
         min_batch: Option<u64>,
+        /// Most reports one user may hold in the endpoint on a server until the
+        /// next seal (default: no limit).
+        #[arg(long, value_name = "K")]
+        max_reports_per_user: Option<u64>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -224,6 +228,7 @@ impl ClientArgs {
 }
 
 fn main() -> ExitCode {
+    fix_malloc_thresholds();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
@@ -355,6 +360,7 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
             plugin,
             params,
             min_batch,
+            max_reports_per_user,
             client,
         } => {
             let cluster = client.cluster()?;
@@ -365,6 +371,7 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
                 plugin,
                 params,
                 min_batch,
+                max_reports_per_user,
             };
             let report = admin::create_endpoint(&cluster, &new).await;
             print!("{}", report.render());
@@ -502,3 +509,25 @@ fn init_logging(
     }
     Ok(guard)
 }
+
+/// Keeps glibc's malloc at its default thresholds instead of letting it raise
+/// them. By default, freeing a large block raises the size above which blocks get
+/// their own mapping to that block's size (up to 32 MiB), and the size of free
+/// memory kept before trimming to twice that; after the first multi-megabyte
+/// buffer of a seal is freed, later ones stay resident in malloc's arenas once
+/// freed. Measured on a million-report seal: peak RSS 154 / 125 MB per server
+/// with the moving thresholds, 113 / 84 MB with fixed ones. Blocks of 128 KiB and
+/// more (never on the per-report path) are mapped and unmapped on their own.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn fix_malloc_thresholds() {
+    // SAFETY: `mallopt` only changes malloc's tuning parameters and may be called
+    // at any time; it is called once, first thing in `main`.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 10);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fix_malloc_thresholds() {}

@@ -158,6 +158,8 @@ pub struct NewEndpoint {
     pub params: Value,
     /// Fewest reports per batch (the servers' default when absent).
     pub min_batch: Option<u64>,
+    /// Most unbatched reports per user (no limit when absent).
+    pub max_reports_per_user: Option<u64>,
 }
 
 /// `guardian endpoint create`: creates the endpoint on every server and checks
@@ -170,6 +172,9 @@ pub async fn create_endpoint(cluster: &Cluster, endpoint: &NewEndpoint) -> PerSe
     });
     if let Some(min_batch) = endpoint.min_batch {
         body["min_batch"] = min_batch.into();
+    }
+    if let Some(max) = endpoint.max_reports_per_user {
+        body["max_reports_per_user"] = max.into();
     }
     let mut servers = Vec::new();
     let mut views: Vec<(usize, EndpointInfo)> = Vec::new();

@@ -25,7 +25,10 @@ pub struct EndpointInfo {
     pub params: Value,
     /// Fewest reports in a batch.
     pub min_batch: u64,
-    /// What every server must agree on (plugin, config, min batch), hex.
+    /// Most unbatched reports one user may hold, if the endpoint has a quota.
+    #[serde(default)]
+    pub max_reports_per_user: Option<u64>,
+    /// What every server must agree on (plugin, config, min batch, quota), hex.
     pub config_hash: String,
     /// When it was created on this server.
     #[serde(default)]
@@ -213,7 +216,12 @@ fn load(info: EndpointInfo, wasm: &[u8]) -> anyhow::Result<LocalEndpoint> {
     let mut digest = [0u8; 32];
     hex::decode_to_slice(&info.plugin_digest, &mut digest)
         .context("the endpoint's plugin digest is not 64 hex digits")?;
-    let hash = hex::encode(crate::server::config_hash(&digest, &config, info.min_batch));
+    let hash = hex::encode(crate::server::config_hash(
+        &digest,
+        &config,
+        info.min_batch,
+        info.max_reports_per_user,
+    ));
     if hash != info.config_hash {
         bail!(
             "the plugin configured here gives config hash {hash}, but the servers have {} for endpoint {:?}: refusing to shard with another configuration than theirs",

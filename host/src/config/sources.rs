@@ -303,6 +303,37 @@ pub(super) static KEYS: &[Key] = &[
         limits.plugin_concurrency,
         optional::<usize>
     ),
+    key!("limits.max_header_bytes", limits.max_header_bytes, number),
+    key!(
+        "limits.header_read_timeout_ms",
+        limits.header_read_timeout_ms,
+        number
+    ),
+    key!(
+        "limits.reports_per_second_per_user",
+        limits.reports_per_second_per_user,
+        number
+    ),
+    key!(
+        "limits.reports_burst_per_user",
+        limits.reports_burst_per_user,
+        number
+    ),
+    key!(
+        "limits.reports_per_second_per_ip",
+        limits.reports_per_second_per_ip,
+        number
+    ),
+    key!(
+        "limits.reports_burst_per_ip",
+        limits.reports_burst_per_ip,
+        number
+    ),
+    key!(
+        "limits.trust_forwarded_for",
+        limits.trust_forwarded_for,
+        boolean
+    ),
     key!(
         "endpoints.default_min_batch",
         endpoints.default_min_batch,

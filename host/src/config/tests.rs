@@ -289,6 +289,13 @@ fn every_key_can_be_set_from_the_environment() {
         ("GUARDIAN_LIMITS_PLUGIN_MEMORY_BYTES", "5000000"),
         ("GUARDIAN_LIMITS_PLUGIN_OUTPUT_BYTES", "6000"),
         ("GUARDIAN_LIMITS_PLUGIN_CONCURRENCY", "7"),
+        ("GUARDIAN_LIMITS_MAX_HEADER_BYTES", "32768"),
+        ("GUARDIAN_LIMITS_HEADER_READ_TIMEOUT_MS", "71"),
+        ("GUARDIAN_LIMITS_REPORTS_PER_SECOND_PER_USER", "72"),
+        ("GUARDIAN_LIMITS_REPORTS_BURST_PER_USER", "73"),
+        ("GUARDIAN_LIMITS_REPORTS_PER_SECOND_PER_IP", "74"),
+        ("GUARDIAN_LIMITS_REPORTS_BURST_PER_IP", "75"),
+        ("GUARDIAN_LIMITS_TRUST_FORWARDED_FOR", "true"),
         ("GUARDIAN_ENDPOINTS_DEFAULT_MIN_BATCH", "8"),
         ("GUARDIAN_ENDPOINTS_MAX_BATCH", "80"),
         ("GUARDIAN_ENDPOINTS_REPORT_RETENTION_SECS", "81"),
@@ -360,6 +367,20 @@ fn every_key_can_be_set_from_the_environment() {
         (400, 5_000_000, 6000)
     );
     assert_eq!(limits.plugin_concurrency(), 7);
+    assert_eq!(
+        (limits.max_header_bytes, limits.header_read_timeout_ms),
+        (32768, 71)
+    );
+    assert_eq!(
+        (
+            limits.reports_per_second_per_user,
+            limits.reports_burst_per_user,
+            limits.reports_per_second_per_ip,
+            limits.reports_burst_per_ip,
+            limits.trust_forwarded_for
+        ),
+        (72, 73, 74, 75, true)
+    );
     assert_eq!(c.endpoints.default_min_batch, 8);
     assert_eq!(
         (
@@ -709,6 +730,7 @@ fn validation_of_limits() {
         "plugin_deadline_ms",
         "plugin_output_bytes",
         "plugin_concurrency",
+        "header_read_timeout_ms",
     ] {
         let var = format!("GUARDIAN_LIMITS_{}", key.to_ascii_uppercase());
         let path = format!("limits.{key}");
@@ -719,6 +741,25 @@ fn validation_of_limits() {
     }
     env(&[("GUARDIAN_LIMITS_PLUGIN_MEMORY_BYTES", "65536")])
         .invalid("limits.plugin_memory_bytes", &["at least 1048576"]);
+    // The longest token must fit in the request head.
+    env(&[("GUARDIAN_LIMITS_MAX_HEADER_BYTES", "9000")]).invalid(
+        "limits.max_header_bytes",
+        &[
+            "limits.max_header_bytes = 9000",
+            "at least 9216",
+            "auth.max_token_bytes = 8192",
+        ],
+    );
+    env(&[
+        ("GUARDIAN_LIMITS_MAX_HEADER_BYTES", "2000"),
+        ("GUARDIAN_AUTH_MAX_TOKEN_BYTES", "512"),
+    ])
+    .invalid("limits.max_header_bytes", &["at least 4096"]);
+    env(&[
+        ("GUARDIAN_LIMITS_MAX_HEADER_BYTES", "5000"),
+        ("GUARDIAN_AUTH_MAX_TOKEN_BYTES", "512"),
+    ])
+    .ok();
     file("[limits]\nplugin_deadline_ms = 5000\nrequest_timeout_ms = 2000\n").invalid(
         "limits.plugin_deadline_ms",
         &["exceeds limits.request_timeout_ms = 2000"],

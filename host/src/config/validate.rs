@@ -133,6 +133,7 @@ pub(super) fn check(config: &Config, origins: &Origins) -> Result<(), ConfigErro
     };
     server(&mut c, &config.server);
     limits(&mut c, &config.limits);
+    header_room(&mut c, &config.limits, &config.auth);
     let min_batch = config.endpoints.default_min_batch;
     if min_batch < 2 {
         let at = c.at("endpoints.default_min_batch", min_batch);
@@ -257,6 +258,7 @@ fn limits(c: &mut Checker<'_>, l: &LimitsConfig) {
     if let Some(n) = l.plugin_concurrency {
         c.positive("limits.plugin_concurrency", n as u64);
     }
+    c.positive("limits.header_read_timeout_ms", l.header_read_timeout_ms);
     if l.plugin_memory_bytes < MIN_PLUGIN_MEMORY {
         let at = c.at("limits.plugin_memory_bytes", l.plugin_memory_bytes);
         c.fail(
@@ -271,6 +273,32 @@ fn limits(c: &mut Checker<'_>, l: &LimitsConfig) {
             "limits.plugin_deadline_ms",
             format!(
                 "{deadline} exceeds {timeout}: a request would time out before its plugin call"
+            ),
+        );
+    }
+}
+
+/// Smallest request head limit: hyper's own read buffer starts at 8 KiB, and a
+/// request line, `Host` and `Content-Type` need some room besides a token.
+const MIN_HEADER_BYTES: usize = 4 << 10;
+/// Room for the request line and the other headers next to the longest token.
+const HEADER_ROOM: usize = 1 << 10;
+
+/// The longest accepted token must fit in the request head limit, or such tokens
+/// would get 431 instead of being checked.
+fn header_room(c: &mut Checker<'_>, l: &LimitsConfig, a: &AuthConfig) {
+    let needed = a
+        .max_token_bytes
+        .saturating_add(HEADER_ROOM)
+        .max(MIN_HEADER_BYTES);
+    if l.max_header_bytes < needed {
+        let at = c.at("limits.max_header_bytes", l.max_header_bytes);
+        let token = c.at("auth.max_token_bytes", a.max_token_bytes);
+        c.fail(
+            "limits.max_header_bytes",
+            format!(
+                "{at}: must be at least {needed} ({token} plus {HEADER_ROOM} for the rest of \
+                 the request head, and at least {MIN_HEADER_BYTES})"
             ),
         );
     }

@@ -1,7 +1,6 @@
 //! Routes of sealed batches: the scientists' (`/api/v1/endpoints/{name}/batches…`,
-//! `…/total`) and the peers' (`/peer/v1/endpoints/{name}/…`). The protocol itself is
-//! in `seal`; the OpenAPI schemas of its messages are written here, next to the
-//! routes that take them (see `peer_schemas`).
+//! `…/total`) and the peers' (`/peer/v1/endpoints/{name}/…`). The protocol itself,
+//! with its messages, is in `seal`.
 
 use std::sync::Arc;
 
@@ -14,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::auth::{Caller, Peer, need};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Json, Path};
+use super::extract::{Json, Path, Query};
 use super::metrics::RejectLabels;
 use super::openapi::{PeerAuthErrors, RoleErrors, STORAGE_500, STORAGE_503};
 use super::registry::LiveEndpoint;
@@ -273,18 +272,19 @@ pub(super) async fn total(
 /// Follower: reserves the proposed reports it holds and answers which.
 #[utoipa::path(post, path = "/endpoints/{name}/prepare", tag = "peer",
     security(("peer" = [])),
-    params(("name" = String, Path, description = "The endpoint's name.", example = "demo")),
-    request_body = seal::Prepare,
+    params(("name" = String, Path, description = "The endpoint's name.", example = "demo"),
+        seal::Prepare),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "The proposed report ids, 16 bytes each, concatenated."),
     responses(
         (status = 200, description = "Reserved.", body = seal::Prepared),
-        (status = 400, description = "Malformed request: `malformed_json`, `bad_body`, \
+        (status = 400, description = "Malformed request: `bad_query`, `bad_body`, \
             `bad_request`, `bad_batch_id`, `too_many_reports`, `invalid_path`.",
             body = ErrorBody),
         PeerAuthErrors,
         (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
         (status = 409, description = "`coordinator` (server 0 takes no proposals), \
             `config_mismatch`.", body = ErrorBody),
-        (status = 413, description = "Body too large: `body_too_large`.", body = ErrorBody),
         (status = 500, description = STORAGE_500, body = ErrorBody),
         (status = 503, description = "Shutting down: `shutting_down`.", body = ErrorBody),
     ))]
@@ -292,10 +292,15 @@ pub(super) async fn peer_prepare(
     State(state): State<Arc<AppState>>,
     _peer: Peer,
     Path(name): Path<String>,
-    Json(body): Json<seal::Prepare>,
+    query: Result<Query<seal::Prepare>, ApiError>,
+    body: axum::body::Body,
 ) -> Answer {
     let live = live(&state, &name)?;
-    json(StatusCode::OK, seal::prepare(&state, &live, body).await?)
+    let Query(query) = query?;
+    json(
+        StatusCode::OK,
+        seal::prepare(&state, &live, query, body).await?,
+    )
 }
 
 /// Follower: commits exactly the decided reports, reserved before.
@@ -356,209 +361,4 @@ pub(super) async fn peer_abort(
 ) -> Answer {
     let live = live(&state, &name)?;
     json(StatusCode::OK, seal::abort(&state, &live, body).await?)
-}
-
-/// OpenAPI schemas of the seal protocol's messages (the types live in `seal`).
-///
-/// Written by hand from one field list per message; the test below round-trips a
-/// sample built from each list through the real type, so a field added to or
-/// removed from a message without its list fails the build's tests.
-mod peer_schemas {
-    use std::borrow::Cow;
-
-    use utoipa::openapi::RefOr;
-    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
-    use utoipa::{PartialSchema, ToSchema};
-
-    use super::seal;
-
-    /// What one field holds.
-    #[derive(Clone, Copy)]
-    pub(super) enum Kind {
-        /// Hex digits, this many.
-        Hex(usize),
-        /// Bytes in base64.
-        Base64,
-        /// A count.
-        Count,
-        /// A yes or no.
-        Flag,
-    }
-
-    /// A field: its name, what it holds and what it means.
-    pub(super) type Field = (&'static str, Kind, &'static str);
-
-    fn object(description: &str, fields: &[Field]) -> RefOr<Schema> {
-        let mut object = ObjectBuilder::new()
-            .schema_type(Type::Object)
-            .description(Some(description));
-        for (name, kind, doc) in fields {
-            let field = ObjectBuilder::new().description(Some(*doc));
-            let field = match kind {
-                Kind::Hex(n) => field
-                    .schema_type(Type::String)
-                    .pattern(Some(format!("^[0-9a-fA-F]{{{n}}}$"))),
-                Kind::Base64 => field
-                    .schema_type(Type::String)
-                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Byte))),
-                Kind::Count => field
-                    .schema_type(Type::Integer)
-                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
-                    .minimum(Some(0)),
-                Kind::Flag => field.schema_type(Type::Boolean),
-            };
-            object = object.property(*name, field).required(*name);
-        }
-        RefOr::T(Schema::Object(object.build()))
-    }
-
-    macro_rules! peer_schema {
-        ($ty:ident, $fields:ident, $name:literal, $description:literal) => {
-            impl PartialSchema for seal::$ty {
-                fn schema() -> RefOr<Schema> {
-                    object($description, $fields)
-                }
-            }
-            impl ToSchema for seal::$ty {
-                fn name() -> Cow<'static, str> {
-                    Cow::Borrowed($name)
-                }
-            }
-        };
-    }
-
-    const BATCH_ID: Field = ("batch_id", Kind::Hex(32), "The batch's id.");
-    const CONFIG_HASH: Field = (
-        "config_hash",
-        Kind::Hex(64),
-        "The endpoint's `config_hash` on the coordinator.",
-    );
-    pub(super) const PREPARE: &[Field] = &[
-        BATCH_ID,
-        CONFIG_HASH,
-        (
-            "reports",
-            Kind::Base64,
-            "The proposed report ids, 16 bytes each, concatenated.",
-        ),
-    ];
-    pub(super) const PREPARED: &[Field] = &[
-        (
-            "held",
-            Kind::Base64,
-            "Bit i (least significant first in each byte) is set when this server holds \
-             and reserved proposed report i.",
-        ),
-        (
-            "count",
-            Kind::Count,
-            "How many proposed reports it reserved.",
-        ),
-    ];
-    pub(super) const COMMIT: &[Field] = &[
-        BATCH_ID,
-        CONFIG_HASH,
-        (
-            "reports",
-            Kind::Base64,
-            "The report ids of the batch, 16 bytes each, concatenated.",
-        ),
-    ];
-    pub(super) const COMMITTED: &[Field] = &[
-        BATCH_ID,
-        (
-            "count",
-            Kind::Count,
-            "How many reports the batch folds here.",
-        ),
-    ];
-    pub(super) const ABORT: &[Field] = &[BATCH_ID];
-    pub(super) const ABORTED: &[Field] = &[(
-        "aborted",
-        Kind::Flag,
-        "Whether a reservation for this batch was dropped.",
-    )];
-
-    peer_schema!(
-        Prepare,
-        PREPARE,
-        "PeerPrepare",
-        "The coordinator's proposal of a batch."
-    );
-    peer_schema!(
-        Prepared,
-        PREPARED,
-        "PeerPrepared",
-        "Which proposed reports a follower reserved."
-    );
-    peer_schema!(
-        Commit,
-        COMMIT,
-        "PeerCommit",
-        "The coordinator's decision: commit exactly these reports."
-    );
-    peer_schema!(
-        Committed,
-        COMMITTED,
-        "PeerCommitted",
-        "The batch as the follower stored it."
-    );
-    peer_schema!(
-        Abort,
-        ABORT,
-        "PeerAbort",
-        "Drop the reservation of this batch."
-    );
-    peer_schema!(
-        Aborted,
-        ABORTED,
-        "PeerAborted",
-        "Whether anything was dropped."
-    );
-}
-
-#[cfg(test)]
-mod tests {
-    use serde::Serialize;
-    use serde::de::DeserializeOwned;
-    use serde_json::{Map, Value};
-
-    use super::peer_schemas::{self, Field, Kind};
-    use super::seal;
-
-    /// A sample built from `fields` parses as `T` and serialises back to the same
-    /// field names: the hand-written schema matches the message.
-    fn check<T: Serialize + DeserializeOwned>(fields: &[Field]) {
-        let sample: Map<String, Value> = fields
-            .iter()
-            .map(|(name, kind, _)| {
-                let value = match kind {
-                    Kind::Hex(n) => Value::from("0".repeat(*n)),
-                    Kind::Base64 => Value::from("AA=="),
-                    Kind::Count => Value::from(1),
-                    Kind::Flag => Value::from(true),
-                };
-                ((*name).to_owned(), value)
-            })
-            .collect();
-        let parsed: T = serde_json::from_value(Value::Object(sample.clone()))
-            .expect("the schema's fields make a valid message");
-        let back = serde_json::to_value(&parsed).expect("serialises");
-        let names = |map: &Map<String, Value>| map.keys().cloned().collect::<Vec<_>>();
-        assert_eq!(
-            back.as_object().map(names),
-            Some(names(&sample)),
-            "the message has other fields than its schema"
-        );
-    }
-
-    #[test]
-    fn peer_schemas_match_the_seal_messages() {
-        check::<seal::Prepare>(peer_schemas::PREPARE);
-        check::<seal::Prepared>(peer_schemas::PREPARED);
-        check::<seal::Commit>(peer_schemas::COMMIT);
-        check::<seal::Committed>(peer_schemas::COMMITTED);
-        check::<seal::Abort>(peer_schemas::ABORT);
-        check::<seal::Aborted>(peer_schemas::ABORTED);
-    }
 }

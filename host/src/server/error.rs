@@ -27,6 +27,9 @@ pub struct ApiError {
     /// Extra numbers for clients, answered next to `code` and `message` (e.g. the
     /// `agreed` and `needed` counts of `batch_too_small`).
     pub details: Vec<(&'static str, u64)>,
+    /// `Retry-After` value in seconds, for 429 and 503 answers that know when to
+    /// come back.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -38,6 +41,7 @@ impl ApiError {
             message: message.into(),
             www_authenticate: None,
             details: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -45,6 +49,13 @@ impl ApiError {
     #[must_use]
     pub fn with_detail(mut self, key: &'static str, value: u64) -> Self {
         self.details.push((key, value));
+        self
+    }
+
+    /// This error with a `Retry-After` header of `seconds`.
+    #[must_use]
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
         self
     }
 
@@ -151,6 +162,10 @@ impl PartialSchema for ErrorDetail {
                 "needed",
                 integer("`batch_too_small`: the endpoint's `min_batch`."),
             )
+            .property(
+                "max_reports_per_user",
+                integer("`user_quota_exceeded`: the endpoint's `max_reports_per_user`."),
+            )
             .additional_properties(Some(integer("Another integer of the error.")));
         RefOr::T(Schema::Object(object.build()))
     }
@@ -175,6 +190,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, value);
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

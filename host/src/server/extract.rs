@@ -36,19 +36,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let Body(bytes) = Body::from_request(req, state).await?;
-        if bytes.is_empty() {
-            return Err(ApiError::bad_request(
-                "malformed_json",
-                "the request body is empty; expected JSON",
-            ));
-        }
-        serde_json::from_slice(&bytes).map(Json).map_err(|e| {
-            ApiError::bad_request(
-                "malformed_json",
-                format!("the request body is not valid: {e}"),
-            )
-        })
+        parse_json(&bytes).map(Json)
     }
+}
+
+/// A request body parsed into `T` exactly as the [`Json`] extractor parses it
+/// (also what the report fuzz target drives).
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request(
+            "malformed_json",
+            "the request body is empty; expected JSON",
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request(
+            "malformed_json",
+            format!("the request body is not valid: {e}"),
+        )
+    })
 }
 
 /// Path parameters parsed into `T`; a parameter that cannot be decoded (not
@@ -70,5 +76,23 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
                 format!("the URL path is not valid: {}", e.body_text()),
             )),
         }
+    }
+}
+
+/// Query parameters parsed into `T`; missing or malformed ones are 400 `bad_query`.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(|e| {
+                ApiError::bad_request(
+                    "bad_query",
+                    format!("the query string is not valid: {}", e.body_text()),
+                )
+            })
     }
 }

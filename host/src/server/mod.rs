@@ -5,6 +5,15 @@
 //! listener and serves until [`Server::shutdown`]: then it stops accepting,
 //! lets in-flight requests finish and flushes pending writes.
 //!
+//! Connections are served by our own accept loop over hyper's HTTP/1 (`serve`),
+//! not `axum::serve`, because only hyper's builder sets the limits on a
+//! connection: the request head size (`limits.max_header_bytes`, 431 beyond) and
+//! the time to send it (`limits.header_read_timeout_ms`, which disconnects
+//! slowloris clients). Each request carries its client's address
+//! (`ConnectInfo<SocketAddr>`) for the per-IP rate limit (`rate_limit`), and
+//! runs under `limits.request_timeout_ms`, body reading included, answered 408
+//! `request_timeout` when exceeded.
+//!
 //! [`router`] registers every handler through `utoipa_axum::routes!`, which also
 //! adds it to the OpenAPI document served at `/api/v1/openapi.json`: a route
 //! cannot be served without being documented (`openapi` has the rest).
@@ -15,21 +24,27 @@ mod error;
 mod extract;
 mod metrics;
 mod openapi;
+mod rate_limit;
 mod registry;
 mod routes;
 mod seal;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse as _, Response};
 use axum::{Extension, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tower::ServiceExt as _;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -38,8 +53,9 @@ pub use self::error::ApiError;
 use self::metrics::Metrics;
 use self::registry::Registry;
 pub use self::routes::config_hash;
+pub(crate) use self::routes::parse_report_body;
 pub use self::seal::FAULT_VAR;
-use crate::config::Config;
+use crate::config::{Config, LimitsConfig};
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::storage::{Storage, StorageOptions};
 
@@ -52,7 +68,12 @@ pub struct AppState {
     auth: Box<dyn auth::Authenticator>,
     peer_auth: crate::auth::peer::PeerAuth,
     sealer: Arc<seal::Sealer>,
+    /// Per-user and per-IP limits on posting reports.
+    rate_limits: rate_limit::RateLimits,
 }
+
+/// How often the rate limiters forget the keys whose allowance is full again.
+const RATE_LIMIT_CLEANUP: Duration = Duration::from_secs(60);
 
 /// A running share server.
 pub struct Server {
@@ -111,6 +132,8 @@ impl Server {
             .await
             .with_context(|| format!("listening on {}", config.server.listen_addr()))?;
         let addr = listener.local_addr()?;
+        let rate_limits = rate_limit::RateLimits::new(&config.limits);
+        let limits = config.limits.clone();
         let state = Arc::new(AppState {
             config,
             storage: storage.clone(),
@@ -119,20 +142,21 @@ impl Server {
             auth,
             peer_auth,
             sealer,
+            rate_limits,
         });
         let mut background = tokio::task::JoinSet::new();
         if state.config.server.is_coordinator() {
             background.spawn(seal::retry_decided(state.clone()));
         }
         background.spawn(seal::expire_reports(state.clone()));
+        background.spawn(forget_idle_rate_limit_keys(state.clone()));
         let app = router(state);
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = signal.await;
-                })
-                .await?;
+            serve(listener, app, &limits, async {
+                let _ = signal.await;
+            })
+            .await;
             // A seal cut short here is like a crash: its decision, if any, is stored
             // and completed after the restart.
             background.shutdown().await;
@@ -172,6 +196,108 @@ impl Server {
     }
 }
 
+/// Serves HTTP/1 connections from `listener` with `app` until `shutdown`
+/// completes; then stops accepting and waits for every connection to finish its
+/// in-flight request (idle keep-alive connections are closed at once).
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: &LimitsConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.header_read_timeout())
+        .max_header_size(limits.max_header_bytes)
+        // The read buffer bounds a head that never completes; hyper's minimum is 8 KiB.
+        .max_buf_size(limits.max_header_bytes.max(MIN_READ_BUFFER));
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    accept_failed(error).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Answers are written whole; waiting to coalesce them only adds latency.
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(request)
+        });
+        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // A client that goes away or breaks the protocol ends only its connection.
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, error = &error as &dyn std::error::Error, "connection ended");
+            }
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+}
+
+/// Smallest read buffer hyper accepts.
+const MIN_READ_BUFFER: usize = 8 << 10;
+
+/// After a failed `accept`: errors of one connection (reset before it was
+/// accepted) are skipped; others, such as running out of file descriptors, would
+/// repeat at once, so wait a little first instead of spinning.
+async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::warn!(
+        error = &error as &dyn std::error::Error,
+        "accepting a connection failed"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Periodically drops the rate limiters' idle keys, so that their memory follows
+/// the clients active within one burst period, not every client ever seen.
+async fn forget_idle_rate_limit_keys(state: Arc<AppState>) {
+    let mut every = tokio::time::interval(RATE_LIMIT_CLEANUP);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        state.rate_limits.retain_recent();
+    }
+}
+
+/// Runs a request under `limits.request_timeout_ms`, reading its body included
+/// (extractors run inside), so a body trickling in slower is cut off too. The
+/// handler is dropped at the deadline, like a client that went away.
+async fn request_timeout(
+    State(timeout): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request took longer than {} ms (limits.request_timeout_ms), reading its body included",
+                timeout.as_millis()
+            ),
+        )
+        .into_response(),
+    }
+}
+
 /// Every route, each added to the OpenAPI document as it is added to the router.
 fn routes(state: &AppState) -> OpenApiRouter<Arc<AppState>> {
     let limits = &state.config.limits;
@@ -190,10 +316,11 @@ fn routes(state: &AppState) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(batches::seal_batch, batches::list_batches))
         .routes(routes!(batches::get_batch))
         .routes(routes!(batches::total));
-    // Proposals carry up to `max_batch` report ids in base64.
+    // Decisions carry a bitmap over up to `max_batch` proposed reports, in base64
+    // (proposals are read as a stream and counted by the handler).
     let peer_body = usize::try_from(state.config.endpoints.max_batch)
         .unwrap_or(usize::MAX)
-        .saturating_mul(24)
+        .div_ceil(6)
         .saturating_add(1 << 20);
     let peer = OpenApiRouter::new()
         .routes(routes!(batches::peer_prepare))
@@ -225,9 +352,9 @@ fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(Extension(document))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
+        .layer(axum::middleware::from_fn_with_state(
             limits.request_timeout(),
+            request_timeout,
         ))
         .layer(cors)
         .with_state(state)

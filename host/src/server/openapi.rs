@@ -31,8 +31,10 @@ pub(super) const PEER: &str = "peer";
         description = "One share server of a Privacy Guardian deployment (DESIGN.md section 5). \
 Every error answer is `{\"error\": {\"code\", \"message\"}}` with a stable `code`; some codes \
 add integer fields next to them. Any route may also answer 404 `no_route` or 405 \
-`method_not_allowed` for a path or method it does not serve, and 408 (empty body) when a \
-request takes longer than `limits.request_timeout_ms`."
+`method_not_allowed` for a path or method it does not serve, 408 `request_timeout` when a \
+request (reading its body included) takes longer than `limits.request_timeout_ms`, and 431 \
+(empty body, then the connection is closed) when its request line and headers exceed \
+`limits.max_header_bytes`."
     ),
     modifiers(&SecuritySchemes),
     components(schemas(ErrorBody)),

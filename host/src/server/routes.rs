@@ -3,10 +3,11 @@
 //! answers through `#[utoipa::path]`: the OpenAPI document is built from these
 //! (see `openapi`), and every body is a typed struct deriving `ToSchema`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -21,10 +22,11 @@ use super::auth::{Caller, need};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Body, Json, Path};
 use super::openapi::{AuthErrors, RoleErrors, STORAGE_500, STORAGE_503};
+use super::rate_limit;
 use super::registry::{LiveEndpoint, parse_digest};
 use crate::storage::{
     CreateEndpointOutcome, Endpoint, EndpointCounts, EndpointRecord, InsertReportOutcome,
-    PluginInfo,
+    PluginInfo, UserQuota,
 };
 
 pub(super) type Answer = Result<Response, ApiError>;
@@ -350,6 +352,12 @@ pub(super) struct CreateEndpoint {
     /// `endpoints.default_min_batch` when left out.
     #[schema(minimum = 1)]
     min_batch: Option<u64>,
+    /// Most reports one user (token `sub`) may hold in this endpoint on a server
+    /// before they are sealed into a batch: the next post answers 429
+    /// `user_quota_exceeded` until a seal. No limit when left out. Blunts one
+    /// user flooding a batch.
+    #[schema(minimum = 1)]
+    max_reports_per_user: Option<u64>,
 }
 
 fn empty_object() -> Value {
@@ -370,8 +378,14 @@ pub(super) struct EndpointView {
     params: Value,
     /// The smallest batch a seal releases.
     min_batch: u64,
-    /// SHA-256 over the plugin, its configuration and `min_batch`, 64 hex
-    /// digits: equal on every server of a deployment.
+    /// Most unsealed reports one user may hold in this endpoint on a server; left
+    /// out when there is no such limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    max_reports_per_user: Option<u64>,
+    /// SHA-256 over the plugin, its configuration, `min_batch` and
+    /// `max_reports_per_user`, 64 hex digits: equal on every server of a
+    /// deployment.
     config_hash: String,
     /// When the endpoint was created (RFC 3339).
     created_at: String,
@@ -409,6 +423,7 @@ impl EndpointView {
             plugin_digest: hex::encode(record.plugin_digest),
             params: serde_json::from_str(&record.params).unwrap_or(Value::Null),
             min_batch: record.min_batch,
+            max_reports_per_user: record.max_reports_per_user,
             config_hash: hex::encode(record.config_hash),
             created_at: timestamp(record.created_at),
             reports: counts.map(|c| ReportCounts {
@@ -442,12 +457,27 @@ fn check_endpoint_name(name: &str) -> Result<(), ApiError> {
 }
 
 /// What every server must agree on for an endpoint: the plugin's exact code,
-/// its canonical configuration and the minimum batch.
-pub fn config_hash(plugin_digest: &[u8; 32], config: &[u8], min_batch: u64) -> [u8; 32] {
+/// its canonical configuration, the minimum batch and the per-user quota.
+///
+/// Without a quota the hash is the one endpoints had before quotas existed, so
+/// their hashes do not change; with one, another prefix keeps the two forms
+/// apart (the configuration, of any length, comes last in both).
+pub fn config_hash(
+    plugin_digest: &[u8; 32],
+    config: &[u8],
+    min_batch: u64,
+    max_reports_per_user: Option<u64>,
+) -> [u8; 32] {
     let mut hasher = Sha256::new();
-    hasher.update(b"guardian:endpoint:v1\0");
+    match max_reports_per_user {
+        None => hasher.update(b"guardian:endpoint:v1\0"),
+        Some(_) => hasher.update(b"guardian:endpoint:v2\0"),
+    }
     hasher.update(plugin_digest);
     hasher.update(min_batch.to_le_bytes());
+    if let Some(max) = max_reports_per_user {
+        hasher.update(max.to_le_bytes());
+    }
     hasher.update(config);
     hasher.finalize().into()
 }
@@ -459,7 +489,8 @@ pub fn config_hash(plugin_digest: &[u8; 32], config: &[u8], min_batch: u64) -> [
         (status = 201, description = "Created.", body = EndpointView),
         (status = 200, description = "An identical endpoint exists.", body = EndpointView),
         (status = 400, description = "Malformed request: `malformed_json`, `bad_body`, \
-            `invalid_endpoint_name`, `invalid_min_batch`.", body = ErrorBody),
+            `invalid_endpoint_name`, `invalid_min_batch`, `invalid_max_reports_per_user`.",
+            body = ErrorBody),
         RoleErrors,
         (status = 404, description = "No such plugin: `unknown_plugin`.", body = ErrorBody),
         (status = 409, description = "An endpoint of this name exists with another \
@@ -498,6 +529,19 @@ pub(super) async fn create_endpoint(
             ),
         ));
     }
+    // Stored as a SQLite integer.
+    if body
+        .max_reports_per_user
+        .is_some_and(|max| max == 0 || max > i64::MAX as u64)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_max_reports_per_user",
+            format!(
+                "max_reports_per_user must be between 1 and {}, or left out for no limit",
+                i64::MAX
+            ),
+        ));
+    }
     let plugin = state.registry.plugin(&body.plugin).ok_or_else(|| {
         ApiError::not_found(
             "unknown_plugin",
@@ -521,9 +565,15 @@ pub(super) async fn create_endpoint(
         plugin_digest: plugin.digest(),
         plugin_name: plugin.info().name.clone(),
         params,
-        config_hash: config_hash(&plugin.digest(), &config, min_batch),
+        config_hash: config_hash(
+            &plugin.digest(),
+            &config,
+            min_batch,
+            body.max_reports_per_user,
+        ),
         config,
         min_batch,
+        max_reports_per_user: body.max_reports_per_user,
         created_at: SystemTime::now(),
     };
     match state.storage.create_endpoint(record).await? {
@@ -537,11 +587,15 @@ pub(super) async fn create_endpoint(
         CreateEndpointOutcome::Conflict(existing) => Err(ApiError::conflict(
             "endpoint_conflict",
             format!(
-                "an endpoint named {:?} already exists with another definition (plugin {}, params {}, min_batch {}); delete it first or pick another name",
+                "an endpoint named {:?} already exists with another definition (plugin {}, params {}, min_batch {}, max_reports_per_user {}); delete it first or pick another name",
                 existing.record.name,
                 existing.record.plugin_name,
                 existing.record.params,
-                existing.record.min_batch
+                existing.record.min_batch,
+                existing
+                    .record
+                    .max_reports_per_user
+                    .map_or_else(|| "none".to_owned(), |max| max.to_string()),
             ),
         )),
     }
@@ -674,21 +728,39 @@ pub(super) enum ReportStatus {
             body = ErrorBody),
         (status = 422, description = "The plugin rejected the share: its own code and message, \
             `plugin_internal`, or the limit its `validate` hit.", body = ErrorBody),
+        (status = 429, description = "Posting too fast: `rate_limited` (per user, \
+            `limits.reports_per_second_per_user`, or per client address, \
+            `limits.reports_per_second_per_ip`; the message says which), with `Retry-After`. \
+            Or this user already holds the endpoint's `max_reports_per_user` reports waiting \
+            for a seal: `user_quota_exceeded`, with the limit as `max_reports_per_user`, no \
+            `Retry-After` (it lasts until the next seal).", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "With `rate_limited`: whole seconds \
+                until this client may post again (at least 1)."))),
         (status = 500, description = STORAGE_500, body = ErrorBody),
         (status = 503, description = "Retry later: `plugin_unavailable`, `shutting_down`, \
             `keys_unavailable`.", body = ErrorBody),
     ))]
 pub(super) async fn post_report(
     State(state): State<Arc<AppState>>,
-    _caller: Caller<need::User>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    caller: Caller<need::User>,
     Path(name): Path<String>,
     body: Result<Json<PostReport>, ApiError>,
 ) -> Answer {
     let endpoint = state.registry.endpoint(&name);
-    let result = match (&endpoint, body) {
-        (None, _) => Err(unknown_endpoint(&name)),
-        (Some(_), Err(e)) => Err(e),
-        (Some(endpoint), Ok(Json(report))) => store_report(&state, endpoint, report).await,
+    // With authentication off every caller is the same "anonymous": no per-user limit.
+    let user = (!state.config.auth.disabled).then_some(caller.principal.sub.as_str());
+    let limits = &state.config.limits;
+    let ip = rate_limit::client_ip(peer.ip(), &headers, limits.trust_forwarded_for);
+    // Every post counts against the limits, whatever becomes of it.
+    let result = match (state.rate_limits.check(user, ip), &endpoint, body) {
+        (Err(e), _, _) => Err(e),
+        (Ok(()), None, _) => Err(unknown_endpoint(&name)),
+        (Ok(()), Some(_), Err(e)) => Err(e),
+        (Ok(()), Some(endpoint), Ok(Json(report))) => {
+            store_report(&state, endpoint, &caller.principal.sub, report).await
+        }
     };
     // Label by endpoint only when it exists, so made-up names cannot grow the metrics.
     let label = endpoint
@@ -701,7 +773,16 @@ pub(super) async fn post_report(
     result
 }
 
-async fn store_report(state: &AppState, live: &Arc<LiveEndpoint>, report: PostReport) -> Answer {
+/// The body of `POST /api/v1/endpoints/{name}/reports` read as [`post_report`]
+/// reads it: the [`Json`] extractor's parse, then [`decode_report`]. What the
+/// report fuzz target drives; the handler itself gets its JSON from the extractor.
+pub(crate) fn parse_report_body(body: &[u8]) -> Result<([u8; 16], Vec<u8>), ApiError> {
+    decode_report(&super::extract::parse_json::<PostReport>(body)?)
+}
+
+/// A report's id (32 hex digits) and its share (base64) as bytes, before any
+/// plugin sees them.
+fn decode_report(report: &PostReport) -> Result<([u8; 16], Vec<u8>), ApiError> {
     let mut report_id = [0u8; 16];
     if report.report_id.len() != 32
         || hex::decode_to_slice(&report.report_id, &mut report_id).is_err()
@@ -717,12 +798,38 @@ async fn store_report(state: &AppState, live: &Arc<LiveEndpoint>, report: PostRe
             format!("share is not valid base64: {e}"),
         )
     })?;
+    Ok((report_id, share))
+}
+
+async fn store_report(
+    state: &AppState,
+    live: &Arc<LiveEndpoint>,
+    sub: &str,
+    report: PostReport,
+) -> Answer {
+    let (report_id, share) = decode_report(&report)?;
     let index = state.config.server.index;
     let share = state.registry.validate(live, share, index).await?;
-    let outcome = state
-        .storage
-        .insert_report(live.endpoint.id, report_id, share, SystemTime::now())
-        .await;
+    let endpoint = live.endpoint.id;
+    let now = SystemTime::now();
+    let outcome = match live.endpoint.record.max_reports_per_user {
+        None => {
+            state
+                .storage
+                .insert_report(endpoint, report_id, share, now)
+                .await
+        }
+        Some(max) => {
+            let quota = UserQuota {
+                user: state.storage.user_key(sub),
+                max,
+            };
+            state
+                .storage
+                .insert_report_for_user(endpoint, report_id, share, now, quota)
+                .await
+        }
+    };
     match outcome {
         Ok(InsertReportOutcome::Stored) => json(
             StatusCode::CREATED,
@@ -742,6 +849,15 @@ async fn store_report(state: &AppState, live: &Arc<LiveEndpoint>, report: PostRe
             "report_conflict",
             "this report_id was already posted with a different share",
         )),
+        Ok(InsertReportOutcome::UserQuotaExceeded { max }) => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "user_quota_exceeded",
+            format!(
+                "you already have {max} reports in endpoint {:?} waiting for a batch, its most per user; post again after the next seal",
+                live.endpoint.record.name
+            ),
+        )
+        .with_detail("max_reports_per_user", max)),
         Err(crate::storage::StorageError::UnknownEndpoint) => {
             Err(unknown_endpoint(&live.endpoint.record.name))
         }
@@ -775,4 +891,29 @@ pub(super) async fn openapi(axum::Extension(doc): axum::Extension<OpenApiJson>) 
         doc.0,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quota_enters_the_config_hash_only_when_set() {
+        let (digest, config) = ([7u8; 32], b"{\"length\":3}");
+        // The hash endpoints had before quotas existed.
+        let mut before = Sha256::new();
+        before.update(b"guardian:endpoint:v1\0");
+        before.update(digest);
+        before.update(10u64.to_le_bytes());
+        before.update(config);
+        let before: [u8; 32] = before.finalize().into();
+        assert_eq!(config_hash(&digest, config, 10, None), before);
+        let capped = config_hash(&digest, config, 10, Some(5));
+        assert_ne!(capped, before);
+        assert_ne!(capped, config_hash(&digest, config, 10, Some(6)));
+        // The quota's bytes cannot pass for the start of a configuration.
+        let mut shifted = 5u64.to_le_bytes().to_vec();
+        shifted.extend_from_slice(config);
+        assert_ne!(capped, config_hash(&digest, &shifted, 10, None));
+    }
 }

@@ -4,18 +4,25 @@
 //! seal runs at a time on each server (a per-endpoint lock), and:
 //!
 //! 1. **Prepare.** The coordinator proposes its oldest unbatched report ids under a
-//!    fresh batch id. Each follower checks the endpoint's `config_hash`, reserves the
+//!    fresh batch id (the ids as a binary body, read by the follower as they
+//!    arrive). Each follower checks the endpoint's `config_hash`, reserves the
 //!    proposed reports it holds unbatched (replacing any older reservation, since
 //!    only the coordinator proposes and it runs one seal at a time) and answers with
 //!    a bitmap over the proposal.
 //! 2. **Decide.** The coordinator intersects the bitmaps into S. Below `min_batch`,
 //!    or if a follower failed, it aborts every reservation and nothing is sealed.
-//!    Otherwise it persists the decision (S and the batch id) before telling anyone.
-//! 3. **Commit.** Every follower commits exactly S (idempotent by batch id), then the
-//!    coordinator does; its commit deletes the decision in the same transaction. A
-//!    decision found pending (after a crash, a timeout, a follower down) is driven to
+//!    Otherwise it persists the decision (S as a bitmap over the proposal, its own
+//!    rows of S, the batch id) before telling anyone.
+//! 3. **Commit.** Every server commits exactly S at once (idempotent by batch id);
+//!    followers receive S as the bitmap and find their rows in their reservation.
+//!    The coordinator drops the decision once every server answered. A decision
+//!    found pending (after a crash, a timeout, a follower down) is driven to
 //!    completion before any new seal of that endpoint, by the next request or by the
 //!    background retry.
+//!
+//! Memory stays proportional to the proposal's ids and rows (24 bytes a report on
+//! the coordinator, a reservation of 8 bytes a report on a follower plus its
+//! unbatched ids while it matches), never to copies of them.
 //!
 //! Committing folds the shares of S with `accumulate` in chunks on the blocking
 //! pool, runs `release` once with a fresh seed, and stores the released share, the
@@ -27,20 +34,24 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use std::pin::Pin;
+
+use axum::body::{Body, Bytes, HttpBody as _};
 use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::ApiError;
 use super::registry::LiveEndpoint;
-use crate::storage::{BatchInfo, EndpointId, NewBatch, Seal, SealReport};
+use crate::storage::{BatchInfo, EndpointId, NewBatch, Seal};
 
-/// Shares folded per `accumulate` call: bounds the memory a seal holds and lets
-/// other plugin calls interleave.
-const FOLD_CHUNK: usize = 65_536;
+/// Shares read and folded per `accumulate` call: bounds the memory a seal holds
+/// (the chunk, and the plugin's copy of it) and lets other plugin calls interleave.
+const FOLD_CHUNK: usize = 16_384;
 
 /// Most share bytes passed to one `accumulate` call.
 const FOLD_BYTES: usize = 8 << 20;
@@ -87,50 +98,125 @@ pub(super) struct Sealer {
     crash_before_commit: bool,
 }
 
-/// `POST /peer/v1/endpoints/{name}/prepare`.
-#[derive(Debug, Serialize, Deserialize)]
+/// The query of `POST /peer/v1/endpoints/{name}/prepare`. Its body is the proposed
+/// report ids, 16 bytes each, concatenated (`application/octet-stream`): a million
+/// ids are 16 MB on the wire and read as they arrive.
+#[derive(Debug, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct Prepare {
+    /// The batch's id.
+    #[param(pattern = "^[0-9a-fA-F]{32}$")]
     batch_id: String,
+    /// The endpoint's `config_hash` on the coordinator.
+    #[param(pattern = "^[0-9a-fA-F]{64}$")]
     config_hash: String,
-    /// The proposed report ids, 16 bytes each, concatenated, base64.
-    reports: String,
 }
 
-/// Answer to [`Prepare`].
-#[derive(Debug, Serialize, Deserialize)]
+/// Which proposed reports a follower reserved.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = PeerPrepared)]
 pub(super) struct Prepared {
-    /// Bit i (least significant first in each byte) is set when the follower holds
+    /// Bit i (least significant first in each byte) is set when this server holds
     /// and reserved proposed report i; base64.
+    #[schema(format = Byte)]
     held: String,
+    /// How many proposed reports it reserved.
     count: u64,
 }
 
-/// `POST /peer/v1/endpoints/{name}/commit`.
-#[derive(Debug, Serialize, Deserialize)]
+/// The coordinator's decision: commit exactly the agreed reports of the proposal.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = PeerCommit)]
 pub(super) struct Commit {
+    /// The batch's id.
+    #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     batch_id: String,
+    /// The endpoint's `config_hash` on the coordinator.
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     config_hash: String,
-    /// The report ids of S, concatenated, base64.
-    reports: String,
-}
-
-/// Answer to [`Commit`]: the batch as the follower stored it.
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) struct Committed {
-    batch_id: String,
+    /// Bit i (least significant first in each byte) is set when proposed report i
+    /// is in the batch; base64.
+    #[schema(format = Byte)]
+    agreed: String,
+    /// How many bits are set: the batch's count.
     count: u64,
 }
 
-/// `POST /peer/v1/endpoints/{name}/abort`.
-#[derive(Debug, Serialize, Deserialize)]
+/// The batch as the follower stored it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = PeerCommitted)]
+pub(super) struct Committed {
+    /// The batch's id.
+    #[schema(pattern = "^[0-9a-fA-F]{32}$")]
+    batch_id: String,
+    /// How many reports the batch folds here.
+    count: u64,
+}
+
+/// Drop the reservation of this batch.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = PeerAbort)]
 pub(super) struct Abort {
+    /// The batch's id.
+    #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     batch_id: String,
 }
 
-/// Answer to [`Abort`].
-#[derive(Debug, Serialize, Deserialize)]
+/// Whether anything was dropped.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = PeerAborted)]
 pub(super) struct Aborted {
+    /// Whether a reservation for this batch was dropped.
     aborted: bool,
+}
+
+/// A request to the followers, encoded once for all of them.
+struct Outgoing {
+    query: Vec<(&'static str, String)>,
+    content_type: &'static str,
+    body: Bytes,
+}
+
+impl Outgoing {
+    fn json(body: &impl Serialize) -> Outgoing {
+        Outgoing {
+            query: Vec::new(),
+            content_type: "application/json",
+            body: serde_json::to_vec(body)
+                .expect("peer messages serialise")
+                .into(),
+        }
+    }
+}
+
+/// Bitmaps over a proposal: bit i is bit `i % 8` (least significant first) of
+/// byte `i / 8`.
+mod bits {
+    /// `n` bits, all set.
+    pub(super) fn all(n: usize) -> Vec<u8> {
+        let mut bits = vec![0xff; n.div_ceil(8)];
+        if let Some(last) = bits.last_mut()
+            && !n.is_multiple_of(8)
+        {
+            *last = (1 << (n % 8)) - 1;
+        }
+        bits
+    }
+
+    pub(super) fn get(bits: &[u8], i: usize) -> bool {
+        bits[i / 8] & (1 << (i % 8)) != 0
+    }
+
+    pub(super) fn set(bits: &mut Vec<u8>, i: usize) {
+        if bits.len() <= i / 8 {
+            bits.resize(i / 8 + 1, 0);
+        }
+        bits[i / 8] |= 1 << (i % 8);
+    }
+
+    pub(super) fn count(bits: &[u8]) -> u64 {
+        bits.iter().map(|byte| u64::from(byte.count_ones())).sum()
+    }
 }
 
 impl Sealer {
@@ -171,12 +257,12 @@ impl Sealer {
     }
 
     /// Calls `step` of `endpoint` on follower `index`.
-    async fn call<B: Serialize, T: serde::de::DeserializeOwned>(
+    async fn call<T: serde::de::DeserializeOwned>(
         client: reqwest::Client,
         url: String,
         secret: Option<String>,
         index: u32,
-        body: Arc<B>,
+        outgoing: Arc<Outgoing>,
     ) -> Result<T, ApiError> {
         let down = |why: String| {
             ApiError::unavailable(
@@ -186,7 +272,11 @@ impl Sealer {
                 ),
             )
         };
-        let mut request = client.post(&url).json(&*body);
+        let mut request = client
+            .post(&url)
+            .query(&outgoing.query)
+            .header(reqwest::header::CONTENT_TYPE, outgoing.content_type)
+            .body(outgoing.body.clone());
         if let Some(secret) = &secret {
             request = request.bearer_auth(secret);
         }
@@ -213,18 +303,17 @@ impl Sealer {
         Err(peer_refusal(index, &code, &message))
     }
 
-    /// Sends `body` to `step` on every follower at once; answers in index order.
-    async fn broadcast<B, T>(
+    /// Sends `outgoing` to `step` on every follower at once; answers in index order.
+    async fn broadcast<T>(
         &self,
         endpoint: &str,
         step: &str,
-        body: B,
+        outgoing: Outgoing,
     ) -> Vec<(u32, Result<T, ApiError>)>
     where
-        B: Serialize + Send + Sync + 'static,
         T: serde::de::DeserializeOwned + Send + 'static,
     {
-        let body = Arc::new(body);
+        let outgoing = Arc::new(outgoing);
         let mut calls = JoinSet::new();
         for index in self.followers() {
             let url = format!(
@@ -236,7 +325,7 @@ impl Sealer {
                 url,
                 self.secret.clone(),
                 index,
-                body.clone(),
+                outgoing.clone(),
             );
             calls.spawn(async move { (index, call.await) });
         }
@@ -257,13 +346,10 @@ impl Sealer {
         let sealer = self.clone();
         let endpoint = endpoint.to_owned();
         tokio::spawn(async move {
-            let body = Abort {
+            let abort = Outgoing::json(&Abort {
                 batch_id: hex::encode(batch_id),
-            };
-            for (index, answer) in sealer
-                .broadcast::<_, Aborted>(&endpoint, "abort", body)
-                .await
-            {
+            });
+            for (index, answer) in sealer.broadcast::<Aborted>(&endpoint, "abort", abort).await {
                 if let Err(e) = answer {
                     tracing::warn!(server = index, %endpoint, error = %e, "a follower missed an abort; its reservation goes at the next proposal");
                 }
@@ -306,33 +392,6 @@ pub(super) fn parse_batch_id(text: &str) -> Result<[u8; 16], ApiError> {
     hex::decode_to_slice(text, &mut out)
         .map_err(|_| ApiError::bad_request("bad_batch_id", "a batch id is 32 hex characters"))?;
     Ok(out)
-}
-
-fn decode_ids(text: &str, max: usize) -> Result<Vec<[u8; 16]>, ApiError> {
-    let bytes = BASE64
-        .decode(text)
-        .map_err(|_| ApiError::bad_request("bad_request", "reports must be base64"))?;
-    if !bytes.len().is_multiple_of(16) {
-        return Err(ApiError::bad_request(
-            "bad_request",
-            "reports must be whole 16-byte report ids",
-        ));
-    }
-    if bytes.len() / 16 > max {
-        return Err(ApiError::bad_request(
-            "too_many_reports",
-            format!("a seal takes at most {max} reports (endpoints.max_batch)"),
-        ));
-    }
-    Ok(bytes
-        .chunks_exact(16)
-        .map(|id| id.try_into().expect("16 bytes"))
-        .collect())
-}
-
-fn encode_ids(reports: &[SealReport]) -> String {
-    let bytes: Vec<u8> = reports.iter().flat_map(|r| r.report_id).collect();
-    BASE64.encode(bytes)
 }
 
 fn check_config(live: &LiveEndpoint, config_hash: &str) -> Result<(), ApiError> {
@@ -394,23 +453,27 @@ pub(super) async fn seal(
         return Err(too_small(0, needed));
     }
     let batch_id: [u8; 16] = rand::random();
-    let prepare = Prepare {
-        batch_id: hex::encode(batch_id),
-        config_hash: hex::encode(endpoint.record.config_hash),
-        reports: encode_ids(&proposal),
+    let mut ids = Vec::with_capacity(16 * proposal.len());
+    for report in &proposal {
+        ids.extend_from_slice(&report.report_id);
+    }
+    let prepare = Outgoing {
+        query: vec![
+            ("batch_id", hex::encode(batch_id)),
+            ("config_hash", hex::encode(endpoint.record.config_hash)),
+        ],
+        content_type: "application/octet-stream",
+        body: ids.into(),
     };
     let name = &endpoint.record.name;
-    let mut agreed = vec![true; proposal.len()];
+    let mut agreed = bits::all(proposal.len());
     let mut failure = None;
-    for (index, answer) in sealer
-        .broadcast::<_, Prepared>(name, "prepare", prepare)
-        .await
-    {
+    for (index, answer) in sealer.broadcast::<Prepared>(name, "prepare", prepare).await {
         let bitmap = answer.and_then(|prepared| {
             BASE64
                 .decode(prepared.held)
                 .ok()
-                .filter(|bits| bits.len() == proposal.len().div_ceil(8))
+                .filter(|held| held.len() == agreed.len())
                 .ok_or_else(|| {
                     ApiError::new(
                         StatusCode::BAD_GATEWAY,
@@ -420,9 +483,9 @@ pub(super) async fn seal(
                 })
         });
         match bitmap {
-            Ok(bits) => {
-                for (i, agreed) in agreed.iter_mut().enumerate() {
-                    *agreed &= bits[i / 8] & (1 << (i % 8)) != 0;
+            Ok(held) => {
+                for (agreed, held) in agreed.iter_mut().zip(held) {
+                    *agreed &= held;
                 }
             }
             Err(e) => {
@@ -434,24 +497,28 @@ pub(super) async fn seal(
         sealer.abort_all(name, batch_id);
         return Err(failure);
     }
-    let reports: Vec<SealReport> = proposal
-        .into_iter()
-        .zip(agreed)
-        .filter_map(|(report, agreed)| agreed.then_some(report))
-        .collect();
-    if (reports.len() as u64) < needed {
+    let count = bits::count(&agreed);
+    if count < needed {
         sealer.abort_all(name, batch_id);
-        return Err(too_small(reports.len() as u64, needed));
+        return Err(too_small(count, needed));
     }
+    let mut rows = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    for (position, report) in proposal.iter().enumerate() {
+        if bits::get(&agreed, position) {
+            rows.push(report.row);
+        }
+    }
+    drop(proposal);
     let decision = Seal {
         endpoint: endpoint.id,
         batch_id,
         decided: true,
-        reports,
+        positions: agreed,
+        rows,
         created_at: SystemTime::now(),
     };
-    state.storage.put_seal(decision.clone()).await?;
-    tracing::info!(endpoint = %name, batch = %hex::encode(batch_id), count = decision.reports.len(), "seal decided");
+    state.storage.put_seal(&decision).await?;
+    tracing::info!(endpoint = %name, batch = %hex::encode(batch_id), count, "seal decided");
     finish(state, live, decision).await
 }
 
@@ -464,23 +531,29 @@ async fn finish(
 ) -> Result<BatchInfo, ApiError> {
     let sealer = &state.sealer;
     let record = &live.endpoint.record;
-    let count = decision.reports.len() as u64;
-    let batch_hex = hex::encode(decision.batch_id);
-    let commit = Commit {
+    let Seal {
+        endpoint,
+        batch_id,
+        positions,
+        rows,
+        ..
+    } = decision;
+    let count = rows.len() as u64;
+    let batch_hex = hex::encode(batch_id);
+    let commit = Outgoing::json(&Commit {
         batch_id: batch_hex.clone(),
         config_hash: hex::encode(record.config_hash),
-        reports: encode_ids(&decision.reports),
-    };
-    let broadcast = sealer.broadcast::<_, Committed>(&record.name, "commit", commit);
+        agreed: BASE64.encode(&positions),
+        count,
+    });
+    drop(positions);
+    let broadcast = sealer.broadcast::<Committed>(&record.name, "commit", commit);
     if sealer.crash_before_commit {
         broadcast.await;
         tracing::error!("{FAULT_VAR}: aborting before the coordinator commits");
         std::process::abort();
     }
-    let (answers, local) = tokio::join!(
-        broadcast,
-        commit_locally(state, live, decision.batch_id, decision.reports)
-    );
+    let (answers, local) = tokio::join!(broadcast, commit_locally(state, live, batch_id, rows));
     let info = local?;
     for (index, answer) in answers {
         match answer {
@@ -507,28 +580,25 @@ async fn finish(
             }
         }
     }
-    state
-        .storage
-        .drop_seal(decision.endpoint, decision.batch_id)
-        .await?;
+    state.storage.drop_seal(endpoint, batch_id).await?;
     Ok(info)
 }
 
-/// Folds, releases and stores a batch on this server; a no-op if already stored.
+/// Folds, releases and stores the batch of the reports at `rows` on this server; a
+/// no-op if already stored.
 async fn commit_locally(
     state: &Arc<AppState>,
     live: &Arc<LiveEndpoint>,
     batch_id: [u8; 16],
-    reports: Vec<SealReport>,
+    mut rows: Vec<i64>,
 ) -> Result<BatchInfo, ApiError> {
     let endpoint = live.endpoint.id;
     if let Some(batch) = state.storage.get_batch(endpoint, batch_id).await? {
         return Ok(batch.info);
     }
-    let count = reports.len() as u64;
+    let count = rows.len() as u64;
     // Folding is order-free; reading is fastest in storage order.
-    let mut sorted = reports.clone();
-    sorted.sort_unstable();
+    rows.sort_unstable();
     let registry = &state.registry;
     let call_live = live.clone();
     let mut agg = registry
@@ -536,8 +606,8 @@ async fn commit_locally(
             call_live.plugin.init(&call_live.endpoint.record.config)
         })
         .await?;
-    for chunk in sorted.chunks(FOLD_CHUNK) {
-        let (data, ends) = state.storage.read_shares(chunk.to_vec()).await?;
+    for chunk in rows.chunks(FOLD_CHUNK) {
+        let (data, ends) = state.storage.read_shares(endpoint, chunk.to_vec()).await?;
         let call_live = live.clone();
         agg = registry
             .call("accumulate", move || {
@@ -571,23 +641,24 @@ async fn commit_locally(
                 share,
                 sealed_at: SystemTime::now(),
             },
-            reports,
+            rows,
         )
         .await?;
     tracing::info!(endpoint = %live.endpoint.record.name, batch = %hex::encode(batch_id), count, "batch committed");
     Ok(outcome.info())
 }
 
-/// Follower: reserves the proposed reports this server holds.
+/// Follower: reserves the proposed reports this server holds; `body` is the
+/// proposal's ids, read as they arrive.
 pub(super) async fn prepare(
     state: &Arc<AppState>,
     live: &Arc<LiveEndpoint>,
-    body: Prepare,
+    query: Prepare,
+    body: Body,
 ) -> Result<Prepared, ApiError> {
     follower_only(state)?;
-    check_config(live, &body.config_hash)?;
-    let batch_id = parse_batch_id(&body.batch_id)?;
-    let proposal = decode_ids(&body.reports, state.sealer.max_batch)?;
+    check_config(live, &query.config_hash)?;
+    let batch_id = parse_batch_id(&query.batch_id)?;
     let endpoint = live.endpoint.id;
     let lock = state.sealer.lock(endpoint);
     let _sealing = lock.lock().await;
@@ -598,33 +669,73 @@ pub(super) async fn prepare(
         .unbatched_reports(endpoint, usize::MAX)
         .await?;
     held.sort_unstable_by_key(|report| report.report_id);
-    let mut bits = vec![0u8; proposal.len().div_ceil(8)];
-    let mut reserved = Vec::new();
-    for (i, id) in proposal.iter().enumerate() {
-        if let Ok(at) = held.binary_search_by_key(id, |report| report.report_id) {
-            bits[i / 8] |= 1 << (i % 8);
-            reserved.push(held[at]);
+    let max = state.sealer.max_batch;
+    let mut positions = Vec::new();
+    // At most every held report, allocated once.
+    let mut rows = Vec::with_capacity(held.len().min(max));
+    let mut proposed = 0;
+    let mut visit = |id: &[u8]| {
+        if proposed == max {
+            return Err(ApiError::bad_request(
+                "too_many_reports",
+                format!("a seal takes at most {max} reports (endpoints.max_batch)"),
+            ));
         }
+        if let Ok(at) = held.binary_search_by(|report| report.report_id.as_slice().cmp(id)) {
+            bits::set(&mut positions, proposed);
+            rows.push(held[at].row);
+        }
+        proposed += 1;
+        Ok(())
+    };
+    let mut stream = body.into_data_stream();
+    let mut carry = Vec::with_capacity(16);
+    while let Some(chunk) = std::future::poll_fn(|cx| Pin::new(&mut stream).poll_frame(cx)).await {
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request("bad_body", format!("reading the proposal: {e}")))?
+            .into_data()
+            .unwrap_or_default();
+        let mut chunk = &chunk[..];
+        if !carry.is_empty() {
+            let take = (16 - carry.len()).min(chunk.len());
+            carry.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if carry.len() == 16 {
+                visit(&carry)?;
+                carry.clear();
+            }
+        }
+        let mut ids = chunk.chunks_exact(16);
+        for id in &mut ids {
+            visit(id)?;
+        }
+        carry.extend_from_slice(ids.remainder());
     }
     drop(held);
-    let count = reserved.len() as u64;
-    state
-        .storage
-        .put_seal(Seal {
-            endpoint,
-            batch_id,
-            decided: false,
-            reports: reserved,
-            created_at: SystemTime::now(),
-        })
-        .await?;
+    if !carry.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "the proposal must be whole 16-byte report ids",
+        ));
+    }
+    positions.resize(proposed.div_ceil(8), 0);
+    let count = rows.len() as u64;
+    let reservation = Seal {
+        endpoint,
+        batch_id,
+        decided: false,
+        positions,
+        rows,
+        created_at: SystemTime::now(),
+    };
+    state.storage.put_seal(&reservation).await?;
     Ok(Prepared {
-        held: BASE64.encode(bits),
+        held: BASE64.encode(&reservation.positions),
         count,
     })
 }
 
-/// Follower: commits exactly the coordinator's S, reserved before.
+/// Follower: commits exactly the agreed reports of the proposal, reserved before.
 pub(super) async fn commit(
     state: &Arc<AppState>,
     live: &Arc<LiveEndpoint>,
@@ -633,7 +744,9 @@ pub(super) async fn commit(
     follower_only(state)?;
     check_config(live, &body.config_hash)?;
     let batch_id = parse_batch_id(&body.batch_id)?;
-    let ids = decode_ids(&body.reports, state.sealer.max_batch)?;
+    let agreed = BASE64
+        .decode(&body.agreed)
+        .map_err(|_| ApiError::bad_request("bad_request", "agreed must be base64"))?;
     let endpoint = live.endpoint.id;
     let lock = state.sealer.lock(endpoint);
     let _sealing = lock.lock().await;
@@ -658,32 +771,52 @@ pub(super) async fn commit(
                 ),
             )
         })?;
-    let mut reserved = reservation.reports;
-    reserved.sort_unstable_by_key(|report| report.report_id);
-    let reports = ids
-        .iter()
-        .map(|id| {
-            reserved
-                .binary_search_by_key(id, |report| report.report_id)
-                .map(|at| reserved[at])
-                .map_err(|_| {
-                    ApiError::conflict(
-                        "seal_mismatch",
-                        format!(
-                            "report {} of the commit was not reserved here for batch {}",
-                            hex::encode(id),
-                            body.batch_id
-                        ),
-                    )
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    drop(reserved);
-    let needed = live.endpoint.record.min_batch.max(1);
-    if (reports.len() as u64) < needed {
-        return Err(too_small(reports.len() as u64, needed));
+    let mismatch = |why: String| {
+        ApiError::conflict("seal_mismatch", format!("batch {}: {why}", body.batch_id))
+    };
+    if agreed.len() != reservation.positions.len() {
+        return Err(mismatch(format!(
+            "the decision covers {} proposed reports, the reservation here {}",
+            agreed.len() * 8,
+            reservation.positions.len() * 8
+        )));
     }
-    commit_locally(state, live, batch_id, reports)
+    // The reserved rows are in proposal order: walk the held bits, keep the agreed.
+    let mut reserved = reservation.rows.iter();
+    let mut rows = Vec::with_capacity(reservation.rows.len());
+    for (byte, (&agreed, &held)) in agreed.iter().zip(&reservation.positions).enumerate() {
+        if agreed & !held != 0 {
+            let bit = (agreed & !held).trailing_zeros() as usize;
+            return Err(mismatch(format!(
+                "proposed report {} is in the decision but was not reserved here",
+                byte * 8 + bit
+            )));
+        }
+        for bit in 0..8 {
+            if held & (1 << bit) != 0 {
+                let row = *reserved.next().ok_or_else(|| {
+                    let corrupt = std::io::Error::other("fewer rows than reserved bits");
+                    ApiError::internal("reading a reservation", &corrupt)
+                })?;
+                if agreed & (1 << bit) != 0 {
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    drop(reservation);
+    if rows.len() as u64 != body.count {
+        return Err(mismatch(format!(
+            "the decision says {} reports but sets {} bits",
+            body.count,
+            rows.len()
+        )));
+    }
+    let needed = live.endpoint.record.min_batch.max(1);
+    if (rows.len() as u64) < needed {
+        return Err(too_small(rows.len() as u64, needed));
+    }
+    commit_locally(state, live, batch_id, rows)
         .await
         .map(committed)
 }

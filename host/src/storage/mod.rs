@@ -108,8 +108,8 @@ impl Storage {
 
     /// Creates an endpoint, or reports the one that already has this name.
     ///
-    /// An existing endpoint counts as identical when its plugin digest, config hash and
-    /// `min_batch` are equal to the requested ones (creating endpoints on every server
+    /// An existing endpoint counts as identical when its plugin digest, config hash,
+    /// `min_batch` and `max_reports_per_user` are equal to the requested ones (creating endpoints on every server
     /// is then safely retryable); anything else is a conflict. Fails with
     /// [`StorageError::UnknownPlugin`] if the plugin is not stored.
     pub async fn create_endpoint(
@@ -165,6 +165,37 @@ impl Storage {
             .await
     }
 
+    /// [`Storage::insert_report`] for an endpoint with a per-user quota: the report
+    /// is stored only if `quota.user` holds fewer than `quota.max` unbatched
+    /// reports of the endpoint, else [`InsertReportOutcome::UserQuotaExceeded`].
+    /// A report id already stored is answered as by `insert_report` whatever the
+    /// count, so a retry is still acknowledged.
+    ///
+    /// The count and the insert happen in the writer's transaction, one report
+    /// after the other, so concurrent posts of one user never exceed the quota.
+    /// The user's key is stored with the report until the report is batched or
+    /// expires.
+    pub async fn insert_report_for_user(
+        &self,
+        endpoint: EndpointId,
+        report_id: [u8; 16],
+        share: Vec<u8>,
+        received_at: SystemTime,
+        quota: UserQuota,
+    ) -> Result<InsertReportOutcome, StorageError> {
+        self.backend
+            .insert_report_for_user(endpoint, report_id, share, received_at, quota)
+            .await
+    }
+
+    /// The key under which this server stores a user's reports for quotas: a hash
+    /// of `sub` keyed by a random secret of this database, so the stored value
+    /// tells nothing about the user without that secret, and differs between
+    /// servers.
+    pub fn user_key(&self, sub: &str) -> UserKey {
+        self.backend.user_key(sub)
+    }
+
     /// The oldest unbatched reports of an endpoint, in arrival order, at most `limit`:
     /// what a seal proposes (coordinator) or what a proposal is matched against
     /// (follower).
@@ -181,7 +212,7 @@ impl Storage {
     ///
     /// Fails with [`StorageError::SealPending`] if a decided seal with another batch id
     /// is pending: it must be completed first. Storing the same seal again is a no-op.
-    pub async fn put_seal(&self, seal: Seal) -> Result<(), StorageError> {
+    pub async fn put_seal(&self, seal: &Seal) -> Result<(), StorageError> {
         self.backend.put_seal(seal).await
     }
 
@@ -205,19 +236,22 @@ impl Storage {
         self.backend.drop_seal(endpoint, batch_id).await
     }
 
-    /// The shares of `reports`, concatenated in [`SealReport`] order (not the order
-    /// given), and where each ends: the layout the plugins' `accumulate` takes. Reads
-    /// every stored row between the first and the last report, so give it reports
-    /// sorted and cut into chunks. Fails with [`StorageError::ReportUnavailable`] if
-    /// one has no share any more.
+    /// The shares of the reports stored at `rows` (ascending, see
+    /// [`SealReport::row`]) of an endpoint, concatenated, and where each ends: the
+    /// layout the plugins' `accumulate` takes. Reads every stored row between the
+    /// first and the last, so give it a sorted chunk. Fails with
+    /// [`StorageError::ReportUnavailable`] if one is not the endpoint's or has no
+    /// share any more.
     pub async fn read_shares(
         &self,
-        reports: Vec<SealReport>,
+        endpoint: EndpointId,
+        rows: Vec<i64>,
     ) -> Result<(Vec<u8>, Vec<u32>), StorageError> {
-        self.backend.read_shares(reports).await
+        self.backend.read_shares(endpoint, rows).await
     }
 
-    /// Seals `reports` into a batch with its released share, in one transaction:
+    /// Seals the reports stored at `rows` into a batch with its released share, in
+    /// one transaction:
     /// marks them batched, deletes their shares (keeping their ids), stores the
     /// batch and forgets the endpoint's reservation if it has this batch id (a
     /// decision is kept: the coordinator drops it once every server committed).
@@ -230,9 +264,9 @@ impl Storage {
         &self,
         endpoint: EndpointId,
         batch: NewBatch,
-        reports: Vec<SealReport>,
+        rows: Vec<i64>,
     ) -> Result<CommitOutcome, StorageError> {
-        self.backend.commit_batch(endpoint, batch, reports).await
+        self.backend.commit_batch(endpoint, batch, rows).await
     }
 
     /// The sealed batches of an endpoint, oldest first, without their shares.
@@ -262,42 +296,50 @@ impl Storage {
     }
 }
 
+/// A user as the quota of [`Storage::insert_report_for_user`] knows them: see
+/// [`Storage::user_key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UserKey(pub(crate) [u8; 16]);
+
+/// The per-user quota a report is inserted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserQuota {
+    /// Whose report it is.
+    pub user: UserKey,
+    /// Most unbatched reports the user may hold in the endpoint (at least 1).
+    pub max: u64,
+}
+
 /// An unbatched report as a seal handles it: its id, and where it is stored.
-///
-/// Ordered by where it is stored, the order in which [`Storage::read_shares`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SealReport {
     /// The client's report id, the same on every server.
     pub report_id: [u8; 16],
-    /// Row of the report on this server, so a seal never looks an id up twice.
-    row: i64,
-}
-
-impl Ord for SealReport {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.row, self.report_id).cmp(&(other.row, other.report_id))
-    }
-}
-
-impl PartialOrd for SealReport {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
+    /// Where this server stores the report: rows only grow, are never reused, and
+    /// name one report of one endpoint for good, so a seal looks each id up once and
+    /// then speaks of rows.
+    pub row: i64,
 }
 
 /// A seal in progress: on a follower, the reports it holds of a proposal (reserved
 /// until the coordinator commits or aborts); on the coordinator, the set it decided
 /// to commit, kept until every server has committed it.
+///
+/// Both are kept as positions in the coordinator's proposal, so that the decision
+/// travels to followers as a bitmap over what they were proposed, not as ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seal {
     /// The endpoint being sealed.
     pub endpoint: EndpointId,
     /// Batch id chosen by the coordinator for this seal.
     pub batch_id: [u8; 16],
-    /// Whether the coordinator decided to commit `reports` (else a reservation).
+    /// Whether the coordinator decided to commit (else a follower's reservation).
     pub decided: bool,
-    /// The reports, in proposal order.
-    pub reports: Vec<SealReport>,
+    /// Bit i (least significant first in each byte) is set when proposed report i
+    /// is in the seal: held and reserved here, or agreed by every server.
+    pub positions: Vec<u8>,
+    /// This server's rows of the reports whose bit is set, in proposal order.
+    pub rows: Vec<i64>,
     /// When the seal was recorded (kept to the millisecond).
     pub created_at: SystemTime,
 }
@@ -487,6 +529,9 @@ pub struct EndpointRecord {
     pub config_hash: [u8; 32],
     /// Fewest reports a batch may hold, so no batch reveals a small group of users.
     pub min_batch: u64,
+    /// Most unbatched reports one user may hold in the endpoint (see
+    /// [`Storage::insert_report_for_user`]); `None`: no limit.
+    pub max_reports_per_user: Option<u64>,
     /// When the endpoint was created (kept to the millisecond).
     pub created_at: SystemTime,
 }
@@ -537,6 +582,12 @@ pub enum InsertReportOutcome {
     /// This report id was already stored with a different share, or its share was
     /// already released and deleted so it cannot be compared: nothing changed.
     Conflict,
+    /// A new report id, but its user already holds `max` unbatched reports of the
+    /// endpoint: nothing changed.
+    UserQuotaExceeded {
+        /// The endpoint's quota.
+        max: u64,
+    },
 }
 
 /// Why a storage operation failed.

@@ -40,6 +40,7 @@ fn endpoint(name: &str, plugin: &PluginRecord, config: &[u8], min_batch: u64) ->
         config: config.to_vec(),
         config_hash: Sha256::digest(config).into(),
         min_batch,
+        max_reports_per_user: None,
         created_at: at(2),
     }
 }
@@ -183,6 +184,30 @@ fn an_older_schema_is_migrated_and_keeps_its_data() {
         .query_row("SELECT x, y FROM t", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap();
     assert_eq!(row, (1, 7));
+}
+
+#[test]
+fn a_seal_in_progress_of_the_old_layout_stops_the_upgrade() {
+    let (_dir, path) = temp_db();
+    let mut conn = Connection::open(&path).unwrap();
+    // Version 2 kept seals as ids and rows; version 3 as positions in the proposal.
+    migrations::migrate(&mut conn, &MIGRATIONS[..2]).unwrap();
+    // A seal row alone, without its endpoint.
+    conn.pragma_update(None, "foreign_keys", false).unwrap();
+    conn.execute(
+        "INSERT INTO seals (endpoint_id, batch_id, decided, reports, created_at) \
+         VALUES (1, zeroblob(16), 1, zeroblob(24), 0)",
+        [],
+    )
+    .unwrap();
+    let error = migrations::migrate(&mut conn, &MIGRATIONS[..3]).unwrap_err();
+    assert!(
+        format!("{error:?}").contains("finish it with the previous version"),
+        "{error:?}"
+    );
+    assert_eq!(migrations::version(&conn).unwrap(), 2);
+    conn.execute("DELETE FROM seals", []).unwrap();
+    assert_eq!(migrations::migrate(&mut conn, &MIGRATIONS[..3]).unwrap(), 1);
 }
 
 #[test]
@@ -532,9 +557,13 @@ async fn commit(
                 share: vec![batch; 4],
                 sealed_at: at(10),
             },
-            reports.to_vec(),
+            rows(reports),
         )
         .await
+}
+
+fn rows(reports: &[SealReport]) -> Vec<i64> {
+    reports.iter().map(|r| r.row).collect()
 }
 
 #[tokio::test]
@@ -558,7 +587,7 @@ async fn a_committed_batch_releases_its_reports_once() {
         [report_id(0), report_id(1), report_id(2)],
         "oldest first"
     );
-    let (data, ends) = storage.read_shares(first.clone()).await.unwrap();
+    let (data, ends) = storage.read_shares(steps.id, rows(&first)).await.unwrap();
     assert_eq!(data, [0, 0, 0, 1, 1, 1, 2, 2, 2]);
     assert_eq!(ends, [3, 6, 9]);
     let outcome = commit(&storage, steps.id, 1, &first).await.unwrap();
@@ -582,7 +611,7 @@ async fn a_committed_batch_releases_its_reports_once() {
     ));
     // Its shares are gone: they cannot be read for another fold either.
     assert!(matches!(
-        storage.read_shares(first).await,
+        storage.read_shares(steps.id, rows(&first)).await,
         Err(StorageError::ReportUnavailable)
     ));
     assert_eq!(storage.list_batches(steps.id).await.unwrap().len(), 1);
@@ -623,24 +652,25 @@ async fn one_seal_in_progress_per_endpoint() {
         endpoint: steps.id,
         batch_id: [batch; 16],
         decided,
-        reports: reports.clone(),
+        positions: vec![0b1111],
+        rows: rows(&reports),
         created_at: at(5),
     };
     // A newer reservation replaces an older one.
-    storage.put_seal(seal(1, false)).await.unwrap();
-    storage.put_seal(seal(2, false)).await.unwrap();
+    storage.put_seal(&seal(1, false)).await.unwrap();
+    storage.put_seal(&seal(2, false)).await.unwrap();
     assert_eq!(
         storage.pending_seal(steps.id).await.unwrap(),
         Some(seal(2, false))
     );
     assert!(!storage.drop_seal(steps.id, [1; 16]).await.unwrap());
     // A decision stays until completed: another seal is refused, the same is a no-op.
-    storage.put_seal(seal(3, true)).await.unwrap();
+    storage.put_seal(&seal(3, true)).await.unwrap();
     assert!(matches!(
-        storage.put_seal(seal(4, false)).await,
+        storage.put_seal(&seal(4, false)).await,
         Err(StorageError::SealPending)
     ));
-    storage.put_seal(seal(3, true)).await.unwrap();
+    storage.put_seal(&seal(3, true)).await.unwrap();
     assert_eq!(storage.decided_seals().await.unwrap(), vec![seal(3, true)]);
     // It survives a restart, and committing its batch completes it.
     storage.close().await.unwrap();
@@ -666,9 +696,10 @@ async fn one_seal_in_progress_per_endpoint() {
     }
     let rest = storage.unbatched_reports(steps.id, 10).await.unwrap();
     storage
-        .put_seal(Seal {
+        .put_seal(&Seal {
             batch_id: [5; 16],
-            reports: rest.clone(),
+            positions: vec![0b11],
+            rows: rows(&rest),
             ..seal(5, false)
         })
         .await
@@ -690,11 +721,12 @@ async fn unbatched_reports_expire_unless_a_seal_may_hold_them() {
     }
     let reserved = storage.unbatched_reports(steps.id, 1).await.unwrap();
     storage
-        .put_seal(Seal {
+        .put_seal(&Seal {
             endpoint: steps.id,
             batch_id: [1; 16],
             decided: false,
-            reports: reserved,
+            positions: vec![1],
+            rows: rows(&reserved),
             created_at: at(0),
         })
         .await
@@ -946,6 +978,7 @@ async fn concurrent_inserts_are_grouped_and_each_stored_once() {
                 conflicts += 1;
                 assert_ne!(&winners[id], share);
             }
+            InsertReportOutcome::UserQuotaExceeded { .. } => panic!("no quota here"),
         }
     }
     // Per shared id, 31 tasks posted the winner's share again and 32 the other one.
@@ -1197,24 +1230,288 @@ async fn seal_steps_for_a_million_reports() {
     let storage = Storage::open(&path, StorageOptions::default())
         .await
         .unwrap();
-    let started = Instant::now();
+    // Peak resident memory of each step, above what the process held before it.
+    let status = |key: &str| -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+            / 1024
+    };
+    let mut steps_taken = Vec::new();
+    let mut step = |name: &str, started: Instant, before: u64| {
+        let peak = status("VmHWM:");
+        steps_taken.push(format!(
+            "{name} {:?} (+{} MB peak)",
+            started.elapsed(),
+            peak.saturating_sub(before)
+        ));
+        // Resets the peak to the current resident size.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+    };
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let (started, before) = (Instant::now(), status("VmRSS:"));
     let reports = storage
         .unbatched_reports(steps.id, usize::MAX)
         .await
         .unwrap();
-    let listed = started.elapsed();
-    let started = Instant::now();
+    step("list", started, before);
+    let (started, before) = (Instant::now(), status("VmRSS:"));
+    let reservation = Seal {
+        endpoint: steps.id,
+        batch_id: [1; 16],
+        decided: false,
+        positions: vec![0xff; N.div_ceil(8) as usize],
+        rows: rows(&reports),
+        created_at: at(0),
+    };
+    storage.put_seal(&reservation).await.unwrap();
+    assert_eq!(storage.pending_seal(steps.id).await.unwrap().unwrap().rows.len(), N as usize);
+    drop(reservation);
+    step("reserve and read back", started, before);
+    let (started, before) = (Instant::now(), status("VmRSS:"));
     let mut bytes = 0;
-    for chunk in reports.chunks(65_536) {
-        let (data, _) = storage.read_shares(chunk.to_vec()).await.unwrap();
+    for chunk in rows(&reports).chunks(65_536) {
+        let (data, _) = storage.read_shares(steps.id, chunk.to_vec()).await.unwrap();
         bytes += data.len();
     }
-    let read = started.elapsed();
+    step("read shares", started, before);
     assert_eq!(bytes, 80 * N as usize);
-    let started = Instant::now();
+    let (started, before) = (Instant::now(), status("VmRSS:"));
     let outcome = commit(&storage, steps.id, 1, &reports).await.unwrap();
-    let committed = started.elapsed();
+    step("commit", started, before);
     assert_eq!(outcome.info().count, N);
-    println!("{N} reports: list {listed:?}, read shares {read:?}, commit {committed:?}");
+    println!("{N} reports: {}", steps_taken.join(", "));
     storage.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------- per-user quotas
+
+/// Storage with an endpoint `capped` whose users may hold `max` unbatched reports.
+async fn store_with_quota(path: &Path, max: u64) -> (Storage, Endpoint) {
+    let storage = Storage::open(path, StorageOptions::default())
+        .await
+        .unwrap();
+    let sum = plugin("sum", b"sum wasm");
+    storage.put_plugin(sum.clone()).await.unwrap();
+    let record = EndpointRecord {
+        max_reports_per_user: Some(max),
+        ..endpoint("capped", &sum, b"config", 2)
+    };
+    let CreateEndpointOutcome::Created(created) = storage.create_endpoint(record).await.unwrap()
+    else {
+        panic!("endpoint not created");
+    };
+    (storage, created)
+}
+
+async fn post_as(
+    storage: &Storage,
+    endpoint: &Endpoint,
+    user: &str,
+    n: u64,
+    share: u8,
+) -> InsertReportOutcome {
+    let quota = UserQuota {
+        user: storage.user_key(user),
+        max: endpoint.record.max_reports_per_user.unwrap(),
+    };
+    storage
+        .insert_report_for_user(endpoint.id, report_id(n), vec![share; 8], at(3), quota)
+        .await
+        .unwrap()
+}
+
+/// The stored user keys of an endpoint's reports, by report id.
+fn stored_user_keys(path: &Path, endpoint: EndpointId) -> HashMap<[u8; 16], Option<Vec<u8>>> {
+    let conn = Connection::open(path).unwrap();
+    let mut statement = conn
+        .prepare("SELECT report_id, user_key FROM reports WHERE endpoint_id = ?1")
+        .unwrap();
+    statement
+        .query_map([endpoint.0], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_user_holds_at_most_the_quota_until_a_batch_takes_their_reports() {
+    let (_dir, path) = temp_db();
+    let (storage, capped) = store_with_quota(&path, 2).await;
+    use InsertReportOutcome::*;
+    assert_eq!(post_as(&storage, &capped, "alice", 1, 1).await, Stored);
+    assert_eq!(post_as(&storage, &capped, "alice", 2, 2).await, Stored);
+    let over = post_as(&storage, &capped, "alice", 3, 3).await;
+    assert_eq!(over, UserQuotaExceeded { max: 2 });
+    // A retry is answered as without a quota, even at the quota.
+    assert_eq!(post_as(&storage, &capped, "alice", 1, 1).await, Duplicate);
+    assert_eq!(post_as(&storage, &capped, "alice", 2, 9).await, Conflict);
+    // Another user has a quota of their own.
+    assert_eq!(post_as(&storage, &capped, "bob", 4, 4).await, Stored);
+    assert_eq!(post_as(&storage, &capped, "bob", 5, 5).await, Stored);
+    assert_eq!(
+        post_as(&storage, &capped, "bob", 6, 6).await,
+        UserQuotaExceeded { max: 2 }
+    );
+    let counts = storage.endpoint_counts("capped").await.unwrap().unwrap();
+    assert_eq!(counts.unbatched, 4, "refused reports are not stored");
+
+    // The quota survives a restart.
+    storage.close().await.unwrap();
+    let storage = Storage::open(&path, StorageOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        post_as(&storage, &capped, "alice", 3, 3).await,
+        UserQuotaExceeded { max: 2 }
+    );
+
+    // Only hashes are stored, and only until the reports are batched.
+    let keys = stored_user_keys(&path, capped.id);
+    let alice = storage.user_key("alice");
+    assert_eq!(keys[&report_id(1)].as_deref(), Some(&alice.0[..]));
+    assert_ne!(storage.user_key("alice"), storage.user_key("bob"));
+    let reports = storage.unbatched_reports(capped.id, 3).await.unwrap();
+    commit(&storage, capped.id, 1, &reports).await.unwrap();
+    let keys = stored_user_keys(&path, capped.id);
+    for n in [1, 2, 4] {
+        assert_eq!(keys[&report_id(n)], None, "report {n} was batched");
+    }
+    // Alice's reports are batched: she may post again; Bob still holds one.
+    assert_eq!(post_as(&storage, &capped, "alice", 3, 3).await, Stored);
+    assert_eq!(post_as(&storage, &capped, "alice", 7, 7).await, Stored);
+    assert_eq!(
+        post_as(&storage, &capped, "alice", 8, 8).await,
+        UserQuotaExceeded { max: 2 }
+    );
+    assert_eq!(post_as(&storage, &capped, "bob", 6, 6).await, Stored);
+    assert_eq!(
+        post_as(&storage, &capped, "bob", 9, 9).await,
+        UserQuotaExceeded { max: 2 }
+    );
+
+    // Expired reports stop counting too, and lose their user key.
+    storage.expire_reports(at(1_000)).await.unwrap();
+    assert!(
+        stored_user_keys(&path, capped.id)
+            .values()
+            .all(Option::is_none)
+    );
+    assert_eq!(post_as(&storage, &capped, "alice", 10, 1).await, Stored);
+    storage.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_posts_of_one_user_in_one_group_never_exceed_the_quota() {
+    let (_dir, path) = temp_db();
+    let (storage, capped) = store_with_quota(&path, 3).await;
+    // Held back by a paused writer, all ten posts commit in one group.
+    let release = pause_writer(&storage).await;
+    let quota = UserQuota {
+        user: storage.user_key("flooder"),
+        max: 3,
+    };
+    let mut replies = Vec::new();
+    for n in 0..10 {
+        let reply = storage
+            .backend
+            .queue_insert(capped.id, report_id(n), vec![1; 8], at(3), Some(quota))
+            .await
+            .unwrap();
+        replies.push(reply);
+    }
+    release.send(()).unwrap();
+    let mut stored = 0;
+    for reply in replies {
+        match reply.await.unwrap().unwrap() {
+            InsertReportOutcome::Stored => stored += 1,
+            InsertReportOutcome::UserQuotaExceeded { max: 3 } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(stored, 3);
+    let counts = storage.endpoint_counts("capped").await.unwrap().unwrap();
+    assert_eq!(counts.unbatched, 3);
+    storage.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_quota_count_is_an_index_lookup_and_only_quota_endpoints_store_keys() {
+    let (_dir, path) = temp_db();
+    let (storage, capped) = store_with_quota(&path, 5).await;
+    let sum = plugin("sum", b"sum wasm");
+    let CreateEndpointOutcome::Created(open) = storage
+        .create_endpoint(endpoint("open", &sum, b"config", 2))
+        .await
+        .unwrap()
+    else {
+        panic!("endpoint not created");
+    };
+    storage
+        .insert_report(open.id, report_id(1), vec![1; 8], at(3))
+        .await
+        .unwrap();
+    assert_eq!(stored_user_keys(&path, open.id)[&report_id(1)], None);
+
+    let conn = Connection::open(&path).unwrap();
+    let plan: Vec<String> = conn
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT count(*) FROM reports \
+             WHERE endpoint_id = ?1 AND user_key = ?2 AND batch_id IS NULL",
+        )
+        .unwrap()
+        .query_map(rusqlite::params![capped.id.0, [0u8; 16]], |row| row.get(3))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert!(
+        plan.iter()
+            .any(|step| step
+                .contains("INDEX reports_unbatched_by_user (endpoint_id=? AND user_key=?)")),
+        "{plan:?}"
+    );
+    // Creating the same endpoint again must give the same quota, or it conflicts.
+    let again = storage
+        .create_endpoint(EndpointRecord {
+            max_reports_per_user: Some(5),
+            ..endpoint("capped", &sum, b"config", 2)
+        })
+        .await
+        .unwrap();
+    assert!(matches!(again, CreateEndpointOutcome::Identical(_)));
+    for other in [None, Some(6)] {
+        let outcome = storage
+            .create_endpoint(EndpointRecord {
+                max_reports_per_user: other,
+                ..endpoint("capped", &sum, b"config", 2)
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, CreateEndpointOutcome::Conflict(_)),
+            "{other:?}"
+        );
+    }
+    let shown = storage.get_endpoint("capped").await.unwrap().unwrap();
+    assert_eq!(shown.record.max_reports_per_user, Some(5));
+    storage.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn user_keys_differ_between_databases() {
+    let (_a, first) = temp_db();
+    let (_b, second) = temp_db();
+    let first = Storage::open(&first, StorageOptions::default())
+        .await
+        .unwrap();
+    let second = Storage::open(&second, StorageOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(first.user_key("alice"), first.user_key("alice"));
+    assert_ne!(first.user_key("alice"), second.user_key("alice"));
+    first.close().await.unwrap();
+    second.close().await.unwrap();
 }

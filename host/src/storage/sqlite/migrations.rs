@@ -106,6 +106,60 @@ CREATE TABLE seals (
 );
 "#,
     },
+    Migration {
+        description: "seals kept as positions in the proposal",
+        sql: r#"
+-- A seal in progress of the previous layout cannot be carried over (it lacks the
+-- proposal positions the peers now exchange): refuse to upgrade rather than lose it.
+CREATE TEMP TABLE upgrade_check (
+    pending_seals INTEGER
+        CONSTRAINT "a seal is in progress: finish it with the previous version before upgrading"
+        CHECK (pending_seals = 0)
+);
+INSERT INTO upgrade_check SELECT count(*) FROM seals;
+DROP TABLE upgrade_check;
+DROP TABLE seals;
+CREATE TABLE seals (
+    endpoint_id INTEGER PRIMARY KEY REFERENCES endpoints (id),
+    batch_id    BLOB NOT NULL CHECK (length(batch_id) = 16),
+    decided     INTEGER NOT NULL CHECK (decided IN (0, 1)),
+    -- Bit i set: report i of the coordinator's proposal is in the seal.
+    positions   BLOB NOT NULL,
+    -- This server's `reports.id` of each report in the seal, in proposal order, as
+    -- 8 little-endian bytes each.
+    rows        BLOB NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+"#,
+    },
+    Migration {
+        description: "per-user report quotas",
+        sql: r#"
+-- Most unbatched reports one user may hold in the endpoint; NULL: no limit.
+ALTER TABLE endpoints ADD COLUMN max_reports_per_user INTEGER
+    CHECK (max_reports_per_user IS NULL OR max_reports_per_user > 0);
+
+-- Keyed hash (16 bytes) of the poster's token `sub`, only for endpoints with a quota,
+-- and only while the report is unbatched: set to NULL with its share when the report
+-- is batched or expires.
+ALTER TABLE reports ADD COLUMN user_key BLOB
+    CHECK (user_key IS NULL OR length(user_key) = 16);
+
+-- Counting a user's unbatched reports of an endpoint is an index lookup, and the
+-- index holds only the reports of quota endpoints waiting for a seal.
+CREATE INDEX reports_unbatched_by_user ON reports (endpoint_id, user_key)
+    WHERE batch_id IS NULL AND user_key IS NOT NULL;
+
+-- Secrets of this database, drawn once by SQLite's CSPRNG. `user_key`: the key of
+-- the hash above, so that stored keys cannot be checked against guessed `sub`s
+-- without it and differ between servers.
+CREATE TABLE server_secrets (
+    name  TEXT NOT NULL PRIMARY KEY,
+    value BLOB NOT NULL
+);
+INSERT INTO server_secrets (name, value) VALUES ('user_key', randomblob(32));
+"#,
+    },
 ];
 
 /// Applies the migrations of `migrations` that the database does not have yet;

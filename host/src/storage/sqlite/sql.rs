@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use crate::storage::{
     Batch, BatchInfo, CommitOutcome, CreateEndpointOutcome, Endpoint, EndpointCounts, EndpointId,
     EndpointRecord, InsertReportOutcome, NewBatch, PluginInfo, PluginRecord, PutPluginOutcome,
-    Seal, SealReport, StorageError,
+    Seal, SealReport, StorageError, UserKey, UserQuota,
 };
 
 /// `reports.batch_id` of a report that expired unbatched.
@@ -121,8 +121,8 @@ pub(crate) fn plugin_wasm(
 }
 
 /// Columns read into an [`Endpoint`] by [`endpoint`].
-const ENDPOINT_COLUMNS: &str =
-    "id, name, plugin_digest, plugin_name, params, config, config_hash, min_batch, created_at";
+const ENDPOINT_COLUMNS: &str = "id, name, plugin_digest, plugin_name, params, config, config_hash, \
+     min_batch, created_at, max_reports_per_user";
 
 fn endpoint(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
     Ok(Endpoint {
@@ -136,6 +136,7 @@ fn endpoint(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
             config_hash: row.get(6)?,
             min_batch: row.get(7)?,
             created_at: from_millis(row.get(8)?),
+            max_reports_per_user: row.get(9)?,
         },
     })
 }
@@ -147,10 +148,16 @@ pub(crate) fn create_endpoint(
 ) -> Result<CreateEndpointOutcome, StorageError> {
     let min_batch =
         i64::try_from(new.min_batch).map_err(|_| StorageError::OutOfRange("min_batch"))?;
+    let max_reports_per_user = new
+        .max_reports_per_user
+        .map(i64::try_from)
+        .transpose()
+        .map_err(|_| StorageError::OutOfRange("max_reports_per_user"))?;
     if let Some(existing) = get_endpoint(conn, &new.name)? {
         let same = existing.record.plugin_digest == new.plugin_digest
             && existing.record.config_hash == new.config_hash
-            && existing.record.min_batch == new.min_batch;
+            && existing.record.min_batch == new.min_batch
+            && existing.record.max_reports_per_user == new.max_reports_per_user;
         return Ok(if same {
             CreateEndpointOutcome::Identical(existing)
         } else {
@@ -161,8 +168,9 @@ pub(crate) fn create_endpoint(
     let inserted = conn
         .prepare_cached(
             "INSERT INTO endpoints \
-             (name, plugin_digest, plugin_name, params, config, config_hash, min_batch, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             (name, plugin_digest, plugin_name, params, config, config_hash, min_batch, created_at, \
+              max_reports_per_user) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?
         .execute(params![
             new.name,
@@ -173,6 +181,7 @@ pub(crate) fn create_endpoint(
             new.config_hash,
             min_batch,
             created_at,
+            max_reports_per_user,
         ]);
     match inserted {
         Ok(_) => {}
@@ -283,18 +292,87 @@ pub(crate) fn insert_report(
         }
         Err(error) => return Err(error.into()),
     }
-    let identical = conn
-        .prepare_cached("SELECT share FROM reports WHERE endpoint_id = ?1 AND report_id = ?2")?
+    // The insert found the id taken, so the row is there.
+    Ok(stored_outcome(conn, endpoint, report_id, share)?.unwrap_or(InsertReportOutcome::Conflict))
+}
+
+/// How `share` compares to the report already stored under `report_id`, if any.
+fn stored_outcome(
+    conn: &Connection,
+    endpoint: EndpointId,
+    report_id: &[u8; 16],
+    share: &[u8],
+) -> rusqlite::Result<Option<InsertReportOutcome>> {
+    conn.prepare_cached("SELECT share FROM reports WHERE endpoint_id = ?1 AND report_id = ?2")?
         .query_row(params![endpoint.0, report_id], |row| {
             // A NULL share was released and deleted: it cannot be compared, so the
             // replay is refused rather than acknowledged.
-            Ok(row.get_ref(0)?.as_blob_or_null()? == Some(share))
-        })?;
-    Ok(if identical {
-        InsertReportOutcome::Duplicate
-    } else {
-        InsertReportOutcome::Conflict
-    })
+            Ok(if row.get_ref(0)?.as_blob_or_null()? == Some(share) {
+                InsertReportOutcome::Duplicate
+            } else {
+                InsertReportOutcome::Conflict
+            })
+        })
+        .optional()
+}
+
+/// [`insert_report`] under a per-user quota: a report id already stored is
+/// answered as there (a retry is acknowledged whatever the count); a new one is
+/// stored with the user's key only if the user holds fewer than `quota.max`
+/// unbatched reports of the endpoint. Run inside the writer's transaction, the
+/// count sees every report inserted before it, those of the same group included.
+pub(crate) fn insert_report_for_user(
+    conn: &Connection,
+    endpoint: EndpointId,
+    report_id: &[u8; 16],
+    share: &[u8],
+    received_at: i64,
+    quota: &UserQuota,
+) -> Result<InsertReportOutcome, StorageError> {
+    if let Some(outcome) = stored_outcome(conn, endpoint, report_id, share)? {
+        return Ok(outcome);
+    }
+    if unbatched_of_user(conn, endpoint, &quota.user)? >= quota.max {
+        return Ok(InsertReportOutcome::UserQuotaExceeded { max: quota.max });
+    }
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO reports (endpoint_id, report_id, share, received_at, user_key) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            endpoint.0,
+            report_id,
+            share,
+            received_at,
+            quota.user.0
+        ]);
+    match inserted {
+        Ok(_) => Ok(InsertReportOutcome::Stored),
+        Err(error) if is_foreign_key_violation(&error) => Err(StorageError::UnknownEndpoint),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// How many unbatched reports of an endpoint a user holds: a lookup in the partial
+/// index `reports_unbatched_by_user`.
+pub(crate) fn unbatched_of_user(
+    conn: &Connection,
+    endpoint: EndpointId,
+    user: &UserKey,
+) -> rusqlite::Result<u64> {
+    conn.prepare_cached(
+        "SELECT count(*) FROM reports \
+         WHERE endpoint_id = ?1 AND user_key = ?2 AND batch_id IS NULL",
+    )?
+    .query_row(params![endpoint.0, user.0], |row| row.get(0))
+}
+
+/// The key of the users' hash (see [`crate::storage::Storage::user_key`]), drawn
+/// by the migration that added quotas.
+pub(crate) fn user_key_secret(conn: &Connection) -> rusqlite::Result<[u8; 32]> {
+    conn.prepare_cached("SELECT value FROM server_secrets WHERE name = 'user_key'")?
+        .query_row([], |row| row.get(0))
 }
 
 /// The oldest `limit` unbatched reports of an endpoint, from the partial index alone.
@@ -304,66 +382,81 @@ pub(crate) fn unbatched_reports(
     limit: usize,
 ) -> rusqlite::Result<Vec<SealReport>> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    // Counted first so that the list is allocated once at its size: a million
+    // reports would otherwise pass through doubling copies of up to 32 MB.
+    let count: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM reports WHERE endpoint_id = ?1 AND batch_id IS NULL",
+        )?
+        .query_row([endpoint.0], |row| row.get(0))?;
+    let mut reports = Vec::with_capacity(usize::try_from(count.min(limit)).unwrap_or(0));
     let mut statement = conn.prepare_cached(
         "SELECT id, report_id FROM reports WHERE endpoint_id = ?1 AND batch_id IS NULL \
          ORDER BY id LIMIT ?2",
     )?;
-    statement
-        .query_map(params![endpoint.0, limit], |row| {
-            Ok(SealReport {
-                row: row.get(0)?,
-                report_id: row.get(1)?,
-            })
-        })?
-        .collect()
-}
-
-/// Bytes per report in `seals.reports`: the id, then the row as little-endian i64.
-const SEAL_REPORT_BYTES: usize = 16 + 8;
-
-fn encode_seal_reports(reports: &[SealReport]) -> Vec<u8> {
-    let mut blob = Vec::with_capacity(reports.len() * SEAL_REPORT_BYTES);
-    for report in reports {
-        blob.extend_from_slice(&report.report_id);
-        blob.extend_from_slice(&report.row.to_le_bytes());
+    let mut rows = statement.query(params![endpoint.0, limit])?;
+    while let Some(row) = rows.next()? {
+        reports.push(SealReport {
+            row: row.get(0)?,
+            report_id: row.get(1)?,
+        });
     }
-    blob
+    Ok(reports)
 }
 
-fn decode_seal_reports(blob: &[u8]) -> rusqlite::Result<Vec<SealReport>> {
-    if !blob.len().is_multiple_of(SEAL_REPORT_BYTES) {
+/// A [`Seal`] as stored: its rows as little-endian `i64`s, encoded before it goes
+/// to the writer thread so that the caller keeps its seal.
+pub(crate) struct SealRecord {
+    endpoint: EndpointId,
+    batch_id: [u8; 16],
+    decided: bool,
+    positions: Vec<u8>,
+    rows: Vec<u8>,
+    created_at: i64,
+}
+
+impl SealRecord {
+    pub(crate) fn new(seal: &Seal) -> SealRecord {
+        SealRecord {
+            endpoint: seal.endpoint,
+            batch_id: seal.batch_id,
+            decided: seal.decided,
+            positions: seal.positions.clone(),
+            rows: seal.rows.iter().flat_map(|row| row.to_le_bytes()).collect(),
+            created_at: to_millis(seal.created_at),
+        }
+    }
+}
+
+fn decode_rows(blob: &[u8]) -> rusqlite::Result<Vec<i64>> {
+    if !blob.len().is_multiple_of(8) {
         return Err(rusqlite::Error::FromSqlConversionFailure(
             4,
             rusqlite::types::Type::Blob,
-            "seals.reports is not a whole number of entries".into(),
+            "seals.rows is not a whole number of rows".into(),
         ));
     }
     Ok(blob
-        .chunks_exact(SEAL_REPORT_BYTES)
-        .map(|entry| {
-            let (id, row) = entry.split_at(16);
-            SealReport {
-                report_id: id.try_into().expect("16 bytes"),
-                row: i64::from_le_bytes(row.try_into().expect("8 bytes")),
-            }
-        })
+        .chunks_exact(8)
+        .map(|row| i64::from_le_bytes(row.try_into().expect("8 bytes")))
         .collect())
 }
 
-const SEAL_COLUMNS: &str = "endpoint_id, batch_id, decided, reports, created_at";
+const SEAL_COLUMNS: &str = "endpoint_id, batch_id, decided, positions, rows, created_at";
 
 fn seal(row: &Row<'_>) -> rusqlite::Result<Seal> {
     Ok(Seal {
         endpoint: EndpointId(row.get(0)?),
         batch_id: row.get(1)?,
         decided: row.get(2)?,
-        reports: decode_seal_reports(row.get_ref(3)?.as_blob()?)?,
-        created_at: from_millis(row.get(4)?),
+        positions: row.get(3)?,
+        rows: decode_rows(row.get_ref(4)?.as_blob()?)?,
+        created_at: from_millis(row.get(5)?),
     })
 }
 
 /// Records a seal in progress; see [`crate::storage::Storage::put_seal`].
-pub(crate) fn put_seal(conn: &Connection, new: &Seal) -> Result<(), StorageError> {
+pub(crate) fn put_seal(conn: &Connection, new: &SealRecord) -> Result<(), StorageError> {
     let existing: Option<([u8; 16], bool)> = conn
         .prepare_cached("SELECT batch_id, decided FROM seals WHERE endpoint_id = ?1")?
         .query_row([new.endpoint.0], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -377,15 +470,16 @@ pub(crate) fn put_seal(conn: &Connection, new: &Seal) -> Result<(), StorageError
     }
     let stored = conn
         .prepare_cached(
-            "INSERT OR REPLACE INTO seals (endpoint_id, batch_id, decided, reports, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR REPLACE INTO seals (endpoint_id, batch_id, decided, positions, rows, \
+             created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
             new.endpoint.0,
             new.batch_id,
             new.decided,
-            encode_seal_reports(&new.reports),
-            to_millis(new.created_at),
+            new.positions,
+            new.rows,
+            new.created_at,
         ]);
     match stored {
         Ok(_) => Ok(()),
@@ -426,40 +520,43 @@ pub(crate) fn drop_seal(
         == 1)
 }
 
-/// The unbatched shares of `reports`, concatenated in row order, and the end of
-/// each: one scan of the rows between the first and the last, rather than a lookup
-/// per report (measured 4x faster for a million reports stored one after another).
+/// The unbatched shares of the endpoint's reports at `rows` (ascending),
+/// concatenated, and the end of each: one scan of the rows between the first and
+/// the last, rather than a lookup per report (measured 14x faster for a million
+/// reports stored one after another).
 pub(crate) fn read_shares(
     conn: &Connection,
-    reports: &[SealReport],
+    endpoint: EndpointId,
+    rows: &[i64],
 ) -> Result<(Vec<u8>, Vec<u32>), StorageError> {
-    let mut wanted = reports.to_vec();
-    wanted.sort_unstable();
     let mut data = Vec::new();
-    let mut ends = Vec::with_capacity(wanted.len());
-    let (Some(first), Some(last)) = (wanted.first(), wanted.last()) else {
+    let mut ends = Vec::with_capacity(rows.len());
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
         return Ok((data, ends));
     };
+    // `+endpoint_id`: a filter only. As an index term it would make SQLite walk the
+    // endpoint's whole (endpoint_id, report_id) index for each chunk (measured 16x
+    // slower than the row range for a million reports).
     let mut statement = conn.prepare_cached(
-        "SELECT id, report_id, share FROM reports WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
+        "SELECT id, share FROM reports WHERE id BETWEEN ?1 AND ?2 AND +endpoint_id = ?3 \
+         ORDER BY id",
     )?;
-    let mut rows = statement.query(params![first.row, last.row])?;
-    let mut next = wanted.iter().peekable();
-    while let Some(row) = rows.next()? {
-        let Some(report) = next.peek() else { break };
+    let mut stored = statement.query(params![first, last, endpoint.0])?;
+    let mut wanted = rows.iter().peekable();
+    while let Some(row) = stored.next()? {
+        let Some(&&next) = wanted.peek() else { break };
         let id: i64 = row.get(0)?;
-        if id < report.row {
+        if id < next {
             continue;
         }
-        // Rows only go up: a wanted row passed over is not stored.
-        if id > report.row
-            || row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)? != report.report_id
-        {
+        // Rows only go up: a wanted row passed over is not the endpoint's (or the
+        // rows were not sorted).
+        if id > next {
             return Err(StorageError::ReportUnavailable);
         }
         // A report's share is NULL exactly when it is batched or expired.
         let share = row
-            .get_ref(2)?
+            .get_ref(1)?
             .as_blob_or_null()
             .map_err(rusqlite::Error::from)?
             .ok_or(StorageError::ReportUnavailable)?;
@@ -467,9 +564,9 @@ pub(crate) fn read_shares(
         let end = u32::try_from(data.len())
             .map_err(|_| StorageError::OutOfRange("shares of one chunk"))?;
         ends.push(end);
-        next.next();
+        wanted.next();
     }
-    if next.peek().is_some() {
+    if wanted.peek().is_some() {
         return Err(StorageError::ReportUnavailable);
     }
     Ok((data, ends))
@@ -497,15 +594,15 @@ pub(crate) fn commit_batch(
     conn: &Connection,
     endpoint: EndpointId,
     new: &NewBatch,
-    reports: &[SealReport],
+    mut rows: Vec<i64>,
 ) -> Result<CommitOutcome, StorageError> {
     if let Some(existing) = get_batch(conn, endpoint, &new.batch_id)? {
         return Ok(CommitOutcome::AlreadyCommitted(existing.info));
     }
-    if reports.is_empty() {
+    if rows.is_empty() {
         return Err(StorageError::OutOfRange("an empty batch"));
     }
-    let count = reports.len() as u64;
+    let count = rows.len() as u64;
     let sealed_at = to_millis(new.sealed_at);
     let inserted = conn
         .prepare_cached(
@@ -530,11 +627,10 @@ pub(crate) fn commit_batch(
     // Rows of an existing endpoint are never deleted nor reused, so a row id and the
     // endpoint id name one report: runs of consecutive rows are marked by one range
     // statement each, which must change exactly the run's rows.
-    let mut rows: Vec<i64> = reports.iter().map(|r| r.row).collect();
     rows.sort_unstable();
     let mut mark = conn.prepare_cached(
-        "UPDATE reports SET batch_id = ?1, share = NULL \
-         WHERE id BETWEEN ?2 AND ?3 AND endpoint_id = ?4 AND batch_id IS NULL",
+        "UPDATE reports SET batch_id = ?1, share = NULL, user_key = NULL \
+         WHERE id BETWEEN ?2 AND ?3 AND +endpoint_id = ?4 AND batch_id IS NULL",
     )?;
     for run in rows.chunk_by(|a, b| b - a == 1) {
         let (first, last) = (run[0], run[run.len() - 1]);
@@ -598,7 +694,7 @@ pub(crate) fn expire_reports(conn: &Connection, before: i64) -> rusqlite::Result
         .collect::<rusqlite::Result<_>>()?;
     let mut expired = 0;
     let mut statement = conn.prepare_cached(
-        "UPDATE reports SET batch_id = ?1, share = NULL \
+        "UPDATE reports SET batch_id = ?1, share = NULL, user_key = NULL \
          WHERE endpoint_id = ?2 AND batch_id IS NULL AND received_at < ?3",
     )?;
     for endpoint in endpoints {

@@ -17,7 +17,9 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sql;
-use crate::storage::{CommitObserver, CommitStats, EndpointId, InsertReportOutcome, StorageError};
+use crate::storage::{
+    CommitObserver, CommitStats, EndpointId, InsertReportOutcome, StorageError, UserQuota,
+};
 
 /// Work for the writer thread.
 pub(crate) enum Command {
@@ -44,6 +46,8 @@ pub(crate) struct InsertReport {
     pub(crate) share: Vec<u8>,
     /// Arrival time, in stored form (Unix milliseconds).
     pub(crate) received_at: i64,
+    /// The endpoint's per-user quota and the poster, if the endpoint has one.
+    pub(crate) quota: Option<UserQuota>,
     /// Receives the outcome once the group is committed (or has failed).
     pub(crate) reply: oneshot::Sender<Result<InsertReportOutcome, StorageError>>,
 }
@@ -154,13 +158,25 @@ fn write_group(
 ) -> Result<(), StorageError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for insert in group {
-        let answer = sql::insert_report(
-            &tx,
-            insert.endpoint,
-            &insert.report_id,
-            &insert.share,
-            insert.received_at,
-        );
+        let answer = match &insert.quota {
+            None => sql::insert_report(
+                &tx,
+                insert.endpoint,
+                &insert.report_id,
+                &insert.share,
+                insert.received_at,
+            ),
+            // Counted inside this transaction, after the inserts before it: posts of
+            // one user in one group cannot exceed the quota together.
+            Some(quota) => sql::insert_report_for_user(
+                &tx,
+                insert.endpoint,
+                &insert.report_id,
+                &insert.share,
+                insert.received_at,
+                quota,
+            ),
+        };
         // Some errors (disk full, I/O) make SQLite roll the whole transaction back;
         // going on would run the rest in autocommit mode and lose the earlier rows.
         if let Err(error) = &answer

@@ -1,0 +1,498 @@
+//! Resource limits under abuse, over real HTTP against in-process servers on port
+//! 0 with real SQLite files and the development issuer's RS256 tokens: per-user
+//! and per-IP rate limits (429 with `Retry-After`), oversized request heads
+//! (431), slowloris clients and stalled bodies cut off while other clients are
+//! served, and the per-user quota of an endpoint, across a seal and a restart.
+
+// Helpers below run only inside tests.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use guardian::auth::DevIssuer;
+use guardian::config::{Environment, Role, load};
+use guardian::server::Server;
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+const PEER_TOKEN: &str = "a-test-peer-credential-of-enough-length-0123456789";
+
+/// Starts a server trusting the development issuer in `dir/issuer`, with `extra`
+/// settings.
+async fn start(dir: &Path, extra: &[(&str, String)]) -> Server {
+    let mut vars = vec![
+        ("GUARDIAN_SERVER_LISTEN", "127.0.0.1:0".to_owned()),
+        (
+            "GUARDIAN_SERVER_DATA_DIR",
+            dir.join("data").display().to_string(),
+        ),
+        ("GUARDIAN_AUTH_DEV_ISSUER", "true".to_owned()),
+        (
+            "GUARDIAN_AUTH_DEV_ISSUER_DIR",
+            dir.join("issuer").display().to_string(),
+        ),
+        ("GUARDIAN_AUTH_PEER_TOKEN", PEER_TOKEN.to_owned()),
+    ];
+    vars.extend(extra.iter().cloned());
+    let vars = vars.into_iter().map(|(k, v)| (k.to_owned(), v));
+    let loaded = load(None, &Environment::new().with_process(vars)).unwrap();
+    Server::start(loaded.config).await.unwrap()
+}
+
+fn url(server: &Server) -> String {
+    format!("http://{}", server.local_addr())
+}
+
+/// A token of `role` for `sub`, from the issuer the servers in `dir` trust.
+fn token(dir: &Path, role: Role, sub: &str) -> String {
+    DevIssuer::load_or_create(&dir.join("issuer"))
+        .unwrap()
+        .mint(role, sub, Duration::from_secs(600))
+        .unwrap()
+}
+
+/// Sends a request; returns the status, the `Retry-After` header and the JSON body.
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Option<String>, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.bytes().await.unwrap();
+    (
+        status,
+        retry_after,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+/// A report of the `sum` plugin of length 1: 8 bytes.
+fn report(n: u64) -> Value {
+    json!({"report_id": format!("{n:032x}"), "share": BASE64.encode(n.to_le_bytes())})
+}
+
+async fn create(http: &Client, base: &str, admin: &str, body: Value) -> Value {
+    let (status, _, created) = send(
+        http.post(format!("{base}/api/v1/endpoints"))
+            .bearer_auth(admin)
+            .json(&body),
+    )
+    .await;
+    assert!(status.is_success(), "{status} {created}");
+    created
+}
+
+async fn post(
+    http: &Client,
+    base: &str,
+    endpoint: &str,
+    token: &str,
+    n: u64,
+) -> (StatusCode, Option<String>, Value) {
+    send(
+        http.post(format!("{base}/api/v1/endpoints/{endpoint}/reports"))
+            .bearer_auth(token)
+            .json(&report(n)),
+    )
+    .await
+}
+
+fn assert_rate_limited(answer: &(StatusCode, Option<String>, Value), whose: &str) {
+    let (status, retry_after, body) = answer;
+    assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(whose), "{message}");
+    let seconds: u64 = retry_after.as_deref().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&seconds), "Retry-After {seconds}");
+}
+
+async fn metrics(http: &Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_user_over_their_rate_gets_429_with_retry_after_and_others_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        dir.path(),
+        &[
+            ("GUARDIAN_LIMITS_REPORTS_PER_SECOND_PER_USER", "1".into()),
+            ("GUARDIAN_LIMITS_REPORTS_BURST_PER_USER", "3".into()),
+        ],
+    )
+    .await;
+    let (base, http) = (url(&server), Client::new());
+    let admin = token(dir.path(), Role::Admin, "root");
+    let (alice, bob) = (
+        token(dir.path(), Role::User, "alice"),
+        token(dir.path(), Role::User, "bob"),
+    );
+    create(&http, &base, &admin, json!({"name": "s", "plugin": "sum"})).await;
+
+    // The burst, then refused until the rate gives one more (one per second).
+    for n in 0..3 {
+        let (status, _, body) = post(&http, &base, "s", &alice, n).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let refused = post(&http, &base, "s", &alice, 3).await;
+    assert_rate_limited(&refused, "this user");
+    // A retry of a stored report counts too: the limit is on posting.
+    assert_rate_limited(&post(&http, &base, "s", &alice, 0).await, "this user");
+    // Another user from the same address is not affected.
+    for n in 10..13 {
+        let (status, _, body) = post(&http, &base, "s", &bob, n).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let metrics = metrics(&http, &base).await;
+    assert!(
+        metrics
+            .contains(r#"guardian_reports_rejected_total{endpoint="s",reason="rate_limited"} 2"#),
+        "{metrics}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_address_over_its_rate_gets_429_and_a_forwarded_one_is_trusted_only_if_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = |trust: &str| {
+        vec![
+            ("GUARDIAN_AUTH_DISABLED", "true".to_owned()),
+            ("GUARDIAN_LIMITS_REPORTS_PER_SECOND_PER_IP", "1".into()),
+            ("GUARDIAN_LIMITS_REPORTS_BURST_PER_IP", "2".into()),
+            ("GUARDIAN_LIMITS_TRUST_FORWARDED_FOR", trust.into()),
+        ]
+    };
+    let http = Client::new();
+    for trusted in [false, true] {
+        let server = start(dir.path(), &limits(&trusted.to_string())).await;
+        let base = url(&server);
+        let endpoint = format!("s{trusted}");
+        create(&http, &base, "", json!({"name": endpoint, "plugin": "sum"})).await;
+        for n in 0..2 {
+            let (status, _, body) = post(&http, &base, &endpoint, "", n).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+        }
+        assert_rate_limited(
+            &post(&http, &base, &endpoint, "", 2).await,
+            "this IP address",
+        );
+        // Another client behind a proxy: its own allowance only if the proxy is
+        // trusted; otherwise the header is the client's word and is ignored.
+        let forwarded = send(
+            http.post(format!("{base}/api/v1/endpoints/{endpoint}/reports"))
+                .header("x-forwarded-for", "10.9.9.9, 203.0.113.7")
+                .json(&report(3)),
+        )
+        .await;
+        if trusted {
+            assert_eq!(forwarded.0, StatusCode::CREATED, "{}", forwarded.2);
+        } else {
+            assert_rate_limited(&forwarded, "this IP address");
+        }
+        server.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn oversized_request_heads_get_431_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]).await;
+    let (base, http) = (url(&server), Client::new());
+    // The default limit is 16 KiB.
+    let response = http
+        .get(format!("{base}/healthz"))
+        .header("x-padding", "a".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    // Many headers adding up past the limit, too.
+    let mut request = http.get(format!("{base}/healthz"));
+    for n in 0..40 {
+        request = request.header(format!("x-padding-{n}"), "b".repeat(500));
+    }
+    assert_eq!(
+        request.send().await.unwrap().status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    // A head just under the limit, with a real token, is served.
+    let admin = token(dir.path(), Role::Admin, "root");
+    let (status, _, _) = send(
+        http.get(format!("{base}/api/v1/me"))
+            .bearer_auth(&admin)
+            .header("x-padding", "c".repeat(8_000)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    server.shutdown().await.unwrap();
+}
+
+/// Reads until the server closes the connection (or 10 s pass: a failure).
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server must close the connection")
+        .ok();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_slowloris_client_is_disconnected_while_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        dir.path(),
+        &[("GUARDIAN_LIMITS_HEADER_READ_TIMEOUT_MS", "300".into())],
+    )
+    .await;
+    let (base, http) = (url(&server), Client::new());
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(server.local_addr()).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: guardian\r\nX-Slow: aaa")
+        .await
+        .unwrap();
+    // The stalled client holds no one up.
+    for _ in 0..3 {
+        let (status, _, _) = send(http.get(format!("{base}/healthz"))).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let answer = read_until_closed(&mut slow).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert!(!answer.contains("200 OK"), "{answer}");
+    // An idle connection is closed the same way, without harm to the server.
+    let mut idle = TcpStream::connect(server.local_addr()).await.unwrap();
+    assert_eq!(read_until_closed(&mut idle).await, "");
+    let (status, _, _) = send(http.get(format!("{base}/healthz"))).await;
+    assert_eq!(status, StatusCode::OK);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_body_trickling_in_slower_than_the_request_timeout_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        dir.path(),
+        &[
+            ("GUARDIAN_AUTH_DISABLED", "true".into()),
+            ("GUARDIAN_LIMITS_REQUEST_TIMEOUT_MS", "500".into()),
+            ("GUARDIAN_LIMITS_PLUGIN_DEADLINE_MS", "500".into()),
+        ],
+    )
+    .await;
+    let (base, http) = (url(&server), Client::new());
+    create(&http, &base, "", json!({"name": "s", "plugin": "sum"})).await;
+
+    let started = Instant::now();
+    let stream = TcpStream::connect(server.local_addr()).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    write
+        .write_all(
+            b"POST /api/v1/endpoints/s/reports HTTP/1.1\r\nHost: guardian\r\n\
+              Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    // The client keeps sending a byte every 50 ms: it would take 50 s.
+    let trickle = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(50));
+        for _ in 0..999 {
+            every.tick().await;
+            if write.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), read.read_to_end(&mut answer))
+        .await
+        .expect("the server must answer and close the connection")
+        .ok();
+    let elapsed = started.elapsed();
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+    assert!(
+        elapsed >= Duration::from_millis(500) && elapsed < Duration::from_secs(5),
+        "{elapsed:?}"
+    );
+    let (status, _, _) = send(http.get(format!("{base}/healthz"))).await;
+    assert_eq!(status, StatusCode::OK);
+    server.shutdown().await.unwrap();
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_holds_at_most_the_quota_until_a_seal_and_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = [free_addr(), free_addr()];
+    let peers = addrs.map(|a| format!("http://{a}")).join(",");
+    let config = |index: usize| {
+        vec![
+            ("GUARDIAN_SERVER_INDEX", index.to_string()),
+            ("GUARDIAN_SERVER_PEERS", peers.clone()),
+            ("GUARDIAN_SERVER_LISTEN", addrs[index].to_string()),
+            (
+                "GUARDIAN_SERVER_DATA_DIR",
+                dir.path()
+                    .join(format!("server-{index}"))
+                    .display()
+                    .to_string(),
+            ),
+        ]
+    };
+    let mut servers = vec![
+        start(dir.path(), &config(0)).await,
+        start(dir.path(), &config(1)).await,
+    ];
+    let bases = addrs.map(|a| format!("http://{a}"));
+    let http = Client::new();
+    let admin = token(dir.path(), Role::Admin, "root");
+    let (alice, bob) = (
+        token(dir.path(), Role::User, "alice"),
+        token(dir.path(), Role::User, "bob"),
+    );
+    let capped = json!({"name": "capped", "plugin": "sum", "min_batch": 2,
+        "max_reports_per_user": 2});
+    let mut hashes = Vec::new();
+    for base in &bases {
+        let created = create(&http, base, &admin, capped.clone()).await;
+        assert_eq!(created["max_reports_per_user"], 2);
+        hashes.push(created["config_hash"].clone());
+        // Without the option the endpoint is another one, with another hash.
+        let open = create(
+            &http,
+            base,
+            &admin,
+            json!({"name": "open", "plugin": "sum",
+            "min_batch": 2}),
+        )
+        .await;
+        assert!(open.get("max_reports_per_user").is_none(), "{open}");
+        assert_ne!(open["config_hash"], created["config_hash"]);
+    }
+    assert_eq!(hashes[0], hashes[1], "the servers agree on the endpoint");
+    let (status, _, body) = send(
+        http.post(format!("{}/api/v1/endpoints", bases[0]))
+            .bearer_auth(&admin)
+            .json(&json!({"name": "capped", "plugin": "sum", "min_batch": 2,
+                "max_reports_per_user": 3})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("endpoint_conflict"))
+    );
+    let (status, _, body) = send(
+        http.post(format!("{}/api/v1/endpoints", bases[0]))
+            .bearer_auth(&admin)
+            .json(&json!({"name": "zero", "plugin": "sum", "max_reports_per_user": 0})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            Some("invalid_max_reports_per_user")
+        )
+    );
+
+    let post_all = |token: String, n: u64| {
+        let (http, bases) = (http.clone(), bases.clone());
+        async move {
+            let mut answers = Vec::new();
+            for base in &bases {
+                answers.push(post(&http, base, "capped", &token, n).await);
+            }
+            answers
+        }
+    };
+    for n in [1, 2] {
+        for (status, _, body) in post_all(alice.clone(), n).await {
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+        }
+    }
+    let over_quota = |answers: Vec<(StatusCode, Option<String>, Value)>| {
+        for (status, retry_after, body) in answers {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+            assert_eq!(body["error"]["code"], "user_quota_exceeded", "{body}");
+            assert_eq!(body["error"]["max_reports_per_user"], 2, "{body}");
+            assert_eq!(retry_after, None, "it lasts until a seal");
+        }
+    };
+    over_quota(post_all(alice.clone(), 3).await);
+    // An identical retry of a stored report is still acknowledged.
+    for (status, _, body) in post_all(alice.clone(), 1).await {
+        assert_eq!(
+            (status, &body["status"]),
+            (StatusCode::OK, &json!("duplicate"))
+        );
+    }
+    // Another user, and another endpoint of the same user, are not affected.
+    for (status, _, body) in post_all(bob.clone(), 10).await {
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    for base in &bases {
+        let (status, _, body) = post(&http, base, "open", &alice, 3).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    // The quota survives a restart.
+    let first = servers.remove(0);
+    first.shutdown().await.unwrap();
+    servers.insert(0, start(dir.path(), &config(0)).await);
+    over_quota(post_all(alice.clone(), 3).await);
+
+    // Once sealed, Alice's reports no longer count.
+    let (status, _, sealed) = send(
+        http.post(format!("{}/api/v1/endpoints/capped/batches", bases[0]))
+            .bearer_auth(&admin),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{sealed}");
+    assert_eq!(sealed["count"], 3);
+    for n in [3, 4] {
+        for (status, _, body) in post_all(alice.clone(), n).await {
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+        }
+    }
+    over_quota(post_all(alice.clone(), 5).await);
+    let metrics = metrics(&http, &bases[1]).await;
+    assert!(
+        metrics.contains(
+            r#"guardian_reports_rejected_total{endpoint="capped",reason="user_quota_exceeded"} 3"#
+        ),
+        "{metrics}"
+    );
+    for server in servers {
+        server.shutdown().await.unwrap();
+    }
+}
