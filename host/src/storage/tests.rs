@@ -1268,7 +1268,16 @@ async fn seal_steps_for_a_million_reports() {
         created_at: at(0),
     };
     storage.put_seal(&reservation).await.unwrap();
-    assert_eq!(storage.pending_seal(steps.id).await.unwrap().unwrap().rows.len(), N as usize);
+    assert_eq!(
+        storage
+            .pending_seal(steps.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .rows
+            .len(),
+        N as usize
+    );
     drop(reservation);
     step("reserve and read back", started, before);
     let (started, before) = (Instant::now(), status("VmRSS:"));

@@ -385,9 +385,7 @@ pub(crate) fn unbatched_reports(
     // Counted first so that the list is allocated once at its size: a million
     // reports would otherwise pass through doubling copies of up to 32 MB.
     let count: i64 = conn
-        .prepare_cached(
-            "SELECT count(*) FROM reports WHERE endpoint_id = ?1 AND batch_id IS NULL",
-        )?
+        .prepare_cached("SELECT count(*) FROM reports WHERE endpoint_id = ?1 AND batch_id IS NULL")?
         .query_row([endpoint.0], |row| row.get(0))?;
     let mut reports = Vec::with_capacity(usize::try_from(count.min(limit)).unwrap_or(0));
     let mut statement = conn.prepare_cached(
