@@ -22,7 +22,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default budget of one request (sealing may take longer, see [`Request::timeout`]).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What may be retried when a request fails.
+/// What may be retried when a request fails. Either way a 429 is retried only
+/// when it says when (`Retry-After`, honoured up to 30 s): one without (a user's
+/// quota for the batch is used up) lasts until the next seal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Retry {
     /// The request is idempotent (a GET, or a report posted again under the same id
@@ -253,19 +255,25 @@ impl Request<'_> {
             let retryable = match &result {
                 Ok(_) => false,
                 Err(Failure::Transport(_)) => self.retry == Retry::Idempotent,
-                Err(Failure::Status(status, _)) => match self.retry {
-                    Retry::Idempotent => {
-                        status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
-                    }
-                    Retry::WhenAsked => {
-                        *status == StatusCode::SERVICE_UNAVAILABLE
-                            || *status == StatusCode::TOO_MANY_REQUESTS
-                    }
+                // A 429 without `Retry-After` (a user's quota for the batch) lasts
+                // until the next seal: retrying would not help.
+                Err(Failure::Status(status, _, retry_after))
+                    if *status == StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    retry_after.is_some()
+                }
+                Err(Failure::Status(status, _, _)) => match self.retry {
+                    Retry::Idempotent => status.is_server_error(),
+                    Retry::WhenAsked => *status == StatusCode::SERVICE_UNAVAILABLE,
                 },
             };
             attempt += 1;
             if retryable && attempt < attempts {
-                tokio::time::sleep(inner.retry.delay(attempt - 1)).await;
+                let asked = match &result {
+                    Err(Failure::Status(_, _, Some(after))) => (*after).min(MAX_RETRY_AFTER),
+                    _ => Duration::ZERO,
+                };
+                tokio::time::sleep(inner.retry.delay(attempt - 1).max(asked)).await;
                 continue;
             }
             let transport = matches!(result, Err(Failure::Transport(_)));
@@ -275,7 +283,7 @@ impl Request<'_> {
                 Err(Failure::Transport(message)) => {
                     Err(self.error(ErrorKind::Unreachable(message)))
                 }
-                Err(Failure::Status(status, body)) => Err(self.error(api_error(status, &body))),
+                Err(Failure::Status(status, body, _)) => Err(self.error(api_error(status, &body))),
             };
         }
     }
@@ -303,6 +311,11 @@ impl Request<'_> {
             .await
             .map_err(|e| Failure::Transport(error_chain(&e)))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok()?.trim().parse().ok())
+            .map(Duration::from_secs);
         let body = response
             .bytes()
             .await
@@ -315,7 +328,7 @@ impl Request<'_> {
                 body: body.to_vec(),
             })
         } else {
-            Err(Failure::Status(status, body.to_vec()))
+            Err(Failure::Status(status, body.to_vec(), retry_after))
         }
     }
 
@@ -331,8 +344,12 @@ impl Request<'_> {
 
 enum Failure {
     Transport(String),
-    Status(StatusCode, Vec<u8>),
+    /// A non-2xx answer, its body and the `Retry-After` it gave, if any.
+    Status(StatusCode, Vec<u8>, Option<Duration>),
 }
+
+/// The longest `Retry-After` a client waits before retrying on its own.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// A successful (2xx) answer.
 pub(crate) struct Answer {
@@ -521,6 +538,53 @@ impl std::error::Error for ServerError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 429 with `Retry-After` (a rate limit) is retried; one without (a user's
+    /// quota for the batch) is final at once. Against a real HTTP server.
+    #[tokio::test]
+    async fn a_429_is_retried_only_when_it_says_when() {
+        use std::sync::atomic::AtomicU32;
+
+        use axum::http::header::RETRY_AFTER;
+        use axum::response::IntoResponse;
+
+        let hits = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+        let (rate, quota) = (hits.clone(), hits.clone());
+        let app = axum::Router::new()
+            .route(
+                "/rate",
+                axum::routing::get(move || async move {
+                    // Limited once, then served.
+                    if rate[0].fetch_add(1, Ordering::SeqCst) == 0 {
+                        (StatusCode::TOO_MANY_REQUESTS, [(RETRY_AFTER, "0")]).into_response()
+                    } else {
+                        "{}".into_response()
+                    }
+                }),
+            )
+            .route(
+                "/quota",
+                axum::routing::get(move || async move {
+                    quota[1].fetch_add(1, Ordering::SeqCst);
+                    StatusCode::TOO_MANY_REQUESTS
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let policy = RetryPolicy {
+            attempts: 3,
+            first_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+        };
+        let cluster = Cluster::with_retry(&[url], None, policy).unwrap();
+        let answer = cluster.request(0, Method::GET, &["rate"]).send().await;
+        assert!(answer.is_ok(), "retried after the rate limit");
+        assert_eq!(hits[0].load(Ordering::SeqCst), 2);
+        let refused = cluster.request(0, Method::GET, &["quota"]).send().await;
+        assert!(refused.is_err());
+        assert_eq!(hits[1].load(Ordering::SeqCst), 1, "a quota is not retried");
+    }
 
     #[test]
     fn servers_are_checked_and_kept_in_order() {
