@@ -276,6 +276,7 @@ fn serve(file: Option<PathBuf>) -> anyhow::Result<()> {
     }
     tracing::info!("effective configuration:\n{}", loaded.render());
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(loaded.config.server.worker_threads())
         .enable_all()
         .build()?;
     runtime.block_on(async {

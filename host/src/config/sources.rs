@@ -276,6 +276,7 @@ pub(super) static KEYS: &[Key] = &[
     key!("server.listen", server.listen, optional::<SocketAddr>),
     key!("server.data_dir", server.data_dir, optional::<PathBuf>),
     key!("server.public_url", server.public_url, optional::<String>),
+    key!("server.worker_threads", server.worker_threads, number),
     key!("limits.max_body_bytes", limits.max_body_bytes, number),
     key!("limits.max_plugin_bytes", limits.max_plugin_bytes, number),
     key!(

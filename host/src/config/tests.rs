@@ -282,6 +282,7 @@ fn every_key_can_be_set_from_the_environment() {
         ("GUARDIAN_SERVER_LISTEN", "0.0.0.0:9000"),
         ("GUARDIAN_SERVER_DATA_DIR", "/srv/guardian"),
         ("GUARDIAN_SERVER_PUBLIC_URL", "https://public.example/"),
+        ("GUARDIAN_SERVER_WORKER_THREADS", "3"),
         ("GUARDIAN_LIMITS_MAX_BODY_BYTES", "1000"),
         ("GUARDIAN_LIMITS_MAX_PLUGIN_BYTES", "2000"),
         ("GUARDIAN_LIMITS_REQUEST_TIMEOUT_MS", "3000"),
@@ -348,6 +349,7 @@ fn every_key_can_be_set_from_the_environment() {
         c.server.data_dir.as_deref(),
         Some(Path::new("/srv/guardian"))
     );
+    assert_eq!(c.server.worker_threads(), 3);
     assert_eq!(c.server.public_url(), Some("https://public.example"));
     let limits = &c.limits;
     assert_eq!(

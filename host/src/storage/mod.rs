@@ -16,8 +16,10 @@
 //!
 //! Invariants:
 //!
-//! - A write is answered only after its transaction is durably committed
-//!   (`synchronous=FULL`), so an acknowledged report survives a crash.
+//! - A write is answered only after its transaction is durably committed, so an
+//!   acknowledged report survives a crash or a power loss: other writes commit with
+//!   `synchronous=FULL`; report groups commit without a sync and are answered by a
+//!   second thread once its `fdatasync` of the log covers them (see `sqlite::writer`).
 //! - Reports of concurrent callers are committed together (group commit) by one writer
 //!   thread, which commits as soon as anything is queued: batching comes from load,
 //!   never from waiting.
@@ -442,11 +444,11 @@ pub struct CommitStats {
     /// Reports in the transaction (the group size), including rows answered with a
     /// per-report error such as an unknown endpoint.
     pub reports: usize,
-    /// Time from the start of the transaction to the end of its commit, fsync
-    /// included: the latency the group added to each of its reports.
+    /// Time from the start of the transaction to the end of the sync that made it
+    /// durable: the latency the group added to each of its reports.
     pub elapsed: Duration,
-    /// False when the transaction failed: then every report of the group was answered
-    /// with an error and none was stored.
+    /// False when the transaction or its sync failed: then every report of the group
+    /// was answered with an error.
     pub committed: bool,
 }
 
@@ -621,6 +623,12 @@ pub enum StorageError {
     /// that one failed group commit can answer every caller of the group.
     #[error("database error")]
     Database(#[source] Arc<rusqlite::Error>),
+    /// Syncing the write-ahead log to disk failed; the source holds the detail (for
+    /// logs only). After one such failure the storage acknowledges no more writes:
+    /// the kernel may have dropped the unsynced pages, so a later sync that succeeds
+    /// would not prove that earlier writes are on disk.
+    #[error("syncing the database log to disk failed")]
+    Sync(#[source] Arc<std::io::Error>),
     /// A decided seal of the endpoint is pending and must be completed first.
     #[error("another seal of this endpoint is pending")]
     SealPending,

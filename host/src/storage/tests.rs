@@ -912,6 +912,71 @@ async fn a_failed_commit_fails_every_report_of_the_group() {
     storage.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn after_a_failed_sync_no_report_is_acknowledged() {
+    let (_dir, path) = temp_db();
+    let (options, seen) = observed();
+    let (storage, steps) = store_with_endpoint(&path, options).await;
+    // The syncer opens the log at its first sync; gone, it cannot, as if the disk
+    // had failed. SQLite itself keeps writing to the file it holds open.
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::remove_file(&wal).unwrap();
+
+    for n in 1..=2 {
+        let error = storage
+            .insert_report(steps.id, report_id(n), vec![1], at(n))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StorageError::Sync(_)), "{error:?}");
+    }
+    // Committed to the database, but never acknowledged: no later sync that
+    // succeeds could prove the earlier log pages reached the disk.
+    assert_eq!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .map(|s| (s.reports, s.committed))
+            .collect::<Vec<_>>(),
+        [(1, false), (1, false)]
+    );
+    storage.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn jobs_between_report_groups_still_commit_synced() {
+    let (_dir, path) = temp_db();
+    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+    storage
+        .insert_report(steps.id, report_id(1), vec![1], at(1))
+        .await
+        .unwrap();
+    // Report groups commit unsynced (the syncer syncs them); a job must not.
+    for _ in 0..2 {
+        let (reply, answer) = oneshot::channel();
+        storage
+            .backend
+            .queue_job(Box::new(move |conn| {
+                let mode: i64 = conn
+                    .pragma_query_value(None, "synchronous", |row| row.get(0))
+                    .unwrap();
+                let _ = reply.send(mode);
+            }))
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.await.unwrap(),
+            2,
+            "jobs commit with synchronous=FULL"
+        );
+        storage
+            .insert_report(steps.id, report_id(2), vec![1], at(2))
+            .await
+            .unwrap();
+    }
+    storage.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_inserts_are_grouped_and_each_stored_once() {
     const TASKS: u64 = 64;

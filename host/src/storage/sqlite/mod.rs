@@ -88,8 +88,9 @@ impl SqliteBackend {
             // Still correct, but readers then wait for the writer.
             tracing::warn!(path = %path.display(), mode, "storage could not switch to WAL mode");
         }
-        // FULL: in WAL mode, every commit syncs the log, so an acknowledged report
-        // survives a power loss, not only a crash of the process.
+        // FULL: in WAL mode, every commit syncs the log, so what is acknowledged
+        // survives a power loss, not only a crash of the process. (The writer commits
+        // report groups without it and syncs them on its own thread; see `writer`.)
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         // Report ids are random, so every insert dirties a random page of the unique
@@ -111,7 +112,10 @@ impl SqliteBackend {
 
         let max_group = options.max_group.max(1);
         let (commands, queue) = mpsc::channel(max_group.saturating_mul(QUEUE_PER_GROUP_SLOT));
-        let writer = writer::spawn(conn, queue, max_group, options.commit_observer)
+        // SQLite's name for the database's write-ahead log.
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let writer = writer::spawn(conn, wal.into(), queue, max_group, options.commit_observer)
             .map_err(|_| StorageError::TaskFailed)?;
         Ok(SqliteBackend {
             path: path.to_path_buf(),
