@@ -229,6 +229,7 @@ impl ClientArgs {
 
 fn main() -> ExitCode {
     fix_malloc_thresholds();
+    guardian::auth::crypto::install();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(config),

@@ -91,6 +91,8 @@ impl DevIssuer {
     /// The directory or files cannot be created, read or written, or the key file
     /// holds something else than an RSA private key.
     pub fn load_or_create(dir: &Path) -> Result<DevIssuer, DevIssuerError> {
+        // Before the first use of jsonwebtoken below, which would settle its provider.
+        super::crypto::install();
         create_private_dir(dir)?;
         let key_path = dir.join(PRIVATE_KEY_FILE);
         if !key_path.exists() {

@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod crypto;
 pub mod dev_issuer;
 mod error;
 pub mod jwt;
