@@ -8,53 +8,23 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use guardian::auth::DevIssuer;
-use guardian::config::{Environment, Role, load};
+use guardian::config::Role;
 use guardian::server::Server;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-const PEER_TOKEN: &str = "a-test-peer-credential-of-enough-length-0123456789";
+mod common;
 
-/// Starts a server trusting the development issuer in `dir/issuer`, with `extra`
-/// settings.
-async fn start(dir: &Path, extra: &[(&str, String)]) -> Server {
-    let mut vars = vec![
-        ("GUARDIAN_SERVER_LISTEN", "127.0.0.1:0".to_owned()),
-        (
-            "GUARDIAN_SERVER_DATA_DIR",
-            dir.join("data").display().to_string(),
-        ),
-        ("GUARDIAN_AUTH_DEV_ISSUER", "true".to_owned()),
-        (
-            "GUARDIAN_AUTH_DEV_ISSUER_DIR",
-            dir.join("issuer").display().to_string(),
-        ),
-        ("GUARDIAN_AUTH_PEER_TOKEN", PEER_TOKEN.to_owned()),
-    ];
-    vars.extend(extra.iter().cloned());
-    let vars = vars.into_iter().map(|(k, v)| (k.to_owned(), v));
-    let loaded = load(None, &Environment::new().with_process(vars)).unwrap();
-    Server::start(loaded.config).await.unwrap()
-}
+use common::{dev_token as token, start_dev_server as start};
 
 fn url(server: &Server) -> String {
     format!("http://{}", server.local_addr())
-}
-
-/// A token of `role` for `sub`, from the issuer the servers in `dir` trust.
-fn token(dir: &Path, role: Role, sub: &str) -> String {
-    DevIssuer::load_or_create(&dir.join("issuer"))
-        .unwrap()
-        .mint(role, sub, Duration::from_secs(600))
-        .unwrap()
 }
 
 /// Sends a request; returns the status, the `Retry-After` header and the JSON body.

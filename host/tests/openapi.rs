@@ -9,15 +9,15 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
 
-use guardian::auth::DevIssuer;
-use guardian::config::{Environment, Role, load};
+use guardian::config::Role;
 use guardian::server::Server;
 use reqwest::{Client, Method};
 use serde_json::{Value, json};
 
-const PEER_TOKEN: &str = "a-test-peer-credential-of-enough-length-0123456789";
+mod common;
+
+use common::PEER_TOKEN;
 
 /// Every public route: (method, path, security scheme or "" for none). The
 /// routes clients and tests depend on (DESIGN.md section 5) and the peers'.
@@ -54,22 +54,7 @@ const METHODS: &[&str] = &[
 ];
 
 async fn start(dir: &Path) -> (Server, String) {
-    let vars = [
-        ("GUARDIAN_SERVER_LISTEN", "127.0.0.1:0".to_owned()),
-        (
-            "GUARDIAN_SERVER_DATA_DIR",
-            dir.join("data").display().to_string(),
-        ),
-        ("GUARDIAN_AUTH_DEV_ISSUER", "true".to_owned()),
-        (
-            "GUARDIAN_AUTH_DEV_ISSUER_DIR",
-            dir.join("issuer").display().to_string(),
-        ),
-        ("GUARDIAN_AUTH_PEER_TOKEN", PEER_TOKEN.to_owned()),
-    ]
-    .map(|(k, v)| (k.to_owned(), v));
-    let loaded = load(None, &Environment::new().with_process(vars)).unwrap();
-    let server = Server::start(loaded.config).await.unwrap();
+    let server = common::start_dev_server(dir, &[]).await;
     let url = format!("http://{}", server.local_addr());
     (server, url)
 }
@@ -102,10 +87,7 @@ fn references(value: &Value, out: &mut Vec<String>) {
 async fn the_document_describes_every_route_the_server_serves() {
     let dir = tempfile::tempdir().unwrap();
     let (server, url) = start(dir.path()).await;
-    let issuer = DevIssuer::load_or_create(&dir.path().join("issuer")).unwrap();
-    let admin = issuer
-        .mint(Role::Admin, "openapi-test", Duration::from_secs(600))
-        .unwrap();
+    let admin = common::dev_token(dir.path(), Role::Admin, "openapi-test");
     let http = Client::new();
 
     // Served without a token, as JSON.

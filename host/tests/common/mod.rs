@@ -1,23 +1,59 @@
-//! A cluster of real `guardian serve` processes for the end-to-end tests, and a
-//! client that shards and unshards with the same wasm plugins the servers run.
+//! A cluster of real `guardian serve` processes for the end-to-end tests, a
+//! client that shards and unshards with the same wasm plugins the servers run,
+//! and an in-process server trusting the development issuer.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use guardian::auth::DevIssuer;
+use guardian::config::{Environment, Role, load};
 use guardian::runtime::Plugin;
 use guardian::runtime::testing::builtin;
+use guardian::server::Server;
 use rand::Rng as _;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
 pub const PEER_TOKEN: &str = "a-test-peer-credential-of-enough-length-0123456789";
+
+/// Starts a server in this process on port 0, with its data in `dir/data`,
+/// trusting the development issuer in `dir/issuer`, with the peer credential
+/// and the `extra` settings (environment names).
+pub async fn start_dev_server(dir: &Path, extra: &[(&str, String)]) -> Server {
+    let mut vars = vec![
+        ("GUARDIAN_SERVER_LISTEN", "127.0.0.1:0".to_owned()),
+        (
+            "GUARDIAN_SERVER_DATA_DIR",
+            dir.join("data").display().to_string(),
+        ),
+        ("GUARDIAN_AUTH_DEV_ISSUER", "true".to_owned()),
+        (
+            "GUARDIAN_AUTH_DEV_ISSUER_DIR",
+            dir.join("issuer").display().to_string(),
+        ),
+        ("GUARDIAN_AUTH_PEER_TOKEN", PEER_TOKEN.to_owned()),
+    ];
+    vars.extend(extra.iter().cloned());
+    let vars = vars.into_iter().map(|(k, v)| (k.to_owned(), v));
+    let loaded = load(None, &Environment::new().with_process(vars)).unwrap();
+    Server::start(loaded.config).await.unwrap()
+}
+
+/// A token of `role` for `sub` from the development issuer of
+/// [`start_dev_server`]`(dir, …)`.
+pub fn dev_token(dir: &Path, role: Role, sub: &str) -> String {
+    DevIssuer::load_or_create(&dir.join("issuer"))
+        .unwrap()
+        .mint(role, sub, Duration::from_secs(600))
+        .unwrap()
+}
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
