@@ -159,13 +159,12 @@ const MAX_YIELDS: usize = 8;
 /// between takes for as long as that brings more.
 ///
 /// Each commit has a fixed cost (the log frames of the pages every insert shares,
-/// the sync), so small groups cost more per report. A writer that woke for the
-/// first report of a group would otherwise commit it while the request threads,
-/// which it just preempted, still hold the rest of the group's requests: the
-/// groups shrink, the fixed costs eat the processor the requests need, and
-/// throughput settles at about half (measured on two cores). Yielding lets a
-/// runnable request thread queue what it has first; on an idle machine the yield
-/// returns at once and finds nothing, so a lone report is not delayed.
+/// the sync, the wake-ups), so small groups cost more per report. The writer wakes
+/// for the first report of a group, often on the processor of the request thread
+/// that queued it and still holds more; yielding lets that thread queue them
+/// first. On an idle machine the yield returns at once and finds nothing, so a
+/// lone report is not delayed. Measured on two cores at the same rate: groups of
+/// 55–60 reports instead of 30–38, a few per cent less server CPU per report.
 fn take_ready(commands: &mut mpsc::Receiver<Command>, taken: &mut Vec<Command>, max_group: usize) {
     for yields in 0..=MAX_YIELDS {
         let before = taken.len();
