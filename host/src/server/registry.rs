@@ -325,14 +325,18 @@ mod tests {
             waited < Duration::from_millis(15),
             "sleeping used {waited:?}"
         );
+        // Work: the count grows with it (spinning until it shows 20 ms, which on a
+        // busy machine can take longer than 20 ms of wall time).
         let spin = Instant::now();
-        while spin.elapsed() < Duration::from_millis(30) {
+        let mut worked = Duration::ZERO;
+        while worked < Duration::from_millis(20) && spin.elapsed() < Duration::from_secs(20) {
             std::hint::spin_loop();
+            worked = thread_cpu_time().unwrap().saturating_sub(start);
         }
-        let worked = thread_cpu_time().unwrap().saturating_sub(start);
         assert!(
-            worked >= Duration::from_millis(15),
-            "spinning used {worked:?}"
+            worked >= Duration::from_millis(20),
+            "spinning for {:?} used {worked:?}",
+            spin.elapsed()
         );
     }
 }

@@ -87,17 +87,24 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("storage-writer".to_owned())
         .spawn(move || {
-            run(
+            let conn = run(
                 conn,
                 commands,
                 max_group.max(1),
                 &to_syncer,
                 observer.as_ref(),
             );
-            // Ends the syncer once it has answered every group already committed.
+            // Ends the syncer once it has answered every group already committed;
+            // only then may the connection close (which can delete the log file).
             drop(to_syncer);
             if syncer.join().is_err() {
                 tracing::error!("the storage sync thread panicked");
+            }
+            if let Err((_, error)) = conn.close() {
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "closing the storage write connection failed"
+                );
             }
         })
 }
@@ -113,7 +120,7 @@ fn run(
     max_group: usize,
     syncer: &std_mpsc::SyncSender<Committed>,
     observer: Option<&CommitObserver>,
-) {
+) -> Connection {
     let mut taken: Vec<Command> = Vec::with_capacity(max_group);
     let mut group: Vec<InsertReport> = Vec::with_capacity(max_group);
     // A connection whose `synchronous` cannot be set would break the durability of
@@ -144,12 +151,7 @@ fn run(
         }
         commit_group(&mut conn, &mut group, &sync_mode, syncer, observer);
     }
-    if let Err((_, error)) = conn.close() {
-        tracing::warn!(
-            error = &error as &dyn std::error::Error,
-            "closing the storage write connection failed"
-        );
-    }
+    conn
 }
 
 /// Most times [`take_ready`] yields the processor for one group.
@@ -281,8 +283,8 @@ fn sync_loop(
     observer: Option<CommitObserver>,
 ) {
     // Opened at the first sync: SQLite creates the log file lazily. It is never
-    // deleted while the writer's connection is open, and that connection outlives
-    // this thread.
+    // deleted while the writer's connection is open, and that connection is closed
+    // only after this thread ends.
     let mut log: Option<File> = None;
     let mut failed: Option<StorageError> = None;
     let mut pending = Vec::new();
