@@ -69,6 +69,15 @@ fn observed() -> (StorageOptions, Arc<Mutex<Vec<CommitStats>>>) {
     (options, seen)
 }
 
+/// Each recorded group commit as (reports, committed).
+fn groups(seen: &Mutex<Vec<CommitStats>>) -> Vec<(usize, bool)> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|s| (s.reports, s.committed))
+        .collect()
+}
+
 /// Opens a store with one plugin and one endpoint; returns the endpoint.
 async fn store_with_endpoint(path: &Path, options: StorageOptions) -> (Storage, Endpoint) {
     let storage = Storage::open(path, options).await.unwrap();
@@ -840,13 +849,11 @@ async fn one_group_behaves_like_sequential_inserts() {
             Ok(InsertReportOutcome::Stored),
         ]
     );
-    let groups: Vec<(usize, bool)> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|s| (s.reports, s.committed))
-        .collect();
-    assert_eq!(groups, [(5, true)], "the five inserts were not one group");
+    assert_eq!(
+        groups(&seen),
+        [(5, true)],
+        "the five inserts were not one group"
+    );
     storage.close().await.unwrap();
     let reports = stored_reports(&path, steps.id);
     assert_eq!(reports.len(), 2);
@@ -888,14 +895,7 @@ async fn a_failed_commit_fails_every_report_of_the_group() {
         let error = reply.await.unwrap().unwrap_err();
         assert!(matches!(error, StorageError::Database(_)), "{error:?}");
     }
-    assert_eq!(
-        seen.lock()
-            .unwrap()
-            .iter()
-            .map(|s| (s.reports, s.committed))
-            .collect::<Vec<_>>(),
-        [(3, false)]
-    );
+    assert_eq!(groups(&seen), [(3, false)]);
     assert!(
         stored_reports(&path, steps.id).is_empty(),
         "a failed group left rows"
@@ -919,9 +919,7 @@ async fn after_a_failed_sync_no_report_is_acknowledged() {
     let (storage, steps) = store_with_endpoint(&path, options).await;
     // The syncer opens the log at its first sync; gone, it cannot, as if the disk
     // had failed. SQLite itself keeps writing to the file it holds open.
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    std::fs::remove_file(&wal).unwrap();
+    std::fs::remove_file(super::sqlite::wal_path(&path)).unwrap();
 
     for n in 1..=2 {
         let error = storage
@@ -929,17 +927,12 @@ async fn after_a_failed_sync_no_report_is_acknowledged() {
             .await
             .unwrap_err();
         assert!(matches!(error, StorageError::Sync(_)), "{error:?}");
+        // A log file to sync is back; the failure must stick all the same.
+        std::fs::File::create(super::sqlite::wal_path(&path)).unwrap();
     }
     // Committed to the database, but never acknowledged: no later sync that
     // succeeds could prove the earlier log pages reached the disk.
-    assert_eq!(
-        seen.lock()
-            .unwrap()
-            .iter()
-            .map(|s| (s.reports, s.committed))
-            .collect::<Vec<_>>(),
-        [(1, false), (1, false)]
-    );
+    assert_eq!(groups(&seen), [(1, false), (1, false)]);
     storage.close().await.unwrap();
 }
 

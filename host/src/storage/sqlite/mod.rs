@@ -66,6 +66,13 @@ struct ReadPool {
     busy_timeout: Duration,
 }
 
+/// SQLite's name for the write-ahead log of the database at `path`.
+pub(crate) fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    wal.into()
+}
+
 /// Locks a mutex whose data stays valid even if a holder panicked (a list of idle
 /// connections, a join handle), so poisoning is ignored.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -112,11 +119,14 @@ impl SqliteBackend {
 
         let max_group = options.max_group.max(1);
         let (commands, queue) = mpsc::channel(max_group.saturating_mul(QUEUE_PER_GROUP_SLOT));
-        // SQLite's name for the database's write-ahead log.
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        let writer = writer::spawn(conn, wal.into(), queue, max_group, options.commit_observer)
-            .map_err(|_| StorageError::TaskFailed)?;
+        let writer = writer::spawn(
+            conn,
+            wal_path(path),
+            queue,
+            max_group,
+            options.commit_observer,
+        )
+        .map_err(|_| StorageError::TaskFailed)?;
         Ok(SqliteBackend {
             path: path.to_path_buf(),
             commands,
