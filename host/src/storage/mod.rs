@@ -411,6 +411,10 @@ pub struct StorageOptions {
     /// Prometheus metrics. It must be quick and must not block: the group's callers
     /// are answered only after it returns.
     pub commit_observer: Option<CommitObserver>,
+    /// How many new report ids may wait in the writer's memory before it moves
+    /// them, a key range at a time, to the index of stored ids (see
+    /// `storage::sqlite::ids`). More waiting means fewer pages written per id.
+    pub id_index_batch: usize,
 }
 
 /// Callback receiving the [`CommitStats`] of every group commit.
@@ -423,6 +427,7 @@ impl Default for StorageOptions {
             busy_timeout: Duration::from_secs(5),
             max_group: 1024,
             commit_observer: None,
+            id_index_batch: sqlite::ids::FLUSH_AT,
         }
     }
 }
@@ -434,6 +439,7 @@ impl fmt::Debug for StorageOptions {
             .field("busy_timeout", &self.busy_timeout)
             .field("max_group", &self.max_group)
             .field("commit_observer", &self.commit_observer.is_some())
+            .field("id_index_batch", &self.id_index_batch)
             .finish()
     }
 }

@@ -10,7 +10,9 @@ use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
+use super::sqlite::ids::ReportIds;
 use super::sqlite::migrations::{self, MIGRATIONS, Migration};
+use super::sqlite::sql;
 use super::*;
 
 /// A fixed time with whole milliseconds, so that it reads back unchanged.
@@ -1236,16 +1238,19 @@ async fn sql_inserts_per_second_without_the_queue() {
         .backend
         .queue_job(Box::new(move |conn| {
             let started = Instant::now();
+            let mut ids = ReportIds::load(conn, super::sqlite::ids::FLUSH_AT).unwrap();
             let mut n: u64 = 0;
             while n < 100_000 {
                 let tx = conn.transaction().unwrap();
                 for _ in 0..43 {
                     let mut id = report_id(n);
                     id[..8].copy_from_slice(&n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
-                    super::sqlite::sql::insert_report(&tx, steps.id, &id, &[1u8; 80], 0).unwrap();
+                    sql::insert_report(&tx, &mut ids, steps.id, &id, &[1u8; 80], 0).unwrap();
                     n += 1;
                 }
                 tx.commit().unwrap();
+                ids.commit();
+                ids.flush(conn).unwrap();
             }
             let _ = reply.send(started.elapsed());
         }))
@@ -1581,4 +1586,322 @@ async fn user_keys_differ_between_databases() {
     assert_ne!(first.user_key("alice"), second.user_key("alice"));
     first.close().await.unwrap();
     second.close().await.unwrap();
+}
+
+/// A report id whose first byte puts it in key range `n % 64` of the id index.
+fn spread_id(n: u64) -> [u8; 16] {
+    let mut id = report_id(n);
+    id[0] = u8::try_from((n % 64) * 4).unwrap();
+    id
+}
+
+/// Report rows up to the watermark whose id is missing from `report_ids`: none if
+/// the index keeps its promise.
+fn unindexed_below_watermark(conn: &Connection) -> i64 {
+    conn.query_row(
+        "SELECT count(*) FROM reports AS r \
+         WHERE r.id <= (SELECT indexed_through FROM report_ids_state) \
+         AND NOT EXISTS (SELECT 1 FROM report_ids AS i \
+         WHERE i.endpoint_id = r.endpoint_id AND i.report_id = r.report_id AND i.row = r.id)",
+        [],
+        |row| row.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn ids_moved_to_the_index_still_answer_retries_after_a_restart() {
+    let (_dir, path) = temp_db();
+    // Two waiting ids are enough for a move: most ids go through the index.
+    let options = || StorageOptions {
+        id_index_batch: 2,
+        ..StorageOptions::default()
+    };
+    let (storage, steps) = store_with_endpoint(&path, options()).await;
+    async fn post(
+        storage: &Storage,
+        endpoint: EndpointId,
+        n: u64,
+        share: u8,
+    ) -> InsertReportOutcome {
+        let share = vec![share; 8];
+        storage
+            .insert_report(endpoint, spread_id(n), share, at(5))
+            .await
+            .unwrap()
+    }
+    let endpoint = steps.id;
+    for n in 0..300 {
+        assert_eq!(
+            post(&storage, endpoint, n, 1).await,
+            InsertReportOutcome::Stored
+        );
+    }
+    let indexed: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM report_ids", [], |row| row.get(0))
+        .unwrap();
+    assert!(indexed >= 250, "only {indexed} of 300 ids were moved");
+    for n in 0..300 {
+        assert_eq!(
+            post(&storage, endpoint, n, 1).await,
+            InsertReportOutcome::Duplicate
+        );
+        assert_eq!(
+            post(&storage, endpoint, n, 2).await,
+            InsertReportOutcome::Conflict
+        );
+    }
+    storage.close().await.unwrap();
+
+    let storage = Storage::open(&path, options()).await.unwrap();
+    for n in 0..300 {
+        assert_eq!(
+            post(&storage, endpoint, n, 1).await,
+            InsertReportOutcome::Duplicate
+        );
+        assert_eq!(
+            post(&storage, endpoint, n, 2).await,
+            InsertReportOutcome::Conflict
+        );
+    }
+    assert_eq!(
+        post(&storage, endpoint, 300, 1).await,
+        InsertReportOutcome::Stored
+    );
+    let counts = storage.endpoint_counts("steps").await.unwrap().unwrap();
+    assert_eq!(
+        (counts.unbatched, counts.batched, counts.expired),
+        (301, 0, 0)
+    );
+    storage.close().await.unwrap();
+    let reports = stored_reports(&path, steps.id);
+    assert_eq!(reports.len(), 301);
+    assert_eq!(
+        unindexed_below_watermark(&Connection::open(&path).unwrap()),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_endpoints_waiting_ids_never_reach_the_index() {
+    let (_dir, path) = temp_db();
+    let options = StorageOptions {
+        id_index_batch: 1,
+        ..StorageOptions::default()
+    };
+    let (storage, steps) = store_with_endpoint(&path, options).await;
+    let sum = plugin("sum", b"sum wasm");
+    let CreateEndpointOutcome::Created(other) = storage
+        .create_endpoint(endpoint("other", &sum, b"config", 10))
+        .await
+        .unwrap()
+    else {
+        panic!("endpoint not created");
+    };
+    // Paused, so that these are one group and all wait in memory (a move after
+    // a group takes one range) when the endpoint is deleted.
+    let release = pause_writer(&storage).await;
+    let mut replies = Vec::new();
+    for n in 0..64 {
+        let queued = storage
+            .backend
+            .queue_report(steps.id, spread_id(n), vec![1; 8], at(5));
+        replies.push(queued.await.unwrap());
+    }
+    drop(release);
+    for reply in replies {
+        assert_eq!(reply.await.unwrap().unwrap(), InsertReportOutcome::Stored);
+    }
+    assert!(storage.delete_endpoint("steps").await.unwrap());
+    // Enough groups for every range to be moved at least once.
+    for n in 0..200 {
+        let outcome = storage.insert_report(other.id, spread_id(n), vec![2; 8], at(5));
+        assert_eq!(outcome.await.unwrap(), InsertReportOutcome::Stored);
+    }
+    storage.close().await.unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let stale: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM report_ids WHERE endpoint_id = ?1",
+            [steps.id.0],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(stale, 0);
+    let moved: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM report_ids WHERE endpoint_id = ?1",
+            [other.id.0],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert!(moved >= 100, "only {moved} of 200 ids were moved");
+}
+
+#[tokio::test]
+async fn reports_of_the_unique_index_schema_keep_their_ids() {
+    let (_dir, path) = temp_db();
+    let sum = plugin("sum", b"sum wasm");
+    let created = {
+        let mut conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "foreign_keys", true).unwrap();
+        // The schema before the id index: version 4.
+        migrations::migrate(&mut conn, &MIGRATIONS[..4]).unwrap();
+        sql::put_plugin(&conn, &sum).unwrap();
+        let CreateEndpointOutcome::Created(created) =
+            sql::create_endpoint(&conn, &endpoint("steps", &sum, b"config", 10)).unwrap()
+        else {
+            panic!("endpoint not created");
+        };
+        for n in 0..50 {
+            conn.execute(
+                "INSERT INTO reports (endpoint_id, report_id, share, received_at) \
+                 VALUES (?1, ?2, ?3, 5)",
+                rusqlite::params![created.id.0, spread_id(n), vec![1u8; 8]],
+            )
+            .unwrap();
+        }
+        created
+    };
+    let storage = Storage::open(&path, StorageOptions::default())
+        .await
+        .unwrap();
+    for n in 0..50 {
+        let outcome = storage.insert_report(created.id, spread_id(n), vec![1; 8], at(6));
+        assert_eq!(outcome.await.unwrap(), InsertReportOutcome::Duplicate);
+        let outcome = storage.insert_report(created.id, spread_id(n), vec![2; 8], at(6));
+        assert_eq!(outcome.await.unwrap(), InsertReportOutcome::Conflict);
+    }
+    let outcome = storage.insert_report(created.id, spread_id(50), vec![1; 8], at(6));
+    assert_eq!(outcome.await.unwrap(), InsertReportOutcome::Stored);
+    storage.close().await.unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let (indexed, through): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM report_ids), indexed_through FROM report_ids_state",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((indexed, through), (50, 50));
+    assert_eq!(unindexed_below_watermark(&conn), 0);
+    assert_eq!(stored_reports(&path, created.id).len(), 51);
+}
+
+/// One step of [`the_id_index_agrees_with_a_model`].
+#[derive(Debug, Clone)]
+enum IdStep {
+    /// Insert id `.0` of a small pool with share `.1` (in the open transaction).
+    Insert(u8, u8),
+    Commit,
+    RollBack,
+    /// Commit, then let the index move a range if enough ids wait.
+    Move,
+    /// Forget the memory, as a crash would, and read it back from the database.
+    Crash,
+}
+
+fn id_step() -> impl proptest::strategy::Strategy<Value = IdStep> {
+    use proptest::prelude::*;
+    prop_oneof![
+        6 => (0u8..=255, 0u8..2).prop_map(|(id, share)| IdStep::Insert(id, share)),
+        2 => Just(IdStep::Commit),
+        1 => Just(IdStep::RollBack),
+        3 => Just(IdStep::Move),
+        1 => Just(IdStep::Crash),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Any sequence of inserts, commits, rollbacks, moves and crashes: every insert
+    /// is answered as a plain map of committed ids would answer it, no id is stored
+    /// twice, and every row up to the watermark is in the index.
+    #[test]
+    fn the_id_index_agrees_with_a_model(
+        steps in proptest::collection::vec(id_step(), 1..200),
+        flush_at in 1usize..6,
+        ranges in 1usize..5,
+    ) {
+        let (_dir, path) = temp_db();
+        let mut conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "foreign_keys", true).unwrap();
+        conn.pragma_update(None, "synchronous", "OFF").unwrap();
+        migrations::migrate(&mut conn, MIGRATIONS).unwrap();
+        let sum = plugin("sum", b"sum wasm");
+        sql::put_plugin(&conn, &sum).unwrap();
+        let CreateEndpointOutcome::Created(created) =
+            sql::create_endpoint(&conn, &endpoint("steps", &sum, b"config", 10)).unwrap()
+        else {
+            panic!("endpoint not created");
+        };
+        let mut ids = ReportIds::load_with_ranges(&conn, flush_at, ranges).unwrap();
+        let mut committed: HashMap<u8, u8> = HashMap::new();
+        let mut open: HashMap<u8, u8> = HashMap::new();
+        let mut in_tx = false;
+        for step in steps {
+            let commit = |conn: &Connection, ids: &mut ReportIds, in_tx: &mut bool,
+                          open: &mut HashMap<u8, u8>, committed: &mut HashMap<u8, u8>| {
+                if std::mem::take(in_tx) {
+                    conn.execute_batch("COMMIT").unwrap();
+                    ids.commit();
+                    committed.extend(open.drain());
+                }
+            };
+            match step {
+                IdStep::Insert(id, share) => {
+                    if !in_tx {
+                        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                        in_tx = true;
+                    }
+                    let expected = match open.get(&id).or(committed.get(&id)) {
+                        None => InsertReportOutcome::Stored,
+                        Some(&stored) if stored == share => InsertReportOutcome::Duplicate,
+                        Some(_) => InsertReportOutcome::Conflict,
+                    };
+                    let outcome = sql::insert_report(
+                        &conn, &mut ids, created.id, &[id; 16], &[share; 4], 5,
+                    )
+                    .unwrap();
+                    proptest::prop_assert_eq!(&outcome, &expected, "id {}", id);
+                    if outcome == InsertReportOutcome::Stored {
+                        open.insert(id, share);
+                    }
+                }
+                IdStep::Commit => commit(&conn, &mut ids, &mut in_tx, &mut open, &mut committed),
+                IdStep::RollBack => {
+                    if std::mem::take(&mut in_tx) {
+                        conn.execute_batch("ROLLBACK").unwrap();
+                        ids.roll_back();
+                        open.clear();
+                    }
+                }
+                IdStep::Move => {
+                    commit(&conn, &mut ids, &mut in_tx, &mut open, &mut committed);
+                    ids.flush(&mut conn).unwrap();
+                }
+                IdStep::Crash => {
+                    if std::mem::take(&mut in_tx) {
+                        conn.execute_batch("ROLLBACK").unwrap();
+                        open.clear();
+                    }
+                    ids = ReportIds::load_with_ranges(&conn, flush_at, ranges).unwrap();
+                }
+            }
+            if !in_tx {
+                proptest::prop_assert_eq!(unindexed_below_watermark(&conn), 0);
+            }
+        }
+        if in_tx {
+            conn.execute_batch("COMMIT").unwrap();
+            committed.extend(open.drain());
+        }
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM reports", [], |row| row.get(0))
+            .unwrap();
+        proptest::prop_assert_eq!(rows, committed.len() as i64);
+        drop(conn);
+        proptest::prop_assert_eq!(stored_reports(&path, created.id).len(), committed.len());
+    }
 }

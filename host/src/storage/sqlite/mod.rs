@@ -6,6 +6,7 @@
 //! the read pool and the plumbing from async callers to these threads live here; the
 //! statements live in `sql`, the schema in `migrations`.
 
+pub(crate) mod ids;
 pub(crate) mod migrations;
 pub(crate) mod sql;
 pub(crate) mod writer;
@@ -119,8 +120,10 @@ impl SqliteBackend {
 
         let max_group = options.max_group.max(1);
         let (commands, queue) = mpsc::channel(max_group.saturating_mul(QUEUE_PER_GROUP_SLOT));
+        let ids = ids::ReportIds::load(&conn, options.id_index_batch)?;
         let writer = writer::spawn(
             conn,
+            ids,
             wal_path(path),
             queue,
             max_group,

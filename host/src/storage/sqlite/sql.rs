@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::ids::ReportIds;
+
 use crate::storage::{
     Batch, BatchInfo, CommitOutcome, CreateEndpointOutcome, Endpoint, EndpointCounts, EndpointId,
     EndpointRecord, InsertReportOutcome, NewBatch, PluginInfo, PluginRecord, PutPluginOutcome,
@@ -224,7 +226,7 @@ pub(crate) fn delete_endpoint(conn: &Connection, name: &str) -> rusqlite::Result
     else {
         return Ok(false);
     };
-    for table in ["reports", "batches", "seals"] {
+    for table in ["report_ids", "reports", "batches", "seals"] {
         conn.prepare_cached(&format!("DELETE FROM {table} WHERE endpoint_id = ?1"))?
             .execute([id])?;
     }
@@ -246,7 +248,7 @@ pub(crate) fn endpoint_counts(
         return Ok(None);
     };
     // Two queries so that each uses an index: the partial index for the unbatched
-    // reports, the unique (endpoint_id, report_id) index for all of them.
+    // reports, `reports_by_endpoint` for all of them.
     let unbatched: u64 = conn
         .prepare_cached("SELECT count(*) FROM reports WHERE endpoint_id = ?1 AND batch_id IS NULL")?
         .query_row([id], |row| row.get(0))?;
@@ -270,41 +272,58 @@ pub(crate) fn endpoint_counts(
 /// Stores one report, or tells how it compares to the report already stored under
 /// its id. A failure leaves the surrounding transaction usable (SQLite undoes only the
 /// failed statement), unless the connection reports it rolled the transaction back.
+/// Only the writer calls it, with its [`ReportIds`].
 pub(crate) fn insert_report(
     conn: &Connection,
+    ids: &mut ReportIds,
     endpoint: EndpointId,
     report_id: &[u8; 16],
     share: &[u8],
     received_at: i64,
 ) -> Result<InsertReportOutcome, StorageError> {
-    // Inserting first: a new id, the common case, costs one statement.
+    if let Some(outcome) = stored_outcome(conn, ids, endpoint, report_id, share)? {
+        return Ok(outcome);
+    }
     let inserted = conn
         .prepare_cached(
             "INSERT INTO reports (endpoint_id, report_id, share, received_at) \
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (endpoint_id, report_id) DO NOTHING",
+             VALUES (?1, ?2, ?3, ?4)",
         )?
         .execute(params![endpoint.0, report_id, share, received_at]);
+    stored(conn, ids, endpoint, report_id, inserted)
+}
+
+/// The outcome of the `INSERT` of a new report, which `ids` then knows.
+fn stored(
+    conn: &Connection,
+    ids: &mut ReportIds,
+    endpoint: EndpointId,
+    report_id: &[u8; 16],
+    inserted: rusqlite::Result<usize>,
+) -> Result<InsertReportOutcome, StorageError> {
     match inserted {
-        Ok(0) => {}
-        Ok(_) => return Ok(InsertReportOutcome::Stored),
-        Err(error) if is_foreign_key_violation(&error) => {
-            return Err(StorageError::UnknownEndpoint);
+        Ok(_) => {
+            ids.added(endpoint, *report_id, conn.last_insert_rowid());
+            Ok(InsertReportOutcome::Stored)
         }
-        Err(error) => return Err(error.into()),
+        Err(error) if is_foreign_key_violation(&error) => Err(StorageError::UnknownEndpoint),
+        Err(error) => Err(error.into()),
     }
-    // The insert found the id taken, so the row is there.
-    Ok(stored_outcome(conn, endpoint, report_id, share)?.unwrap_or(InsertReportOutcome::Conflict))
 }
 
 /// How `share` compares to the report already stored under `report_id`, if any.
 fn stored_outcome(
     conn: &Connection,
+    ids: &ReportIds,
     endpoint: EndpointId,
     report_id: &[u8; 16],
     share: &[u8],
 ) -> rusqlite::Result<Option<InsertReportOutcome>> {
-    conn.prepare_cached("SELECT share FROM reports WHERE endpoint_id = ?1 AND report_id = ?2")?
-        .query_row(params![endpoint.0, report_id], |row| {
+    let Some(row) = ids.find(conn, endpoint, report_id)? else {
+        return Ok(None);
+    };
+    conn.prepare_cached("SELECT share FROM reports WHERE id = ?1 AND endpoint_id = ?2")?
+        .query_row(params![row, endpoint.0], |row| {
             // A NULL share was released and deleted: it cannot be compared, so the
             // replay is refused rather than acknowledged.
             Ok(if row.get_ref(0)?.as_blob_or_null()? == Some(share) {
@@ -313,6 +332,7 @@ fn stored_outcome(
                 InsertReportOutcome::Conflict
             })
         })
+        // No row: the endpoint was deleted (its insert then fails as unknown).
         .optional()
 }
 
@@ -323,13 +343,14 @@ fn stored_outcome(
 /// count sees every report inserted before it, those of the same group included.
 pub(crate) fn insert_report_for_user(
     conn: &Connection,
+    ids: &mut ReportIds,
     endpoint: EndpointId,
     report_id: &[u8; 16],
     share: &[u8],
     received_at: i64,
     quota: &UserQuota,
 ) -> Result<InsertReportOutcome, StorageError> {
-    if let Some(outcome) = stored_outcome(conn, endpoint, report_id, share)? {
+    if let Some(outcome) = stored_outcome(conn, ids, endpoint, report_id, share)? {
         return Ok(outcome);
     }
     if unbatched_of_user(conn, endpoint, &quota.user)? >= quota.max {
@@ -347,11 +368,7 @@ pub(crate) fn insert_report_for_user(
             received_at,
             quota.user.0
         ]);
-    match inserted {
-        Ok(_) => Ok(InsertReportOutcome::Stored),
-        Err(error) if is_foreign_key_violation(&error) => Err(StorageError::UnknownEndpoint),
-        Err(error) => Err(error.into()),
-    }
+    stored(conn, ids, endpoint, report_id, inserted)
 }
 
 /// How many unbatched reports of an endpoint a user holds: a lookup in the partial

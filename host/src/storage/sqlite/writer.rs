@@ -32,6 +32,7 @@ use std::time::Instant;
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use super::ids::ReportIds;
 use super::sql;
 use crate::storage::{
     CommitObserver, CommitStats, EndpointId, InsertReportOutcome, StorageError, UserQuota,
@@ -72,6 +73,7 @@ pub(crate) struct InsertReport {
 /// database's write-ahead log file).
 pub(crate) fn spawn(
     conn: Connection,
+    ids: ReportIds,
     wal: PathBuf,
     commands: mpsc::Receiver<Command>,
     max_group: usize,
@@ -89,6 +91,7 @@ pub(crate) fn spawn(
         .spawn(move || {
             let conn = run(
                 conn,
+                ids,
                 commands,
                 max_group.max(1),
                 &to_syncer,
@@ -116,6 +119,7 @@ const JOB_SYNC: &str = "FULL";
 
 fn run(
     mut conn: Connection,
+    mut ids: ReportIds,
     mut commands: mpsc::Receiver<Command>,
     max_group: usize,
     syncer: &std_mpsc::SyncSender<Committed>,
@@ -135,7 +139,9 @@ fn run(
                 Command::Insert(insert) => group.push(insert),
                 Command::Job(job) => {
                     // Keep queue order: inserts queued before the job commit first.
-                    commit_group(&mut conn, &mut group, &sync_mode, syncer, observer);
+                    commit_group(
+                        &mut conn, &mut ids, &mut group, &sync_mode, syncer, observer,
+                    );
                     sync_mode = sync_mode.and_then(|()| set_sync(&conn, JOB_SYNC));
                     if sync_mode.is_ok() {
                         job(&mut conn);
@@ -149,7 +155,20 @@ fn run(
                 Command::Shutdown => commands.close(),
             }
         }
-        commit_group(&mut conn, &mut group, &sync_mode, syncer, observer);
+        commit_group(
+            &mut conn, &mut ids, &mut group, &sync_mode, syncer, observer,
+        );
+        // Between groups, and not durable by itself: a move lost in a crash is
+        // redone from `reports` at the next start.
+        if sync_mode.is_ok()
+            && let Err(error) = ids.flush(&mut conn)
+        {
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                waiting = ids.waiting(),
+                "moving report ids to their index failed; they keep waiting"
+            );
+        }
     }
     conn
 }
@@ -212,6 +231,7 @@ struct Committed {
 /// at once and nothing of the group is acknowledged.
 fn commit_group(
     conn: &mut Connection,
+    ids: &mut ReportIds,
     group: &mut Vec<InsertReport>,
     sync_mode: &Result<(), StorageError>,
     syncer: &std_mpsc::SyncSender<Committed>,
@@ -224,7 +244,7 @@ fn commit_group(
     let mut answers = Vec::with_capacity(group.len());
     let written = sync_mode
         .clone()
-        .and_then(|()| write_group(conn, group, &mut answers));
+        .and_then(|()| write_group(conn, ids, group, &mut answers));
     let committed = Committed {
         // A new vector of the group's size; the writer keeps its large one.
         #[allow(clippy::drain_collect)]
@@ -321,8 +341,24 @@ fn sync(wal: &std::path::Path, log: &mut Option<File>) -> std::io::Result<()> {
 }
 
 /// Runs the inserts of `group` in one transaction, pushing each outcome to `answers`.
+/// `ids` learns the group's new reports only if the transaction commits.
 fn write_group(
     conn: &mut Connection,
+    ids: &mut ReportIds,
+    group: &[InsertReport],
+    answers: &mut Vec<Result<InsertReportOutcome, StorageError>>,
+) -> Result<(), StorageError> {
+    let written = write_group_tx(conn, ids, group, answers);
+    match written {
+        Ok(()) => ids.commit(),
+        Err(_) => ids.roll_back(),
+    }
+    written
+}
+
+fn write_group_tx(
+    conn: &mut Connection,
+    ids: &mut ReportIds,
     group: &[InsertReport],
     answers: &mut Vec<Result<InsertReportOutcome, StorageError>>,
 ) -> Result<(), StorageError> {
@@ -331,6 +367,7 @@ fn write_group(
         let answer = match &insert.quota {
             None => sql::insert_report(
                 &tx,
+                ids,
                 insert.endpoint,
                 &insert.report_id,
                 &insert.share,
@@ -340,6 +377,7 @@ fn write_group(
             // one user in one group cannot exceed the quota together.
             Some(quota) => sql::insert_report_for_user(
                 &tx,
+                ids,
                 insert.endpoint,
                 &insert.report_id,
                 &insert.share,
