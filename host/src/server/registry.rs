@@ -20,8 +20,40 @@ use crate::storage::{Endpoint, PluginRecord, PutPluginOutcome, Storage};
 pub(super) struct LiveEndpoint {
     pub(super) endpoint: Endpoint,
     pub(super) plugin: Plugin,
-    /// Set once a `validate` ran past [`INLINE_BUDGET`].
+    budget: InlineBudget,
+}
+
+/// Whether an endpoint's `validate` still runs inline; see [`Registry::validate`].
+#[derive(Default)]
+struct InlineBudget {
+    /// Set once a `validate` used more than [`INLINE_BUDGET`] of processor time.
     slow: AtomicBool,
+    /// The last inline `validate` took longer than [`INLINE_BUDGET`] in wall
+    /// time: the next one measures its processor time.
+    suspect: AtomicBool,
+}
+
+impl InlineBudget {
+    /// Before an inline call: whether to measure it, and its thread's processor
+    /// time so far if so.
+    fn start(&self) -> (bool, Option<Duration>) {
+        let measured = self.suspect.load(Ordering::Relaxed);
+        (measured, if measured { thread_cpu_time() } else { None })
+    }
+
+    /// After an inline call that took `elapsed`, given what [`Self::start`]
+    /// said; `used` gives the processor time it used. Returns whether this call
+    /// moved the endpoint off the inline path.
+    fn finish(
+        &self,
+        (measured, _): (bool, Option<Duration>),
+        elapsed: Duration,
+        used: impl FnOnce() -> Duration,
+    ) -> bool {
+        let over = elapsed > INLINE_BUDGET;
+        self.suspect.store(over, Ordering::Relaxed);
+        over && measured && used() > INLINE_BUDGET && !self.slow.swap(true, Ordering::Relaxed)
+    }
 }
 
 /// Longest `validate` tolerated on an async thread.
@@ -86,7 +118,7 @@ impl Registry {
                     let live = LiveEndpoint {
                         plugin: plugin.clone(),
                         endpoint,
-                        slow: AtomicBool::new(false),
+                        budget: InlineBudget::default(),
                     };
                     endpoints.insert(live.endpoint.record.name.clone(), Arc::new(live));
                 }
@@ -164,7 +196,7 @@ impl Registry {
         let live = Arc::new(LiveEndpoint {
             endpoint,
             plugin,
-            slow: AtomicBool::new(false),
+            budget: InlineBudget::default(),
         });
         write(&self.endpoints).insert(live.endpoint.record.name.clone(), live);
     }
@@ -177,23 +209,24 @@ impl Registry {
     ///
     /// A thread hand-off costs several times more than a normal `validate`
     /// (about a microsecond), so it runs on the calling thread. A plugin whose
-    /// `validate` ever takes longer than [`INLINE_BUDGET`] is moved for good to
-    /// the blocking pool, so a slow or hostile plugin can hold an async thread
-    /// at most once, for at most the plugin deadline; so is one that needs
-    /// WASI I/O (see below). "Takes" is processor time of the calling thread
-    /// where the system tells it: under load a call is often preempted for
-    /// longer than the budget, and counting that moved busy endpoints to the
+    /// `validate` takes longer than [`INLINE_BUDGET`] is moved for good to the
+    /// blocking pool, so a slow or hostile plugin can hold an async thread at
+    /// most twice, each time for at most the plugin deadline; so is one that
+    /// needs WASI I/O (see below). "Takes" is processor time of the calling
+    /// thread where the system tells it: under load a call is often preempted
+    /// for longer than the budget, and counting that moved busy endpoints to the
     /// blocking pool for good (a thread hand-off per report, which halved the
-    /// ingest rate on two cores).
+    /// ingest rate on two cores). Reading it is a system call, so only the call
+    /// after one over the budget in wall time reads it.
     pub(super) async fn validate(
         &self,
         live: &Arc<LiveEndpoint>,
         share: Vec<u8>,
         server_index: u32,
     ) -> Result<Vec<u8>, ApiError> {
-        if !live.slow.load(Ordering::Relaxed) {
+        if !live.budget.slow.load(Ordering::Relaxed) {
             let started = Instant::now();
-            let cpu_started = thread_cpu_time();
+            let measure = live.budget.start();
             // A plugin that touches WASI I/O (a panic message written to
             // stderr) needs a thread that may block on the WASI runtime; on an
             // async thread that panics inside the host, the instance is
@@ -205,15 +238,11 @@ impl Registry {
             let elapsed = started.elapsed();
             match inline {
                 Ok(result) => {
-                    // The processor time is read only when the wall time is over.
-                    let used = || match (cpu_started, thread_cpu_time()) {
+                    let used = || match (measure.1, thread_cpu_time()) {
                         (Some(start), Some(end)) => end.saturating_sub(start),
                         _ => elapsed,
                     };
-                    if elapsed > INLINE_BUDGET
-                        && used() > INLINE_BUDGET
-                        && !live.slow.swap(true, Ordering::Relaxed)
-                    {
+                    if live.budget.finish(measure, elapsed, used) {
                         tracing::warn!(endpoint = %live.endpoint.record.name, ?elapsed, "slow validate: this endpoint's plugin calls now run on the blocking pool");
                     }
                     self.metrics
@@ -223,7 +252,7 @@ impl Registry {
                     return result.map(|()| share).map_err(plugin_failure);
                 }
                 Err(_) => {
-                    live.slow.store(true, Ordering::Relaxed);
+                    live.budget.slow.store(true, Ordering::Relaxed);
                     tracing::warn!(endpoint = %live.endpoint.record.name, "validate needed WASI I/O: this endpoint's plugin calls now run on the blocking pool");
                 }
             }
@@ -315,6 +344,33 @@ fn thread_cpu_time() -> Option<Duration> {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_processor_time_over_the_budget_moves_an_endpoint() {
+        let budget = InlineBudget::default();
+        let fast = Duration::from_micros(5);
+        let long = INLINE_BUDGET * 3;
+        let not_asked = || -> Duration { panic!("an unmeasured call read the processor time") };
+        // Quick calls are not measured.
+        assert!(!budget.finish(budget.start(), fast, not_asked));
+        // Over the budget in wall time: not moved, but the next call is measured.
+        assert!(!budget.finish(budget.start(), long, not_asked));
+        let measured = budget.start();
+        assert!(measured.0 && measured.1.is_some());
+        // Preempted (long in wall time, little processor time): stays inline.
+        assert!(!budget.finish(measured, long, || fast));
+        // Quick again: measuring stops.
+        assert!(!budget.finish(budget.start(), fast, || fast));
+        assert!(!budget.start().0);
+        // Really slow twice in a row: moved, once.
+        assert!(!budget.finish(budget.start(), long, not_asked));
+        assert!(budget.finish(budget.start(), long, || long));
+        assert!(budget.slow.load(Ordering::Relaxed));
+        assert!(
+            !budget.finish(budget.start(), long, || long),
+            "moved only once"
+        );
+    }
 
     #[test]
     fn thread_cpu_time_counts_work_not_waiting() {

@@ -10,6 +10,8 @@
 //! moves one range at a time, round robin, into the `report_ids` table, in key
 //! order: many ids then share each page they land on. A lookup checks memory, then
 //! the table. Only the writer thread inserts reports, so the two together are exact.
+//! Most lookups are for new ids, so before the table a Bloom filter per range
+//! ([`IdFilter`]) tells, without reading a page, that an id is not there.
 //!
 //! Nothing depends on the memory surviving a crash: an id waits only for reports
 //! already committed to `reports`, and at start every row after the watermark
@@ -18,6 +20,7 @@
 //! existed when the round began has been moved by then.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -32,11 +35,69 @@ pub(crate) const FLUSH_AT: usize = 65_536;
 
 type Key = (i64, [u8; 16]);
 
+/// Bits of a range's filter per id it holds, right after it is sized (it is
+/// sized for twice the ids it holds, and grows again when they have doubled).
+const FILTER_BITS_PER_ID: usize = 10;
+/// Bits set per id: with 10 to 20 bits per id, 0.8 % to 0.01 % false positives.
+const FILTER_PROBES: u64 = 6;
+/// Ids a range's filter is sized for at least.
+const FILTER_MIN_IDS: usize = 16;
+
+/// A Bloom filter of the ids of one range in `report_ids`: "no" is certain,
+/// "maybe" costs a lookup in the table.
+struct IdFilter {
+    bits: Vec<u64>,
+    /// Ids added, and how many it is sized for.
+    ids: usize,
+    capacity: usize,
+}
+
+impl IdFilter {
+    fn new(ids: usize) -> IdFilter {
+        let capacity = (ids * 2).max(FILTER_MIN_IDS);
+        IdFilter {
+            bits: vec![0; (capacity * FILTER_BITS_PER_ID).div_ceil(64)],
+            ids: 0,
+            capacity,
+        }
+    }
+
+    /// The bits of `hash`: double hashing, each reduced to the filter's size by a
+    /// multiply-shift.
+    fn positions(&self, hash: u64) -> impl Iterator<Item = usize> + use<> {
+        let size = (self.bits.len() * 64) as u128;
+        let step = (hash >> 32) | 1;
+        (0..FILTER_PROBES).map(move |i| {
+            let mixed = hash
+                .wrapping_add(i.wrapping_mul(step))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            ((u128::from(mixed) * size) >> 64) as usize
+        })
+    }
+
+    fn insert(&mut self, hash: u64) {
+        for bit in self.positions(hash) {
+            self.bits[bit / 64] |= 1 << (bit % 64);
+        }
+        self.ids += 1;
+    }
+
+    fn may_contain(&self, hash: u64) -> bool {
+        self.positions(hash)
+            .all(|bit| self.bits[bit / 64] & (1 << (bit % 64)) != 0)
+    }
+}
+
 /// The ids of stored reports not yet in `report_ids`, with their rows; see the
 /// module documentation.
 pub(crate) struct ReportIds {
     /// One map per key range ([`RANGES`] of them, fewer in tests).
     waiting: Vec<HashMap<Key, i64>>,
+    /// Per range, what `report_ids` holds.
+    filters: Vec<IdFilter>,
+    /// Keyed per process, so that ids chosen to collide in one server's filters
+    /// cannot be planned.
+    hasher: RandomState,
     len: usize,
     /// Added in the writer's open transaction: forgotten if it rolls back.
     uncommitted: Vec<Key>,
@@ -67,6 +128,8 @@ impl ReportIds {
         )?;
         let mut ids = ReportIds {
             waiting: (0..ranges.clamp(1, 256)).map(|_| HashMap::new()).collect(),
+            filters: Vec::new(),
+            hasher: RandomState::new(),
             len: 0,
             uncommitted: Vec::new(),
             next_range: 0,
@@ -86,6 +149,10 @@ impl ReportIds {
             };
             ids.put((row.get(1)?, report_id), row.get(0)?);
         }
+        for range in 0..ids.waiting.len() {
+            let filter = ids.read_filter(conn, range)?;
+            ids.filters.push(filter);
+        }
         Ok(ids)
     }
 
@@ -96,6 +163,36 @@ impl ReportIds {
 
     fn range_of(&self, key: &Key) -> usize {
         usize::from(key.1[0]) * self.waiting.len() / 256
+    }
+
+    /// A filter of the ids of `range` in `report_ids`, sized for them.
+    fn read_filter(&self, conn: &Connection, range: usize) -> rusqlite::Result<IdFilter> {
+        let ranges = self.waiting.len();
+        // The smallest first byte of the range, as a one-byte blob: it sorts before
+        // every 16-byte id that starts with it. 17 bytes of 0xff sort after all.
+        let first_byte = |range: usize| (range * 256).div_ceil(ranges);
+        let low = vec![u8::try_from(first_byte(range)).unwrap_or(u8::MAX)];
+        let high = match u8::try_from(first_byte(range + 1)) {
+            Ok(byte) if range + 1 < ranges => vec![byte],
+            _ => vec![u8::MAX; 17],
+        };
+        let mut statement = conn.prepare_cached(
+            "SELECT i.endpoint_id, i.report_id FROM endpoints AS e JOIN report_ids AS i \
+             ON i.endpoint_id = e.id AND i.report_id >= ?1 AND i.report_id < ?2",
+        )?;
+        let mut hashes = Vec::new();
+        let mut rows = statement.query(params![low, high])?;
+        while let Some(row) = rows.next()? {
+            let report_id: Vec<u8> = row.get(1)?;
+            if let Ok(report_id) = <[u8; 16]>::try_from(report_id.as_slice()) {
+                hashes.push(self.hasher.hash_one((row.get::<_, i64>(0)?, report_id)));
+            }
+        }
+        let mut filter = IdFilter::new(hashes.len());
+        for hash in hashes {
+            filter.insert(hash);
+        }
+        Ok(filter)
     }
 
     fn put(&mut self, key: Key, row: i64) {
@@ -113,8 +210,12 @@ impl ReportIds {
         report_id: &[u8; 16],
     ) -> rusqlite::Result<Option<i64>> {
         let key = (endpoint.0, *report_id);
-        if let Some(&row) = self.waiting[self.range_of(&key)].get(&key) {
+        let range = self.range_of(&key);
+        if let Some(&row) = self.waiting[range].get(&key) {
             return Ok(Some(row));
+        }
+        if !self.filters[range].may_contain(self.hasher.hash_one(key)) {
+            return Ok(None);
         }
         conn.prepare_cached("SELECT row FROM report_ids WHERE endpoint_id = ?1 AND report_id = ?2")?
             .query_row(params![endpoint.0, report_id], |row| row.get(0))
@@ -182,10 +283,48 @@ impl ReportIds {
         }
         tx.commit()?;
         let moved = keys.len();
+        for (key, _) in keys {
+            let hash = self.hasher.hash_one(key);
+            self.filters[range].insert(hash);
+        }
         self.waiting[range] = HashMap::new();
         self.len -= moved;
         self.round_start = round_start;
         self.next_range = (range + 1) % self.waiting.len();
+        // An overfull filter is still right, only less often sure: if it cannot be
+        // read again, it stays.
+        if self.filters[range].ids > self.filters[range].capacity {
+            match self.read_filter(conn, range) {
+                Ok(filter) => self.filters[range] = filter,
+                Err(error) => tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "resizing a report id filter failed"
+                ),
+            }
+        }
         Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filter_knows_every_id_it_holds_and_few_others() {
+        let hasher = RandomState::new();
+        let ids = 100_000;
+        let mut filter = IdFilter::new(ids / 2);
+        assert_eq!(filter.capacity, ids);
+        for n in 0..ids {
+            filter.insert(hasher.hash_one(n));
+        }
+        assert!((0..ids).all(|n| filter.may_contain(hasher.hash_one(n))));
+        // Full to capacity: 10 bits per id, about 0.8 % false positives.
+        let others = (ids..ids * 2)
+            .filter(|&n| filter.may_contain(hasher.hash_one(n)))
+            .count();
+        assert!(others < ids / 50, "{others} false positives in {ids}");
+        assert!(others > 0, "a filter that is never unsure is suspicious");
     }
 }
