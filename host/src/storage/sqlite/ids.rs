@@ -11,7 +11,7 @@
 //! order: many ids then share each page they land on. A lookup checks memory, then
 //! the table. Only the writer thread inserts reports, so the two together are exact.
 //! Most lookups are for new ids, so before the table a Bloom filter per range
-//! ([`IdFilter`]) tells, without reading a page, that an id is not there.
+//! ([`RangeFilter`]) tells, without reading a page, that an id is not there.
 //!
 //! Nothing depends on the memory surviving a crash: an id waits only for reports
 //! already committed to `reports`, and at start every row after the watermark
@@ -35,28 +35,24 @@ pub(crate) const FLUSH_AT: usize = 65_536;
 
 type Key = (i64, [u8; 16]);
 
-/// Bits of a range's filter per id it holds, right after it is sized (it is
-/// sized for twice the ids it holds, and grows again when they have doubled).
-const FILTER_BITS_PER_ID: usize = 10;
-/// Bits set per id: with 10 to 20 bits per id, 0.8 % to 0.01 % false positives.
-const FILTER_PROBES: u64 = 6;
-/// Ids a range's filter is sized for at least.
-const FILTER_MIN_IDS: usize = 16;
+/// Bits of a filter layer per id it is sized for.
+const FILTER_BITS_PER_ID: usize = 12;
+/// Bits set per id: about 0.3 % false positives in a full layer.
+const FILTER_PROBES: u64 = 7;
+/// Ids the first layer of a range is sized for at least.
+const FILTER_MIN_IDS: usize = 64;
 
-/// A Bloom filter of the ids of one range in `report_ids`: "no" is certain,
-/// "maybe" costs a lookup in the table.
+/// One Bloom filter sized for `capacity` ids.
 struct IdFilter {
     bits: Vec<u64>,
-    /// Ids added, and how many it is sized for.
     ids: usize,
     capacity: usize,
 }
 
 impl IdFilter {
-    fn new(ids: usize) -> IdFilter {
-        let capacity = (ids * 2).max(FILTER_MIN_IDS);
+    fn new(capacity: usize) -> IdFilter {
         IdFilter {
-            bits: vec![0; (capacity * FILTER_BITS_PER_ID).div_ceil(64)],
+            bits: vec![0; (capacity * FILTER_BITS_PER_ID).div_ceil(64).max(1)],
             ids: 0,
             capacity,
         }
@@ -88,13 +84,54 @@ impl IdFilter {
     }
 }
 
+/// What one key range of `report_ids` holds, as Bloom filter layers: "no" is
+/// certain, "maybe" costs a lookup in the table. A full layer stays and a new
+/// one, twice the size of all before it, takes the next ids: the filter grows
+/// without reading the table again, and a lookup asks a few layers (their sizes
+/// triple; seven per range at a million ids).
+struct RangeFilter {
+    layers: Vec<IdFilter>,
+}
+
+impl RangeFilter {
+    /// A filter of `hashes`, with room for as many again.
+    fn of(hashes: &[u64]) -> RangeFilter {
+        let mut layer = IdFilter::new((hashes.len() * 2).max(FILTER_MIN_IDS));
+        for &hash in hashes {
+            layer.insert(hash);
+        }
+        RangeFilter {
+            layers: vec![layer],
+        }
+    }
+
+    fn insert(&mut self, hash: u64) {
+        let full = self
+            .layers
+            .last()
+            .is_none_or(|last| last.ids >= last.capacity);
+        if full {
+            let held: usize = self.layers.iter().map(|layer| layer.capacity).sum();
+            self.layers
+                .push(IdFilter::new((held * 2).max(FILTER_MIN_IDS)));
+        }
+        if let Some(last) = self.layers.last_mut() {
+            last.insert(hash);
+        }
+    }
+
+    fn may_contain(&self, hash: u64) -> bool {
+        self.layers.iter().any(|layer| layer.may_contain(hash))
+    }
+}
+
 /// The ids of stored reports not yet in `report_ids`, with their rows; see the
 /// module documentation.
 pub(crate) struct ReportIds {
     /// One map per key range ([`RANGES`] of them, fewer in tests).
     waiting: Vec<HashMap<Key, i64>>,
     /// Per range, what `report_ids` holds.
-    filters: Vec<IdFilter>,
+    filters: Vec<RangeFilter>,
     /// Keyed per process, so that ids chosen to collide in one server's filters
     /// cannot be planned.
     hasher: RandomState,
@@ -165,8 +202,8 @@ impl ReportIds {
         usize::from(key.1[0]) * self.waiting.len() / 256
     }
 
-    /// A filter of the ids of `range` in `report_ids`, sized for them.
-    fn read_filter(&self, conn: &Connection, range: usize) -> rusqlite::Result<IdFilter> {
+    /// A filter of the ids of `range` in `report_ids`.
+    fn read_filter(&self, conn: &Connection, range: usize) -> rusqlite::Result<RangeFilter> {
         let ranges = self.waiting.len();
         // The smallest first byte of the range, as a one-byte blob: it sorts before
         // every 16-byte id that starts with it. 17 bytes of 0xff sort after all.
@@ -188,11 +225,7 @@ impl ReportIds {
                 hashes.push(self.hasher.hash_one((row.get::<_, i64>(0)?, report_id)));
             }
         }
-        let mut filter = IdFilter::new(hashes.len());
-        for hash in hashes {
-            filter.insert(hash);
-        }
-        Ok(filter)
+        Ok(RangeFilter::of(&hashes))
     }
 
     fn put(&mut self, key: Key, row: i64) {
@@ -291,17 +324,6 @@ impl ReportIds {
         self.len -= moved;
         self.round_start = round_start;
         self.next_range = (range + 1) % self.waiting.len();
-        // An overfull filter is still right, only less often sure: if it cannot be
-        // read again, it stays.
-        if self.filters[range].ids > self.filters[range].capacity {
-            match self.read_filter(conn, range) {
-                Ok(filter) => self.filters[range] = filter,
-                Err(error) => tracing::warn!(
-                    error = &error as &dyn std::error::Error,
-                    "resizing a report id filter failed"
-                ),
-            }
-        }
         Ok(moved)
     }
 }
@@ -313,18 +335,18 @@ mod tests {
     #[test]
     fn a_filter_knows_every_id_it_holds_and_few_others() {
         let hasher = RandomState::new();
-        let ids = 100_000;
-        let mut filter = IdFilter::new(ids / 2);
-        assert_eq!(filter.capacity, ids);
-        for n in 0..ids {
+        let held: Vec<u64> = (0..1_000u64).map(|n| hasher.hash_one(n)).collect();
+        let mut filter = RangeFilter::of(&held);
+        // Grown from 1,000 ids to 100,000: layers added, none read again.
+        for n in 1_000..100_000u64 {
             filter.insert(hasher.hash_one(n));
         }
-        assert!((0..ids).all(|n| filter.may_contain(hasher.hash_one(n))));
-        // Full to capacity: 10 bits per id, about 0.8 % false positives.
-        let others = (ids..ids * 2)
+        assert!(filter.layers.len() > 2, "{} layers", filter.layers.len());
+        assert!((0..100_000u64).all(|n| filter.may_contain(hasher.hash_one(n))));
+        let others = (100_000..200_000u64)
             .filter(|&n| filter.may_contain(hasher.hash_one(n)))
             .count();
-        assert!(others < ids / 50, "{others} false positives in {ids}");
+        assert!(others < 2_000, "{others} false positives in 100,000");
         assert!(others > 0, "a filter that is never unsure is suspicious");
     }
 }
