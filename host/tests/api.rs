@@ -472,3 +472,71 @@ async fn plugins_and_endpoints_survive_a_restart_without_recompiling() {
     assert_eq!(shown["min_batch"], 5);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn cross_origin_calls_are_allowed_only_from_configured_origins() {
+    let http = Client::new();
+    let preflight = |url: &str, origin: &str| {
+        http.request(
+            reqwest::Method::OPTIONS,
+            format!("{url}/api/v1/endpoints/e/reports"),
+        )
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+    };
+    let allowed = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let (server, url) = start(
+        dir.path(),
+        &[("GUARDIAN_CORS_ALLOWED_ORIGINS", "https://app.example")],
+    )
+    .await;
+    let answer = preflight(&url, "https://app.example").await.unwrap();
+    assert!(answer.status().is_success(), "{}", answer.status());
+    assert_eq!(allowed(&answer).as_deref(), Some("https://app.example"));
+    let methods = answer.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    let headers = answer.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
+    assert!(headers.contains("authorization"), "{headers}");
+    let answer = preflight(&url, "https://evil.example").await.unwrap();
+    assert_eq!(allowed(&answer), None);
+    // A plain request from the allowed origin is answered for it too.
+    let answer = http
+        .get(format!("{url}/api/v1/endpoints"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed(&answer).as_deref(), Some("https://app.example"));
+    server.shutdown().await.unwrap();
+
+    // The default: no origin at all.
+    let dir = tempfile::tempdir().unwrap();
+    let (server, url) = start(dir.path(), &[]).await;
+    let answer = preflight(&url, "https://app.example").await.unwrap();
+    assert_eq!(allowed(&answer), None);
+    let answer = http
+        .get(format!("{url}/api/v1/endpoints"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(allowed(&answer), None);
+    server.shutdown().await.unwrap();
+}

@@ -346,8 +346,7 @@ fn router(state: Arc<AppState>) -> Router {
         }
     };
     let limits = &state.config.limits;
-    let cors = cors(&state.config.cors.allowed_origins);
-    router
+    let router = router
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(Extension(document))
@@ -355,9 +354,16 @@ fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             limits.request_timeout(),
             request_timeout,
-        ))
-        .layer(cors)
-        .with_state(state)
+        ));
+    // No origin allowed: no layer, so no CORS work or `vary` headers on every
+    // response (a browser refuses a cross-origin answer without them anyway).
+    let origins = &state.config.cors.allowed_origins;
+    let router = if origins.is_empty() {
+        router
+    } else {
+        router.layer(cors(origins))
+    };
+    router.with_state(state)
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

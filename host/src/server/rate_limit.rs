@@ -12,16 +12,20 @@
 //! IPv6 clients are keyed by their /64 network: one host usually holds a whole
 //! /64, and would otherwise get a fresh allowance per address.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
+use super::AppState;
 use super::error::ApiError;
 use crate::config::LimitsConfig;
 
@@ -164,6 +168,23 @@ fn network(ip: IpAddr) -> IpAddr {
                 IpAddr::V6(Ipv6Addr::from(bits))
             }
         },
+    }
+}
+
+/// The client's address ([`client_ip`]) as an extractor, read from the request
+/// in place (the `HeaderMap` extractor would copy every header).
+pub(super) struct ClientIp(pub(super) IpAddr);
+
+impl FromRequestParts<Arc<AppState>> for ClientIp {
+    type Rejection = <ConnectInfo<SocketAddr> as FromRequestParts<Arc<AppState>>>::Rejection;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let ConnectInfo(peer) = ConnectInfo::<SocketAddr>::from_request_parts(parts, state).await?;
+        let trust = state.config.limits.trust_forwarded_for;
+        Ok(ClientIp(client_ip(peer.ip(), &parts.headers, trust)))
     }
 }
 

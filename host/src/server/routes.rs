@@ -3,11 +3,10 @@
 //! answers through `#[utoipa::path]`: the OpenAPI document is built from these
 //! (see `openapi`), and every body is a typed struct deriving `ToSchema`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -22,7 +21,7 @@ use super::auth::{Caller, need};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Body, Json, Path};
 use super::openapi::{AuthErrors, RoleErrors, STORAGE_500, STORAGE_503};
-use super::rate_limit;
+use super::rate_limit::ClientIp;
 use super::registry::{LiveEndpoint, parse_digest};
 use crate::storage::{
     CreateEndpointOutcome, Endpoint, EndpointCounts, EndpointRecord, InsertReportOutcome,
@@ -742,8 +741,7 @@ pub(super) enum ReportStatus {
     ))]
 pub(super) async fn post_report(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: axum::http::HeaderMap,
+    ClientIp(ip): ClientIp,
     caller: Caller<need::User>,
     Path(name): Path<String>,
     body: Result<Json<PostReport>, ApiError>,
@@ -751,8 +749,6 @@ pub(super) async fn post_report(
     let endpoint = state.registry.endpoint(&name);
     // With authentication off every caller is the same "anonymous": no per-user limit.
     let user = (!state.config.auth.disabled).then_some(caller.principal.sub.as_str());
-    let limits = &state.config.limits;
-    let ip = rate_limit::client_ip(peer.ip(), &headers, limits.trust_forwarded_for);
     // Every post counts against the limits, whatever becomes of it.
     let result = match (state.rate_limits.check(user, ip), &endpoint, body) {
         (Err(e), _, _) => Err(e),
