@@ -1595,6 +1595,30 @@ fn spread_id(n: u64) -> [u8; 16] {
     id
 }
 
+/// Posts report `spread_id(n)` with a share of `share` bytes.
+async fn post(storage: &Storage, endpoint: EndpointId, n: u64, share: u8) -> InsertReportOutcome {
+    let share = vec![share; 8];
+    storage
+        .insert_report(endpoint, spread_id(n), share, at(5))
+        .await
+        .unwrap()
+}
+
+/// Reports `ids`, stored by [`post`] with share 1, are known: the same share is a
+/// duplicate, another a conflict.
+async fn retries_are_answered(storage: &Storage, endpoint: EndpointId, ids: std::ops::Range<u64>) {
+    for n in ids {
+        assert_eq!(
+            post(storage, endpoint, n, 1).await,
+            InsertReportOutcome::Duplicate
+        );
+        assert_eq!(
+            post(storage, endpoint, n, 2).await,
+            InsertReportOutcome::Conflict
+        );
+    }
+}
+
 /// Report rows up to the watermark whose id is missing from `report_ids`: none if
 /// the index keeps its promise.
 fn unindexed_below_watermark(conn: &Connection) -> i64 {
@@ -1618,18 +1642,6 @@ async fn ids_moved_to_the_index_still_answer_retries_after_a_restart() {
         ..StorageOptions::default()
     };
     let (storage, steps) = store_with_endpoint(&path, options()).await;
-    async fn post(
-        storage: &Storage,
-        endpoint: EndpointId,
-        n: u64,
-        share: u8,
-    ) -> InsertReportOutcome {
-        let share = vec![share; 8];
-        storage
-            .insert_report(endpoint, spread_id(n), share, at(5))
-            .await
-            .unwrap()
-    }
     let endpoint = steps.id;
     for n in 0..300 {
         assert_eq!(
@@ -1642,29 +1654,11 @@ async fn ids_moved_to_the_index_still_answer_retries_after_a_restart() {
         .query_row("SELECT count(*) FROM report_ids", [], |row| row.get(0))
         .unwrap();
     assert!(indexed >= 250, "only {indexed} of 300 ids were moved");
-    for n in 0..300 {
-        assert_eq!(
-            post(&storage, endpoint, n, 1).await,
-            InsertReportOutcome::Duplicate
-        );
-        assert_eq!(
-            post(&storage, endpoint, n, 2).await,
-            InsertReportOutcome::Conflict
-        );
-    }
+    retries_are_answered(&storage, endpoint, 0..300).await;
     storage.close().await.unwrap();
 
     let storage = Storage::open(&path, options()).await.unwrap();
-    for n in 0..300 {
-        assert_eq!(
-            post(&storage, endpoint, n, 1).await,
-            InsertReportOutcome::Duplicate
-        );
-        assert_eq!(
-            post(&storage, endpoint, n, 2).await,
-            InsertReportOutcome::Conflict
-        );
-    }
+    retries_are_answered(&storage, endpoint, 0..300).await;
     assert_eq!(
         post(&storage, endpoint, 300, 1).await,
         InsertReportOutcome::Stored
@@ -1716,26 +1710,23 @@ async fn a_deleted_endpoints_waiting_ids_never_reach_the_index() {
     assert!(storage.delete_endpoint("steps").await.unwrap());
     // Enough groups for every range to be moved at least once.
     for n in 0..200 {
-        let outcome = storage.insert_report(other.id, spread_id(n), vec![2; 8], at(5));
-        assert_eq!(outcome.await.unwrap(), InsertReportOutcome::Stored);
+        assert_eq!(
+            post(&storage, other.id, n, 2).await,
+            InsertReportOutcome::Stored
+        );
     }
     storage.close().await.unwrap();
     let conn = Connection::open(&path).unwrap();
-    let stale: i64 = conn
-        .query_row(
+    let indexed = |endpoint: EndpointId| -> i64 {
+        conn.query_row(
             "SELECT count(*) FROM report_ids WHERE endpoint_id = ?1",
-            [steps.id.0],
+            [endpoint.0],
             |row| row.get(0),
         )
-        .unwrap();
-    assert_eq!(stale, 0);
-    let moved: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM report_ids WHERE endpoint_id = ?1",
-            [other.id.0],
-            |row| row.get(0),
-        )
-        .unwrap();
+        .unwrap()
+    };
+    assert_eq!(indexed(steps.id), 0);
+    let moved = indexed(other.id);
     assert!(moved >= 100, "only {moved} of 200 ids were moved");
 }
 
@@ -1767,14 +1758,11 @@ async fn reports_of_the_unique_index_schema_keep_their_ids() {
     let storage = Storage::open(&path, StorageOptions::default())
         .await
         .unwrap();
-    for n in 0..50 {
-        let outcome = storage.insert_report(created.id, spread_id(n), vec![1; 8], at(6));
-        assert_eq!(outcome.await.unwrap(), InsertReportOutcome::Duplicate);
-        let outcome = storage.insert_report(created.id, spread_id(n), vec![2; 8], at(6));
-        assert_eq!(outcome.await.unwrap(), InsertReportOutcome::Conflict);
-    }
-    let outcome = storage.insert_report(created.id, spread_id(50), vec![1; 8], at(6));
-    assert_eq!(outcome.await.unwrap(), InsertReportOutcome::Stored);
+    retries_are_answered(&storage, created.id, 0..50).await;
+    assert_eq!(
+        post(&storage, created.id, 50, 1).await,
+        InsertReportOutcome::Stored
+    );
     storage.close().await.unwrap();
     let conn = Connection::open(&path).unwrap();
     let (indexed, through): (i64, i64) = conn
