@@ -80,18 +80,32 @@ fn groups(seen: &Mutex<Vec<CommitStats>>) -> Vec<(usize, bool)> {
         .collect()
 }
 
+/// The endpoint of an outcome that must be `Created`.
+fn created_endpoint(outcome: CreateEndpointOutcome) -> Endpoint {
+    match outcome {
+        CreateEndpointOutcome::Created(endpoint) => endpoint,
+        other => panic!("endpoint not created: {other:?}"),
+    }
+}
+
+/// Creates `record` through `storage`, which must not have it yet.
+async fn create(storage: &Storage, record: EndpointRecord) -> Endpoint {
+    created_endpoint(storage.create_endpoint(record).await.unwrap())
+}
+
+/// Stores the `sum` plugin and creates endpoint `steps` directly on `conn`.
+fn steps_on(conn: &Connection) -> Endpoint {
+    let sum = plugin("sum", b"sum wasm");
+    sql::put_plugin(conn, &sum).unwrap();
+    created_endpoint(sql::create_endpoint(conn, &endpoint("steps", &sum, b"config", 10)).unwrap())
+}
+
 /// Opens a store with one plugin and one endpoint; returns the endpoint.
 async fn store_with_endpoint(path: &Path, options: StorageOptions) -> (Storage, Endpoint) {
     let storage = Storage::open(path, options).await.unwrap();
     let sum = plugin("sum", b"sum wasm");
     storage.put_plugin(sum.clone()).await.unwrap();
-    let CreateEndpointOutcome::Created(created) = storage
-        .create_endpoint(endpoint("steps", &sum, b"config", 10))
-        .await
-        .unwrap()
-    else {
-        panic!("endpoint not created");
-    };
+    let created = create(&storage, endpoint("steps", &sum, b"config", 10)).await;
     (storage, created)
 }
 
@@ -398,11 +412,7 @@ async fn endpoint_creation_compares_with_the_existing_one() {
     storage.put_plugin(sum.clone()).await.unwrap();
     storage.put_plugin(count.clone()).await.unwrap();
     let original = endpoint("steps", &sum, b"config", 10);
-    let CreateEndpointOutcome::Created(created) =
-        storage.create_endpoint(original.clone()).await.unwrap()
-    else {
-        panic!("not created");
-    };
+    let created = create(&storage, original.clone()).await;
     assert_eq!(created.record, original);
     assert_eq!(
         storage.get_endpoint("steps").await.unwrap(),
@@ -456,13 +466,7 @@ async fn endpoint_creation_compares_with_the_existing_one() {
     )
     .await;
 
-    let CreateEndpointOutcome::Created(other) = storage
-        .create_endpoint(endpoint("clicks", &count, b"c", 1))
-        .await
-        .unwrap()
-    else {
-        panic!("not created");
-    };
+    let other = create(&storage, endpoint("clicks", &count, b"c", 1)).await;
     assert_ne!(other.id, created.id);
     let names: Vec<String> = storage
         .list_endpoints()
@@ -508,13 +512,7 @@ async fn deleting_an_endpoint_removes_its_reports() {
     let (_dir, path) = temp_db();
     let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
     let sum = plugin("sum", b"sum wasm");
-    let CreateEndpointOutcome::Created(kept) = storage
-        .create_endpoint(endpoint("kept", &sum, b"config", 10))
-        .await
-        .unwrap()
-    else {
-        panic!("not created");
-    };
+    let kept = create(&storage, endpoint("kept", &sum, b"config", 10)).await;
     for n in 0..5 {
         storage
             .insert_report(steps.id, report_id(n), vec![1], at(3))
@@ -533,13 +531,7 @@ async fn deleting_an_endpoint_removes_its_reports() {
     assert_eq!(stored_reports(&path, kept.id).len(), 5);
 
     // A report still holding the deleted id is refused, even after re-creation.
-    let CreateEndpointOutcome::Created(recreated) = storage
-        .create_endpoint(endpoint("steps", &sum, b"config", 10))
-        .await
-        .unwrap()
-    else {
-        panic!("not created");
-    };
+    let recreated = create(&storage, endpoint("steps", &sum, b"config", 10)).await;
     assert_ne!(recreated.id, steps.id, "endpoint ids must not be reused");
     let error = storage
         .insert_report(steps.id, report_id(9), vec![1], at(3))
@@ -770,13 +762,7 @@ async fn report_insert_outcomes() {
     let (_dir, path) = temp_db();
     let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
     let sum = plugin("sum", b"sum wasm");
-    let CreateEndpointOutcome::Created(other) = storage
-        .create_endpoint(endpoint("other", &sum, b"config", 10))
-        .await
-        .unwrap()
-    else {
-        panic!("not created");
-    };
+    let other = create(&storage, endpoint("other", &sum, b"config", 10)).await;
     let id = report_id(42);
     let check = |endpoint: EndpointId, share: &'static [u8], expected: InsertReportOutcome| {
         let storage = storage.clone();
@@ -1372,10 +1358,7 @@ async fn store_with_quota(path: &Path, max: u64) -> (Storage, Endpoint) {
         max_reports_per_user: Some(max),
         ..endpoint("capped", &sum, b"config", 2)
     };
-    let CreateEndpointOutcome::Created(created) = storage.create_endpoint(record).await.unwrap()
-    else {
-        panic!("endpoint not created");
-    };
+    let created = create(&storage, record).await;
     (storage, created)
 }
 
@@ -1515,13 +1498,7 @@ async fn the_quota_count_is_an_index_lookup_and_only_quota_endpoints_store_keys(
     let (_dir, path) = temp_db();
     let (storage, capped) = store_with_quota(&path, 5).await;
     let sum = plugin("sum", b"sum wasm");
-    let CreateEndpointOutcome::Created(open) = storage
-        .create_endpoint(endpoint("open", &sum, b"config", 2))
-        .await
-        .unwrap()
-    else {
-        panic!("endpoint not created");
-    };
+    let open = create(&storage, endpoint("open", &sum, b"config", 2)).await;
     storage
         .insert_report(open.id, report_id(1), vec![1; 8], at(3))
         .await
@@ -1686,13 +1663,7 @@ async fn a_deleted_endpoints_waiting_ids_never_reach_the_index() {
     };
     let (storage, steps) = store_with_endpoint(&path, options).await;
     let sum = plugin("sum", b"sum wasm");
-    let CreateEndpointOutcome::Created(other) = storage
-        .create_endpoint(endpoint("other", &sum, b"config", 10))
-        .await
-        .unwrap()
-    else {
-        panic!("endpoint not created");
-    };
+    let other = create(&storage, endpoint("other", &sum, b"config", 10)).await;
     // Paused, so that these are one group and all wait in memory (a move after
     // a group takes one range) when the endpoint is deleted.
     let release = pause_writer(&storage).await;
@@ -1733,18 +1704,12 @@ async fn a_deleted_endpoints_waiting_ids_never_reach_the_index() {
 #[tokio::test]
 async fn reports_of_the_unique_index_schema_keep_their_ids() {
     let (_dir, path) = temp_db();
-    let sum = plugin("sum", b"sum wasm");
     let created = {
         let mut conn = Connection::open(&path).unwrap();
         conn.pragma_update(None, "foreign_keys", true).unwrap();
         // The schema before the id index: version 4.
         migrations::migrate(&mut conn, &MIGRATIONS[..4]).unwrap();
-        sql::put_plugin(&conn, &sum).unwrap();
-        let CreateEndpointOutcome::Created(created) =
-            sql::create_endpoint(&conn, &endpoint("steps", &sum, b"config", 10)).unwrap()
-        else {
-            panic!("endpoint not created");
-        };
+        let created = steps_on(&conn);
         for n in 0..50 {
             conn.execute(
                 "INSERT INTO reports (endpoint_id, report_id, share, received_at) \
@@ -1817,13 +1782,7 @@ proptest::proptest! {
         conn.pragma_update(None, "foreign_keys", true).unwrap();
         conn.pragma_update(None, "synchronous", "OFF").unwrap();
         migrations::migrate(&mut conn, MIGRATIONS).unwrap();
-        let sum = plugin("sum", b"sum wasm");
-        sql::put_plugin(&conn, &sum).unwrap();
-        let CreateEndpointOutcome::Created(created) =
-            sql::create_endpoint(&conn, &endpoint("steps", &sum, b"config", 10)).unwrap()
-        else {
-            panic!("endpoint not created");
-        };
+        let created = steps_on(&conn);
         let mut ids = ReportIds::load_with_ranges(&conn, flush_at, ranges).unwrap();
         let mut committed: HashMap<u8, u8> = HashMap::new();
         let mut open: HashMap<u8, u8> = HashMap::new();
