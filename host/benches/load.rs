@@ -411,6 +411,14 @@ async fn start_cluster(n: usize, auth: Auth<'_>, extra_env: &[(&str, &str)]) -> 
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect::<Vec<_>>()
         .join(",");
+    // Each server's own peer key pair, where it looks for it (`{data_dir}/peer-key`).
+    let peer_keys = (0..n)
+        .map(|index| {
+            let key = dir.path().join(format!("server-{index}")).join("peer-key");
+            guardian::auth::identity::public_key_of(&key).expect("peer key")
+        })
+        .collect::<Vec<_>>()
+        .join(",");
     let mut servers = Vec::new();
     for (index, port) in ports.iter().enumerate() {
         let data = dir.path().join(format!("server-{index}"));
@@ -441,6 +449,7 @@ async fn start_cluster(n: usize, auth: Auth<'_>, extra_env: &[(&str, &str)]) -> 
                 .env("GUARDIAN_SERVER_INDEX", index.to_string())
                 .env("GUARDIAN_SERVER_SERVERS", n.to_string())
                 .env("GUARDIAN_SERVER_PEERS", &peers)
+                .env("GUARDIAN_SERVER_PEER_KEYS", &peer_keys)
                 .env("GUARDIAN_AUTH_PEER_TOKEN", PEER_TOKEN);
         }
         match auth {

@@ -99,6 +99,15 @@ pub struct ServerConfig {
     /// Threads serving requests (the async runtime's workers). 0, the default: one
     /// per processor; see [`ServerConfig::worker_threads`].
     pub worker_threads: usize,
+    /// This server's private peer key (Ed25519, created at first start). Default
+    /// `{data_dir}/peer-key`; see [`ServerConfig::key_file`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Public peer key of every share server, this one included, in index order
+    /// (base64, as `guardian peer-key` prints it): peer messages are signed by their
+    /// sender and checked against these. Empty, the default: peer calls are refused
+    /// and nothing can be sealed.
+    pub peer_keys: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -114,6 +123,8 @@ impl Default for ServerConfig {
             data_dir: None,
             public_url: None,
             worker_threads: 0,
+            key_file: None,
+            peer_keys: Vec::new(),
         }
     }
 }
@@ -162,6 +173,13 @@ impl ServerConfig {
         self.public_url
             .as_deref()
             .or_else(|| self.peers.get(self.index as usize).map(String::as_str))
+    }
+
+    /// This server's private peer key: `key_file`, or `{data_dir}/peer-key`.
+    pub fn key_file(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("peer-key"))
     }
 
     /// Whether this server coordinates batch sealing (server 0).
@@ -283,6 +301,11 @@ pub struct EndpointsConfig {
     /// Milliseconds a peer call of a seal may take before the peer counts as
     /// unavailable. Default 60000.
     pub peer_timeout_ms: u64,
+    /// With authentication on, refuse to seal a batch whose reports come from fewer
+    /// than `min_batch` distinct users (each server counts on its own, by a keyed
+    /// hash of the token's `sub`), so that no server can isolate one user's report
+    /// among reports of its own. Default true; `guardian dev` turns it off.
+    pub distinct_users: bool,
 }
 
 impl Default for EndpointsConfig {
@@ -292,6 +315,7 @@ impl Default for EndpointsConfig {
             max_batch: 2_000_000,
             report_retention_secs: 7 * 24 * 3600,
             peer_timeout_ms: 60_000,
+            distinct_users: true,
         }
     }
 }
@@ -434,9 +458,11 @@ pub struct AuthConfig {
     /// of a local deployment. Used only with `dev_issuer`. Default
     /// `guardian-data/dev-issuer`.
     pub dev_issuer_dir: PathBuf,
-    /// The credential share servers present to each other on `/peer/v1/…`: one shared
-    /// random secret, at least 32 characters, accepted nowhere else. Default unset
-    /// (then peer routes refuse every call and batches cannot be sealed).
+    /// An optional transport credential share servers present to each other on
+    /// `/peer/v1/…`: one shared random secret, at least 32 characters, accepted
+    /// nowhere else. It does not tell which server calls (the signatures under
+    /// `server.peer_keys` do); when set, peer requests without it are refused before
+    /// their bodies are read. Default unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_token: Option<Secret>,
     /// A file holding the peer credential, instead of `peer_token`. Default unset.

@@ -80,11 +80,18 @@ impl Dev {
                 ))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let peer_token_file = options.dir.join("peer-token");
-        {
-            let path = peer_token_file.clone();
-            tokio::task::spawn_blocking(move || create_peer_token(&path)).await??;
-        }
+        // Each server's own peer key pair, and every public key for all of them.
+        let peer_keys = {
+            let dirs: Vec<_> = (0..addrs.len())
+                .map(|index| options.dir.join(format!("server-{index}")))
+                .collect();
+            tokio::task::spawn_blocking(move || {
+                dirs.iter()
+                    .map(|dir| crate::auth::identity::public_key_of(&dir.join("peer-key")))
+                    .collect::<anyhow::Result<Vec<String>>>()
+            })
+            .await??
+        };
         let mut servers = Vec::new();
         for (index, addr) in addrs.iter().enumerate() {
             let mut config = Config::default();
@@ -95,7 +102,9 @@ impl Dev {
             config.server.data_dir = Some(options.dir.join(format!("server-{index}")));
             config.auth.dev_issuer = true;
             config.auth.dev_issuer_dir = issuer_dir.clone();
-            config.auth.peer_token_file = Some(peer_token_file.clone());
+            config.server.peer_keys = peer_keys.clone();
+            // One demo token submits everyone's measurements.
+            config.endpoints.distinct_users = false;
             config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
             servers.push(
                 Server::start(config)
@@ -175,7 +184,9 @@ impl Dev {
              \x20 export GUARDIAN_SERVERS={servers}\n\
              \x20 export GUARDIAN_TOKEN={scientist}\n\
              \x20 export USER_TOKEN={user}\n\n\
-             The demo endpoint `{DEMO_ENDPOINT}` is a {DEMO_PLUGIN} over {DEMO_PARAMS} (min batch {DEMO_MIN_BATCH}). Next, try:\n\n\
+             The demo endpoint `{DEMO_ENDPOINT}` is a {DEMO_PLUGIN} over {DEMO_PARAMS} (min batch {DEMO_MIN_BATCH}). \
+             Batches need not come from distinct users here (endpoints.distinct_users is off, \
+             so that one token can submit for everyone); a real deployment counts them. Next, try:\n\n\
              \x20 guardian endpoint list\n\
              \x20 {submit}\n\
              \x20 guardian collect {DEMO_ENDPOINT}\n\n\
@@ -198,26 +209,4 @@ impl Dev {
         }
         Ok(())
     }
-}
-
-/// Writes a random peer credential to `path` unless one is there, readable by the
-/// owner only: the servers of the demo present it to each other.
-fn create_peer_token(path: &std::path::Path) -> anyhow::Result<()> {
-    if path.exists() {
-        return Ok(());
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let secret = hex::encode(rand::random::<[u8; 32]>());
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(&mut file, secret.as_bytes())?;
-    file.sync_all()?;
-    Ok(())
 }

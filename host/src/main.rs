@@ -33,6 +33,17 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Print this server's public peer key, creating its key pair if missing.
+    ///
+    /// Every operator lists each server's key, in index order, in `server.peer_keys`
+    /// (env GUARDIAN_SERVER_PEER_KEYS); peer messages are signed with these keys.
+    ///
+    /// Example: GUARDIAN_SERVER_INDEX=1 guardian peer-key --config guardian.toml
+    PeerKey {
+        /// A TOML configuration file (its `server.key_file` or data directory).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Mint a token from the development issuer (for `guardian dev` or servers
     /// with `auth.dev_issuer = true`).
     ///
@@ -233,6 +244,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
+        Command::PeerKey { config } => peer_key(config),
         Command::Dev { servers, dir, port } => dev(DevOptions { servers, dir, port }),
         Command::Token {
             role,
@@ -284,6 +296,20 @@ fn serve(file: Option<PathBuf>) -> anyhow::Result<()> {
         let server = Server::start(loaded.config).await?;
         server.run_until(shutdown_signal()).await
     })
+}
+
+fn peer_key(file: Option<PathBuf>) -> anyhow::Result<()> {
+    let env = Environment::capture(&std::env::current_dir()?)?;
+    let loaded = config::load(file.as_deref(), &env)?;
+    let path = loaded.config.server.key_file();
+    println!("{}", guardian::auth::identity::public_key_of(&path)?);
+    eprintln!(
+        "(server {}'s public peer key, from {}: list it at index {} of server.peer_keys on every server)",
+        loaded.config.server.index,
+        path.display(),
+        loaded.config.server.index
+    );
+    Ok(())
 }
 
 fn parse_role(text: &str) -> Result<config::Role, String> {

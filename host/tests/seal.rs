@@ -335,13 +335,13 @@ async fn a_dp_batch_share_never_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peer_routes_take_only_the_peer_credential() {
+async fn peer_routes_take_only_signed_peer_calls() {
     let cluster = Cluster::start(2).await;
     cluster
         .create_endpoint("steps", "sum", json!({"length": 1}), 2)
         .await;
     let url = format!("{}/peer/v1/endpoints/steps/abort", cluster.base(1));
-    let body = json!({"batch_id": "00".repeat(16)});
+    let body = json!({"batch_id": "00".repeat(16), "seal": 1});
     for token in [
         None,
         Some("not-the-credential"),
@@ -358,6 +358,7 @@ async fn peer_routes_take_only_the_peer_credential() {
             "token {token:?}"
         );
     }
+    // The transport credential alone is not enough: a peer signs what it sends.
     let response = cluster
         .http
         .post(&url)
@@ -366,6 +367,20 @@ async fn peer_routes_take_only_the_peer_credential() {
         .send()
         .await
         .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "missing_peer_signature");
+    let response = common::signed_peer_request(
+        &cluster.http,
+        &cluster.base(1),
+        &cluster.key_file(0),
+        (0, 1),
+        ("steps", "abort", ""),
+        serde_json::to_vec(&body).unwrap(),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.json::<Value>().await.unwrap()["aborted"], false);
 }

@@ -13,7 +13,9 @@
 //!   the signature check; never used past the token's `exp`.
 //! - [`roles`]: claims → app roles ([`roles_from_claims`]).
 //! - [`dev_issuer`]: [`DevIssuer`], the local key pair behind `auth.dev_issuer`.
-//! - [`peer`]: [`PeerAuth`], the shared secret of the `/peer/v1/…` routes.
+//! - [`peer`]: [`PeerAuth`], the optional shared transport secret of the `/peer/v1/…`
+//!   routes; [`identity`]: [`PeerIdentity`], each server's own key pair, which signs
+//!   and checks every peer message.
 //!
 //! Every refusal is a [`TokenError`] with a stable code ([`TokenError::code`]) and a
 //! message that says what is wrong without showing keys or secrets.
@@ -26,6 +28,7 @@ pub mod cache;
 pub mod crypto;
 pub mod dev_issuer;
 mod error;
+pub mod identity;
 pub mod jwt;
 pub mod keys;
 pub mod peer;
@@ -38,6 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use self::cache::TokenCache;
 pub use self::dev_issuer::{DEV_AUDIENCE, DEV_ISSUER, DevIssuer, DevIssuerError};
 pub use self::error::TokenError;
+pub use self::identity::PeerIdentity;
 pub use self::jwt::JwtAuthenticator;
 pub use self::keys::{Keys, KeysError};
 pub use self::peer::PeerAuth;

@@ -1,9 +1,13 @@
-//! [`PeerAuth`]: the credential share servers present to each other on `/peer/v1/…`.
+//! [`PeerAuth`]: the optional transport credential of the `/peer/v1/…` routes.
 //!
-//! One shared random secret (`auth.peer_token` or `auth.peer_token_file`), sent as
-//! `Authorization: Bearer <secret>`. It is accepted on the peer routes only, and the
-//! peer routes accept nothing else: a user's JWT is not the secret, and the secret is
-//! not a JWT, so the user routes refuse it as a malformed token.
+//! Which server sent a peer message is told by its signature
+//! ([`super::identity`]), never by this secret: any holder of a shared secret could
+//! pose as any server. The secret (`auth.peer_token` or `auth.peer_token_file`, sent
+//! as `Authorization: Bearer <secret>`) is kept as a cheap first gate: when set,
+//! a request without it is refused before its body (a proposal can be tens of
+//! megabytes) is read and hashed for the signature check. It is accepted on the
+//! peer routes only, and a user's JWT is not the secret, and the secret is not a
+//! JWT, so the user routes refuse it as a malformed token.
 //!
 //! The comparison hashes both sides with SHA-256 and compares the digests in constant
 //! time, so neither the secret's content nor its length shows in the response time.
@@ -48,7 +52,8 @@ impl PeerAuth {
         Ok(PeerAuth::new(peer_secret(config)?.as_deref()))
     }
 
-    /// Checks against `secret`; `None` refuses every call.
+    /// Checks against `secret`; `None` lets every call through to the signature
+    /// check.
     pub fn new(secret: Option<&str>) -> PeerAuth {
         PeerAuth {
             expected: secret.map(|s| Sha256::digest(s.as_bytes()).into()),
@@ -60,17 +65,15 @@ impl PeerAuth {
         self.expected.is_some()
     }
 
-    /// `Ok` when the request carries the peer credential; a 401 otherwise.
+    /// `Ok` when no credential is configured or the request carries it; a 401
+    /// otherwise.
     ///
     /// # Errors
-    /// `no_peer_credential` (this server has none), `missing_token`,
-    /// `invalid_authorization`, `token_too_large`, `bad_peer_credential`.
+    /// `missing_token`, `invalid_authorization`, `token_too_large`,
+    /// `bad_peer_credential`.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(expected) = &self.expected else {
-            return Err(unauthorized(
-                "no_peer_credential",
-                "this server has no peer credential configured (auth.peer_token), so it refuses peer calls",
-            ));
+            return Ok(());
         };
         let presented = bearer_token(headers, MAX_PEER_TOKEN_BYTES).map_err(ApiError::from)?;
         let digest = Sha256::digest(presented.as_bytes());

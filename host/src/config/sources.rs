@@ -277,6 +277,8 @@ pub(super) static KEYS: &[Key] = &[
     key!("server.data_dir", server.data_dir, optional::<PathBuf>),
     key!("server.public_url", server.public_url, optional::<String>),
     key!("server.worker_threads", server.worker_threads, number),
+    key!("server.key_file", server.key_file, optional::<PathBuf>),
+    key!("server.peer_keys", server.peer_keys, list),
     key!("limits.max_body_bytes", limits.max_body_bytes, number),
     key!("limits.max_plugin_bytes", limits.max_plugin_bytes, number),
     key!(
@@ -350,6 +352,11 @@ pub(super) static KEYS: &[Key] = &[
         "endpoints.peer_timeout_ms",
         endpoints.peer_timeout_ms,
         number
+    ),
+    key!(
+        "endpoints.distinct_users",
+        endpoints.distinct_users,
+        boolean
     ),
     key!("log.level", log.level, text),
     key!("log.format", log.format, LogFormat::from_str),

@@ -216,6 +216,26 @@ fn server(c: &mut Checker<'_>, s: &ServerConfig) {
             ),
         );
     }
+    if !s.peer_keys.is_empty() && s.peer_keys.len() != s.servers as usize {
+        let (keys, servers) = (
+            c.named("server.peer_keys"),
+            c.at("server.servers", s.servers),
+        );
+        c.fail(
+            "server.peer_keys",
+            format!(
+                "{keys} has {} entries but {servers}: list every server's public key \
+                 (`guardian peer-key`), this one's included, in index order",
+                s.peer_keys.len()
+            ),
+        );
+    }
+    for (i, key) in s.peer_keys.iter().enumerate() {
+        if let Err(why) = crate::auth::identity::parse_public_key(key) {
+            let at = c.named("server.peer_keys");
+            c.fail("server.peer_keys", format!("{at}: entry {i}: {why}"));
+        }
+    }
     let mut seen = HashMap::new();
     for (i, peer) in s.peers.iter().enumerate() {
         if let Err(why) = base_url(peer) {

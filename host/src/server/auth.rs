@@ -17,6 +17,7 @@ use axum::http::request::Parts;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::auth::identity;
 use crate::config::Role;
 
 /// Who is calling, once authenticated.
@@ -157,9 +158,18 @@ impl<R: Requirement> FromRequestParts<Arc<AppState>> for Caller<R> {
     }
 }
 
-/// A call from another share server: it carried the peer credential. The peer
-/// routes take this instead of a [`Caller`], so no user token is accepted there.
-pub struct Peer;
+/// A call from another share server, not yet believed: it passed the transport
+/// credential (if one is configured) and names its sender and signature, which
+/// [`Peer::verify`] checks once the body is read. The peer routes take this
+/// instead of a [`Caller`], so no user token is accepted there.
+pub struct Peer {
+    /// The index the sender claims.
+    sender: u32,
+    /// Its signature, base64.
+    signature: String,
+    /// The query string as received (signed as sent).
+    query: String,
+}
 
 impl FromRequestParts<Arc<AppState>> for Peer {
     type Rejection = ApiError;
@@ -169,6 +179,77 @@ impl FromRequestParts<Arc<AppState>> for Peer {
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         state.peer_auth.check(&parts.headers)?;
-        Ok(Peer)
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (Some(sender), Some(signature)) = (
+            header(identity::SENDER_HEADER),
+            header(identity::SIGNATURE_HEADER),
+        ) else {
+            return Err(unauthorized(
+                "missing_peer_signature",
+                format!(
+                    "peer calls are signed by their sender: headers {} and {} are required",
+                    identity::SENDER_HEADER,
+                    identity::SIGNATURE_HEADER
+                ),
+            ));
+        };
+        let sender = sender.parse().map_err(|_| {
+            unauthorized(
+                "unknown_peer",
+                format!("{} must be a server index", identity::SENDER_HEADER),
+            )
+        })?;
+        Ok(Peer {
+            sender,
+            signature,
+            query: parts.uri.query().unwrap_or_default().to_owned(),
+        })
+    }
+}
+
+impl Peer {
+    /// Checks that the coordinator (server 0) signed this call of `step` on
+    /// `endpoint` with this body, for this server: a follower takes seal steps from
+    /// the coordinator only.
+    ///
+    /// # Errors
+    /// 401 `no_peer_keys`, `unknown_peer`, `bad_peer_signature`; 403
+    /// `not_coordinator` when another server signed it.
+    pub(super) fn verify(
+        &self,
+        state: &AppState,
+        endpoint: &str,
+        step: &str,
+        body_sha256: &[u8; 32],
+    ) -> Result<(), ApiError> {
+        let identity = &state.sealer.identity;
+        let message = identity::PeerMessage {
+            sender: self.sender,
+            receiver: identity.index(),
+            endpoint,
+            step,
+            query: &self.query,
+            body_sha256,
+        };
+        identity
+            .verify(&message, &self.signature)
+            .map_err(|refusal| unauthorized(refusal.code, refusal.message))?;
+        if self.sender != 0 {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_coordinator",
+                format!(
+                    "server {} signed this {step}, but only server 0 coordinates seals",
+                    self.sender
+                ),
+            ));
+        }
+        Ok(())
     }
 }

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::auth::{Caller, Peer, need};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Json, Path, Query};
+use super::extract::{Body, Path, Query};
 use super::metrics::RejectLabels;
 use super::openapi::{PeerAuthErrors, RoleErrors, STORAGE_500, STORAGE_503};
 use super::registry::LiveEndpoint;
@@ -102,7 +102,8 @@ impl From<BatchInfo> for BatchView {
         (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
         (status = 409, description = "Nothing sealed: `batch_too_small` (with integers \
             `agreed`, reports held by every server, and `needed`, the endpoint's \
-            `min_batch`), `not_coordinator` (send it to server 0), `config_mismatch` or \
+            `min_batch`), `too_few_users` (with integers `users`, the distinct users \
+            of those reports, and `needed`), `not_coordinator` (send it to server 0), `config_mismatch` or \
             `endpoint_missing_on_peer` (the endpoint differs between servers), \
             `seal_pending`, `report_unavailable`.", body = ErrorBody),
         (status = 422, description = "The plugin failed folding: its own code, \
@@ -283,14 +284,18 @@ pub(super) async fn total(
             body = ErrorBody),
         PeerAuthErrors,
         (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
+        (status = 403, description = "Signed by a server other than the coordinator: \
+            `not_coordinator`.", body = ErrorBody),
         (status = 409, description = "`coordinator` (server 0 takes no proposals), \
-            `config_mismatch`.", body = ErrorBody),
+            `config_mismatch`, `stale_seal` (not newer than the seal seen here), \
+            `seal_mismatch`, `unknown_seal` (a later page of a seal not reserved here), \
+            `seal_pending`.", body = ErrorBody),
         (status = 500, description = STORAGE_500, body = ErrorBody),
         (status = 503, description = "Shutting down: `shutting_down`.", body = ErrorBody),
     ))]
 pub(super) async fn peer_prepare(
     State(state): State<Arc<AppState>>,
-    _peer: Peer,
+    peer: Peer,
     Path(name): Path<String>,
     query: Result<Query<seal::Prepare>, ApiError>,
     body: axum::body::Body,
@@ -299,7 +304,7 @@ pub(super) async fn peer_prepare(
     let Query(query) = query?;
     json(
         StatusCode::OK,
-        seal::prepare(&state, &live, query, body).await?,
+        seal::prepare(&state, &live, peer, query, body).await?,
     )
 }
 
@@ -315,9 +320,12 @@ pub(super) async fn peer_prepare(
             body = ErrorBody),
         PeerAuthErrors,
         (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
+        (status = 403, description = "Signed by a server other than the coordinator: \
+            `not_coordinator`.", body = ErrorBody),
         (status = 409, description = "`coordinator`, `config_mismatch`, `unknown_seal`, \
             `seal_mismatch`, `batch_too_small` (with `agreed` and `needed`), \
-            `seal_pending`, `report_unavailable`.", body = ErrorBody),
+            `too_few_users` (with `users` and `needed`), `seal_pending`, \
+            `report_unavailable`.", body = ErrorBody),
         (status = 413, description = "Body too large: `body_too_large`.", body = ErrorBody),
         (status = 422, description = "The plugin failed folding: its own code, \
             `plugin_internal`, or the limit it hit.", body = ErrorBody),
@@ -327,12 +335,15 @@ pub(super) async fn peer_prepare(
     ))]
 pub(super) async fn peer_commit(
     State(state): State<Arc<AppState>>,
-    _peer: Peer,
+    peer: Peer,
     Path(name): Path<String>,
-    Json(body): Json<seal::Commit>,
+    Body(body): Body,
 ) -> Answer {
     let live = live(&state, &name)?;
-    json(StatusCode::OK, seal::commit(&state, &live, body).await?)
+    json(
+        StatusCode::OK,
+        seal::commit(&state, &live, peer, body).await?,
+    )
 }
 
 /// Follower: forgets the reservation of an aborted seal.
@@ -347,6 +358,8 @@ pub(super) async fn peer_commit(
             `bad_batch_id`, `invalid_path`.", body = ErrorBody),
         PeerAuthErrors,
         (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
+        (status = 403, description = "Signed by a server other than the coordinator: \
+            `not_coordinator`.", body = ErrorBody),
         (status = 409, description = "`coordinator`: server 0 takes no aborts.",
             body = ErrorBody),
         (status = 413, description = "Body too large: `body_too_large`.", body = ErrorBody),
@@ -355,10 +368,13 @@ pub(super) async fn peer_commit(
     ))]
 pub(super) async fn peer_abort(
     State(state): State<Arc<AppState>>,
-    _peer: Peer,
+    peer: Peer,
     Path(name): Path<String>,
-    Json(body): Json<seal::Abort>,
+    Body(body): Body,
 ) -> Answer {
     let live = live(&state, &name)?;
-    json(StatusCode::OK, seal::abort(&state, &live, body).await?)
+    json(
+        StatusCode::OK,
+        seal::abort(&state, &live, peer, body).await?,
+    )
 }

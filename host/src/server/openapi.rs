@@ -64,8 +64,10 @@ impl Modify for SecuritySchemes {
         components.add_security_scheme(BEARER, SecurityScheme::Http(bearer));
         let mut peer = Http::new(HttpAuthScheme::Bearer);
         peer.description = Some(
-            "The deployment's peer credential (`auth.peer_token`), the same on every \
-             server; no user token is accepted on these routes."
+            "Peer calls are signed by their sender (headers `guardian-peer-index` and \
+             `guardian-peer-signature`, Ed25519 under `server.peer_keys`); the optional \
+             transport credential `auth.peer_token` goes here. No user token is accepted \
+             on these routes."
                 .into(),
         );
         components.add_security_scheme(PEER, SecurityScheme::Http(peer));
@@ -136,9 +138,11 @@ impl IntoResponses for PeerAuthErrors {
         BTreeMap::from([(
             "401".into(),
             error_response(
-                "The peer credential is missing or wrong: `missing_token`, \
-                 `invalid_authorization`, `token_too_large`, `bad_peer_credential`, or \
-                 `no_peer_credential` (this server has none configured).",
+                "The transport credential (when configured) or the sender's signature \
+                 is missing or wrong: `missing_token`, `invalid_authorization`, \
+                 `token_too_large`, `bad_peer_credential`, `missing_peer_signature`, \
+                 `unknown_peer`, `bad_peer_signature`, or `no_peer_keys` (this server \
+                 has no `server.peer_keys`).",
                 true,
             )
             .into(),

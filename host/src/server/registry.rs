@@ -181,6 +181,11 @@ impl Registry {
         read(&self.endpoints).get(name).cloned()
     }
 
+    /// Every live endpoint.
+    pub(super) fn endpoints(&self) -> Vec<Arc<LiveEndpoint>> {
+        read(&self.endpoints).values().cloned().collect()
+    }
+
     /// The live endpoint with this storage id, if loaded.
     pub(super) fn endpoint_by_id(
         &self,

@@ -809,6 +809,14 @@ async fn store_report(
     let endpoint = live.endpoint.id;
     let now = SystemTime::now();
     let outcome = match live.endpoint.record.max_reports_per_user {
+        // Who posted it, so that a batch can be required to hold many users.
+        None if state.sealer.counts_users() => {
+            let poster = state.storage.user_key(sub);
+            state
+                .storage
+                .insert_report_from(endpoint, report_id, share, now, poster)
+                .await
+        }
         None => {
             state
                 .storage

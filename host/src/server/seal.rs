@@ -3,32 +3,41 @@
 //! Server 0 coordinates; every other server follows. For one endpoint, at most one
 //! seal runs at a time on each server (a per-endpoint lock), and:
 //!
-//! 1. **Prepare.** The coordinator proposes its oldest unbatched report ids under a
-//!    fresh batch id (the ids as a binary body, read by the follower as they
-//!    arrive). Each follower checks the endpoint's `config_hash`, reserves the
-//!    proposed reports it holds unbatched (replacing any older reservation, since
-//!    only the coordinator proposes and it runs one seal at a time) and answers with
-//!    a bitmap over the proposal.
+//! 1. **Prepare.** The coordinator numbers the seal (increasing per endpoint) and
+//!    proposes its oldest unbatched report ids under a fresh batch id, a page of
+//!    at most `max_batch` ids per call (a binary body, read by the follower as it
+//!    arrives). Each follower checks the coordinator's signature, the endpoint's
+//!    `config_hash` and the seal number (never older than the seal it holds or
+//!    last saw: `stale_seal`), reserves the proposed reports it holds unbatched
+//!    (the pages of one seal add up) and answers with a bitmap over the page.
+//!    Pages go on until `max_batch` reports are agreed or the coordinator's
+//!    unbatched reports are all proposed, so reports only it holds never block.
 //! 2. **Decide.** The coordinator intersects the bitmaps into S. Below `min_batch`,
-//!    or if a follower failed, it aborts every reservation and nothing is sealed.
-//!    Otherwise it persists the decision (S as a bitmap over the proposal, its own
-//!    rows of S, the batch id) before telling anyone.
+//!    below `min_batch` distinct users (with authentication on and
+//!    `endpoints.distinct_users`), or if a follower failed, it aborts every
+//!    reservation and nothing is sealed. Otherwise it persists the decision (S as a
+//!    bitmap over the proposal, its own rows of S, the batch id, the seal number)
+//!    before telling anyone.
 //! 3. **Commit.** Every server commits exactly S at once (idempotent by batch id);
-//!    followers receive S as the bitmap and find their rows in their reservation.
-//!    The coordinator drops the decision once every server answered. A decision
-//!    found pending (after a crash, a timeout, a follower down) is driven to
-//!    completion before any new seal of that endpoint, by the next request or by the
-//!    background retry.
+//!    followers receive S as the bitmap and find their rows in their reservation
+//!    of that seal. The coordinator drops the decision once every server answered.
+//!    A decision found pending (after a crash, a timeout, a follower down) is
+//!    driven to completion before any new seal of that endpoint, by the next
+//!    request or by the background retry.
 //!
-//! Memory stays proportional to the proposal's ids and rows (24 bytes a report on
-//! the coordinator, a reservation of 8 bytes a report on a follower plus its
-//! unbatched ids while it matches), never to copies of them.
+//! Every peer request is signed by its sender ([`crate::auth::identity`]); a
+//! follower acts only on steps signed by the coordinator for it.
+//!
+//! Memory stays proportional to one page of ids and the agreed rows on the
+//! coordinator (plus a bit per proposed report), and to its unbatched ids and its
+//! reservation on a follower, never to copies of them.
 //!
 //! Committing folds the shares of S with `accumulate` in chunks on the blocking
 //! pool, runs `release` once with a fresh seed, and stores the released share, the
 //! batch and the batched marks (deleting the shares) in one transaction. Every server
-//! checks on its own: the config hash, `min_batch`, that each report of S is held
-//! unbatched (so no report is ever in two batches) and the batch's count.
+//! checks on its own: the config hash, `min_batch` (and its distinct users), that
+//! each report of S is held unbatched (so no report is ever in two batches) and
+//! the batch's count.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -44,7 +53,10 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use utoipa::{IntoParams, ToSchema};
 
+use sha2::{Digest as _, Sha256};
+
 use super::AppState;
+use super::auth::Peer;
 use super::error::ApiError;
 use super::registry::LiveEndpoint;
 use crate::storage::{BatchInfo, EndpointId, NewBatch, Seal};
@@ -85,17 +97,33 @@ const RETRY_EVERY: Duration = Duration::from_secs(2);
 /// follower committed a seal and before it commits it itself.
 pub const FAULT_VAR: &str = "GUARDIAN_FAULT";
 
-/// A seal's state shared by the handlers: per-endpoint locks and the peer client.
+/// A seal's state shared by the handlers: per-endpoint locks, seal numbers and the
+/// peer client.
 pub(super) struct Sealer {
     locks: Mutex<HashMap<EndpointId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per endpoint, the highest seal number used (coordinator) or seen in a
+    /// prepare (follower): numbers only go up.
+    seal_numbers: Mutex<HashMap<EndpointId, u64>>,
     client: reqwest::Client,
     /// Base URL of every server, by index.
     peers: Vec<String>,
-    /// The credential presented to peers.
+    /// The transport credential presented to peers, if configured.
     secret: Option<String>,
+    /// This server's key pair and its peers' public keys: every peer request is
+    /// signed by its sender.
+    pub(super) identity: crate::auth::PeerIdentity,
     index: u32,
     max_batch: usize,
+    /// Whether a batch needs reports of `min_batch` distinct users (authentication
+    /// on and `endpoints.distinct_users`).
+    distinct_users: bool,
     crash_before_commit: bool,
+}
+
+/// Ids proposed per prepare call: `max_batch`, rounded down to whole bytes of the
+/// bitmaps (at least 8), so that every page but the last starts a new byte.
+fn page_len(max_batch: usize) -> usize {
+    (max_batch - max_batch % 8).max(8)
 }
 
 /// The query of `POST /peer/v1/endpoints/{name}/prepare`. Its body is the proposed
@@ -110,6 +138,19 @@ pub(super) struct Prepare {
     /// The endpoint's `config_hash` on the coordinator.
     #[param(pattern = "^[0-9a-fA-F]{64}$")]
     config_hash: String,
+    /// The coordinator's number of this seal, increasing per endpoint: a prepare of
+    /// a lower number than the reservation held is refused (`stale_seal`).
+    seal: u64,
+    /// How many ids of this seal's proposal came in earlier pages (0 for the first):
+    /// a proposal larger than `max_batch` comes in several prepare calls, whose
+    /// reservations add up.
+    #[serde(default)]
+    offset: u64,
+    /// The fewest distinct users the coordinator requires of the batch (0 when it
+    /// does not count them); a follower that would require more refuses now rather
+    /// than at commit.
+    #[serde(default)]
+    min_users: u64,
 }
 
 /// Which proposed reports a follower reserved.
@@ -131,6 +172,8 @@ pub(super) struct Commit {
     /// The batch's id.
     #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     batch_id: String,
+    /// The seal's number, as in its prepare.
+    seal: u64,
     /// The endpoint's `config_hash` on the coordinator.
     #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     config_hash: String,
@@ -160,6 +203,8 @@ pub(super) struct Abort {
     /// The batch's id.
     #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     batch_id: String,
+    /// The seal's number, as in its prepare.
+    seal: u64,
 }
 
 /// Whether anything was dropped.
@@ -170,22 +215,29 @@ pub(super) struct Aborted {
     aborted: bool,
 }
 
-/// A request to the followers, encoded once for all of them.
+/// A request to the followers, encoded (and its body hashed) once for all of them.
 struct Outgoing {
-    query: Vec<(&'static str, String)>,
+    /// The query string, signed as sent.
+    query: String,
     content_type: &'static str,
     body: Bytes,
+    body_sha256: [u8; 32],
 }
 
 impl Outgoing {
-    fn json(body: &impl Serialize) -> Outgoing {
+    fn new(query: String, content_type: &'static str, body: Bytes) -> Outgoing {
+        let body_sha256 = Sha256::digest(&body).into();
         Outgoing {
-            query: Vec::new(),
-            content_type: "application/json",
-            body: serde_json::to_vec(body)
-                .expect("peer messages serialise")
-                .into(),
+            query,
+            content_type,
+            body,
+            body_sha256,
         }
+    }
+
+    fn json(body: &impl Serialize) -> Outgoing {
+        let body = serde_json::to_vec(body).expect("peer messages serialise");
+        Outgoing::new(String::new(), "application/json", body.into())
     }
 }
 
@@ -213,10 +265,6 @@ mod bits {
         }
         bits[i / 8] |= 1 << (i % 8);
     }
-
-    pub(super) fn count(bits: &[u8]) -> u64 {
-        bits.iter().map(|byte| u64::from(byte.count_ones())).sum()
-    }
 }
 
 impl Sealer {
@@ -225,13 +273,23 @@ impl Sealer {
             .connect_timeout(Duration::from_secs(3))
             .timeout(config.endpoints.peer_timeout())
             .build()?;
+        let identity = crate::auth::PeerIdentity::from_config(&config.server)?;
+        tracing::info!(public_key = %identity.public_key(), "this server's peer key (server.peer_keys)");
+        if !identity.is_configured() {
+            tracing::warn!(
+                "server.peer_keys is not set: peer calls are refused and nothing can be sealed"
+            );
+        }
         Ok(Sealer {
             locks: Mutex::new(HashMap::new()),
+            seal_numbers: Mutex::new(HashMap::new()),
             client,
             peers: config.server.peers.clone(),
             secret: crate::auth::peer::peer_secret(&config.auth)?,
+            identity,
             index: config.server.index,
             max_batch: config.endpoints.max_batch_len(),
+            distinct_users: config.endpoints.distinct_users && !config.auth.disabled,
             crash_before_commit: std::env::var(FAULT_VAR)
                 .is_ok_and(|v| v == "crash_before_coordinator_commit"),
         })
@@ -247,6 +305,54 @@ impl Sealer {
             .clone()
     }
 
+    /// The coordinator's number for a new seal of `endpoint`: the time in
+    /// microseconds, or one more than the last if the clock did not move on, so
+    /// numbers keep increasing across restarts as long as the clock does.
+    fn next_seal_number(&self, endpoint: EndpointId) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let mut numbers = self
+            .seal_numbers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let last = numbers.entry(endpoint).or_default();
+        *last = now.max(*last + 1);
+        *last
+    }
+
+    /// Follower: the highest seal number of `endpoint` seen since start.
+    fn seen_seal_number(&self, endpoint: EndpointId) -> u64 {
+        self.seal_numbers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&endpoint)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Follower: remembers that seal `number` of `endpoint` was prepared.
+    fn saw_seal_number(&self, endpoint: EndpointId, number: u64) {
+        let mut numbers = self
+            .seal_numbers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let seen = numbers.entry(endpoint).or_default();
+        *seen = (*seen).max(number);
+    }
+
+    /// Whether batches need reports of distinct users here, so reports keep who
+    /// posted them.
+    pub(super) fn counts_users(&self) -> bool {
+        self.distinct_users
+    }
+
+    /// The fewest distinct users a batch of an endpoint with `min_batch` needs on
+    /// this server (0: not counted).
+    fn min_users(&self, min_batch: u64) -> u64 {
+        if self.distinct_users { min_batch } else { 0 }
+    }
+
     fn followers(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.peers.len() as u32).filter(move |i| *i != self.index)
     }
@@ -256,14 +362,29 @@ impl Sealer {
         self.peers.first().map_or("server 0", String::as_str)
     }
 
-    /// Calls `step` of `endpoint` on follower `index`.
+    /// Calls `step` of `endpoint` on follower `index`, signed by this server.
     async fn call<T: serde::de::DeserializeOwned>(
-        client: reqwest::Client,
-        url: String,
-        secret: Option<String>,
+        self: Arc<Self>,
+        endpoint: String,
+        step: &'static str,
         index: u32,
         outgoing: Arc<Outgoing>,
     ) -> Result<T, ApiError> {
+        let mut url = format!(
+            "{}/peer/v1/endpoints/{endpoint}/{step}",
+            self.peers[index as usize].trim_end_matches('/')
+        );
+        if !outgoing.query.is_empty() {
+            url = format!("{url}?{}", outgoing.query);
+        }
+        let signature = self.identity.sign(&crate::auth::identity::PeerMessage {
+            sender: self.index,
+            receiver: index,
+            endpoint: &endpoint,
+            step,
+            query: &outgoing.query,
+            body_sha256: &outgoing.body_sha256,
+        });
         let down = |why: String| {
             ApiError::unavailable(
                 "peer_unavailable",
@@ -272,12 +393,14 @@ impl Sealer {
                 ),
             )
         };
-        let mut request = client
+        let mut request = self
+            .client
             .post(&url)
-            .query(&outgoing.query)
             .header(reqwest::header::CONTENT_TYPE, outgoing.content_type)
+            .header(crate::auth::identity::SENDER_HEADER, self.index)
+            .header(crate::auth::identity::SIGNATURE_HEADER, signature)
             .body(outgoing.body.clone());
-        if let Some(secret) = &secret {
+        if let Some(secret) = &self.secret {
             request = request.bearer_auth(secret);
         }
         let response = request
@@ -305,9 +428,9 @@ impl Sealer {
 
     /// Sends `outgoing` to `step` on every follower at once; answers in index order.
     async fn broadcast<T>(
-        &self,
+        self: &Arc<Self>,
         endpoint: &str,
-        step: &str,
+        step: &'static str,
         outgoing: Outgoing,
     ) -> Vec<(u32, Result<T, ApiError>)>
     where
@@ -316,17 +439,9 @@ impl Sealer {
         let outgoing = Arc::new(outgoing);
         let mut calls = JoinSet::new();
         for index in self.followers() {
-            let url = format!(
-                "{}/peer/v1/endpoints/{endpoint}/{step}",
-                self.peers[index as usize].trim_end_matches('/')
-            );
-            let call = Self::call(
-                self.client.clone(),
-                url,
-                self.secret.clone(),
-                index,
-                outgoing.clone(),
-            );
+            let call = self
+                .clone()
+                .call(endpoint.to_owned(), step, index, outgoing.clone());
             calls.spawn(async move { (index, call.await) });
         }
         let mut answers = Vec::new();
@@ -342,12 +457,13 @@ impl Sealer {
 
     /// Tells every follower to drop its reservation for `batch_id`, in the
     /// background: a follower that misses it drops it at the next proposal.
-    fn abort_all(self: &Arc<Self>, endpoint: &str, batch_id: [u8; 16]) {
+    fn abort_all(self: &Arc<Self>, endpoint: &str, batch_id: [u8; 16], seal: u64) {
         let sealer = self.clone();
         let endpoint = endpoint.to_owned();
         tokio::spawn(async move {
             let abort = Outgoing::json(&Abort {
                 batch_id: hex::encode(batch_id),
+                seal,
             });
             for (index, answer) in sealer.broadcast::<Aborted>(&endpoint, "abort", abort).await {
                 if let Err(e) = answer {
@@ -363,9 +479,12 @@ fn peer_refusal(index: u32, code: &str, message: &str) -> ApiError {
     let (status, code) = match code {
         "config_mismatch" => (StatusCode::CONFLICT, "config_mismatch"),
         "unknown_endpoint" => (StatusCode::CONFLICT, "endpoint_missing_on_peer"),
-        "bad_peer_credential" | "no_peer_credential" | "missing_token" => {
-            (StatusCode::BAD_GATEWAY, "peer_credential_refused")
-        }
+        "bad_peer_credential"
+        | "missing_token"
+        | "missing_peer_signature"
+        | "no_peer_keys"
+        | "unknown_peer"
+        | "bad_peer_signature" => (StatusCode::BAD_GATEWAY, "peer_credential_refused"),
         _ => (StatusCode::BAD_GATEWAY, "peer_refused"),
     };
     ApiError::new(
@@ -421,10 +540,26 @@ fn too_small(agreed: u64, needed: u64) -> ApiError {
     .with_detail("needed", needed)
 }
 
+fn too_few_users(users: u64, needed: u64) -> ApiError {
+    ApiError::conflict(
+        "too_few_users",
+        format!(
+            "the reports held by every server come from only {users} distinct users; this endpoint releases batches of at least {needed} users' reports"
+        ),
+    )
+    .with_detail("users", users)
+    .with_detail("needed", needed)
+}
+
 /// Seals a batch of `live`'s endpoint; called on the coordinator.
 ///
 /// If a decided seal of the endpoint is pending, completes it and answers with it
 /// instead: a client retrying after a `seal_incomplete` gets its batch.
+///
+/// The proposal goes a page at a time (at most `max_batch` ids a page), oldest
+/// first, until `max_batch` reports are agreed or this server's unbatched reports
+/// are all proposed: reports that only this server holds, however many, never
+/// keep the reports every server holds out of a batch.
 pub(super) async fn seal(
     state: &Arc<AppState>,
     live: &Arc<LiveEndpoint>,
@@ -445,73 +580,96 @@ pub(super) async fn seal(
             .await?;
     }
     let needed = endpoint.record.min_batch.max(1);
-    let proposal = state
-        .storage
-        .unbatched_reports(endpoint.id, sealer.max_batch)
-        .await?;
-    if proposal.is_empty() {
-        return Err(too_small(0, needed));
-    }
+    let min_users = sealer.min_users(needed);
     let batch_id: [u8; 16] = rand::random();
-    let mut ids = Vec::with_capacity(16 * proposal.len());
-    for report in &proposal {
-        ids.extend_from_slice(&report.report_id);
-    }
-    let prepare = Outgoing {
-        query: vec![
-            ("batch_id", hex::encode(batch_id)),
-            ("config_hash", hex::encode(endpoint.record.config_hash)),
-        ],
-        content_type: "application/octet-stream",
-        body: ids.into(),
-    };
+    let number = sealer.next_seal_number(endpoint.id);
     let name = &endpoint.record.name;
-    let mut agreed = bits::all(proposal.len());
-    let mut failure = None;
-    for (index, answer) in sealer.broadcast::<Prepared>(name, "prepare", prepare).await {
-        let bitmap = answer.and_then(|prepared| {
-            BASE64
-                .decode(prepared.held)
-                .ok()
-                .filter(|held| held.len() == agreed.len())
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "peer_refused",
-                        format!("server {index} answered the proposal with a malformed bitmap"),
-                    )
-                })
-        });
-        match bitmap {
-            Ok(held) => {
-                for (agreed, held) in agreed.iter_mut().zip(held) {
-                    *agreed &= held;
+    let page = page_len(sealer.max_batch);
+    // Bit i: proposed report i is agreed (over every page).
+    let mut agreed = Vec::new();
+    let mut rows = Vec::new();
+    let (mut proposed, mut after_row) = (0usize, 0i64);
+    loop {
+        let proposal = state
+            .storage
+            .unbatched_reports(endpoint.id, after_row, page)
+            .await?;
+        let Some(last) = proposal.last() else { break };
+        after_row = last.row;
+        let mut ids = Vec::with_capacity(16 * proposal.len());
+        for report in &proposal {
+            ids.extend_from_slice(&report.report_id);
+        }
+        let query = format!(
+            "batch_id={}&config_hash={}&seal={number}&offset={proposed}&min_users={min_users}",
+            hex::encode(batch_id),
+            hex::encode(endpoint.record.config_hash),
+        );
+        let prepare = Outgoing::new(query, "application/octet-stream", ids.into());
+        let mut held_by_all = bits::all(proposal.len());
+        let mut failure = None;
+        for (index, answer) in sealer.broadcast::<Prepared>(name, "prepare", prepare).await {
+            let bitmap = answer.and_then(|prepared| {
+                BASE64
+                    .decode(prepared.held)
+                    .ok()
+                    .filter(|held| held.len() == held_by_all.len())
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            "peer_refused",
+                            format!("server {index} answered the proposal with a malformed bitmap"),
+                        )
+                    })
+            });
+            match bitmap {
+                Ok(held) => {
+                    for (all, held) in held_by_all.iter_mut().zip(held) {
+                        *all &= held;
+                    }
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
                 }
             }
-            Err(e) => {
-                failure.get_or_insert(e);
+        }
+        if let Some(failure) = failure {
+            sealer.abort_all(name, batch_id, number);
+            return Err(failure);
+        }
+        for (position, report) in proposal.iter().enumerate() {
+            if rows.len() < sealer.max_batch && bits::get(&held_by_all, position) {
+                bits::set(&mut agreed, proposed + position);
+                rows.push(report.row);
             }
         }
-    }
-    if let Some(failure) = failure {
-        sealer.abort_all(name, batch_id);
-        return Err(failure);
-    }
-    let count = bits::count(&agreed);
-    if count < needed {
-        sealer.abort_all(name, batch_id);
-        return Err(too_small(count, needed));
-    }
-    let mut rows = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
-    for (position, report) in proposal.iter().enumerate() {
-        if bits::get(&agreed, position) {
-            rows.push(report.row);
+        proposed += proposal.len();
+        if proposal.len() < page || rows.len() >= sealer.max_batch {
+            break;
         }
     }
-    drop(proposal);
+    agreed.resize(proposed.div_ceil(8), 0);
+    let count = rows.len() as u64;
+    if count < needed {
+        if proposed > 0 {
+            sealer.abort_all(name, batch_id, number);
+        }
+        return Err(too_small(count, needed));
+    }
+    if min_users > 0 {
+        let users = state
+            .storage
+            .distinct_posters(endpoint.id, rows.clone(), min_users)
+            .await?;
+        if users < min_users {
+            sealer.abort_all(name, batch_id, number);
+            return Err(too_few_users(users, min_users));
+        }
+    }
     let decision = Seal {
         endpoint: endpoint.id,
         batch_id,
+        seal_number: number,
         decided: true,
         positions: agreed,
         rows,
@@ -534,6 +692,7 @@ async fn finish(
     let Seal {
         endpoint,
         batch_id,
+        seal_number,
         positions,
         rows,
         ..
@@ -542,6 +701,7 @@ async fn finish(
     let batch_hex = hex::encode(batch_id);
     let commit = Outgoing::json(&Commit {
         batch_id: batch_hex.clone(),
+        seal: seal_number,
         config_hash: hex::encode(record.config_hash),
         agreed: BASE64.encode(&positions),
         count,
@@ -648,28 +808,30 @@ async fn commit_locally(
     Ok(outcome.info())
 }
 
-/// Follower: reserves the proposed reports this server holds; `body` is the
-/// proposal's ids, read as they arrive.
+/// Follower: reserves the proposed reports this server holds; `body` is one page
+/// of the proposal's ids, read (and hashed for the signature) as they arrive.
+/// Nothing is stored before the coordinator's signature over the whole request
+/// has been checked.
 pub(super) async fn prepare(
     state: &Arc<AppState>,
     live: &Arc<LiveEndpoint>,
+    peer: Peer,
     query: Prepare,
     body: Body,
 ) -> Result<Prepared, ApiError> {
     follower_only(state)?;
-    check_config(live, &query.config_hash)?;
-    let batch_id = parse_batch_id(&query.batch_id)?;
     let endpoint = live.endpoint.id;
+    let name = &live.endpoint.record.name;
     let lock = state.sealer.lock(endpoint);
     let _sealing = lock.lock().await;
     // Sorted by id and searched, rather than hashed: a third of the memory for
     // a million reports.
     let mut held = state
         .storage
-        .unbatched_reports(endpoint, usize::MAX)
+        .unbatched_reports(endpoint, 0, usize::MAX)
         .await?;
     held.sort_unstable_by_key(|report| report.report_id);
-    let max = state.sealer.max_batch;
+    let max = page_len(state.sealer.max_batch);
     let mut positions = Vec::new();
     // At most every held report, allocated once.
     let mut rows = Vec::with_capacity(held.len().min(max));
@@ -678,7 +840,7 @@ pub(super) async fn prepare(
         if proposed == max {
             return Err(ApiError::bad_request(
                 "too_many_reports",
-                format!("a seal takes at most {max} reports (endpoints.max_batch)"),
+                format!("a prepare takes at most {max} report ids (endpoints.max_batch)"),
             ));
         }
         if let Ok(at) = held.binary_search_by(|report| report.report_id.as_slice().cmp(id)) {
@@ -688,6 +850,7 @@ pub(super) async fn prepare(
         proposed += 1;
         Ok(())
     };
+    let mut digest = Sha256::new();
     let mut stream = body.into_data_stream();
     let mut carry = Vec::with_capacity(16);
     while let Some(chunk) = std::future::poll_fn(|cx| Pin::new(&mut stream).poll_frame(cx)).await {
@@ -695,6 +858,7 @@ pub(super) async fn prepare(
             .map_err(|e| ApiError::bad_request("bad_body", format!("reading the proposal: {e}")))?
             .into_data()
             .unwrap_or_default();
+        digest.update(&chunk);
         let mut chunk = &chunk[..];
         if !carry.is_empty() {
             let take = (16 - carry.len()).min(chunk.len());
@@ -712,36 +876,112 @@ pub(super) async fn prepare(
         carry.extend_from_slice(ids.remainder());
     }
     drop(held);
+    peer.verify(state, name, "prepare", &digest.finalize().into())?;
+    check_config(live, &query.config_hash)?;
+    let batch_id = parse_batch_id(&query.batch_id)?;
     if !carry.is_empty() {
         return Err(ApiError::bad_request(
             "bad_request",
             "the proposal must be whole 16-byte report ids",
         ));
     }
+    let ours = state
+        .sealer
+        .min_users(live.endpoint.record.min_batch.max(1));
+    if query.min_users < ours {
+        return Err(ApiError::conflict(
+            "config_mismatch",
+            format!(
+                "this server requires batches of {ours} distinct users (endpoints.distinct_users) but the coordinator requires {}: the operators must agree on endpoints.distinct_users",
+                query.min_users
+            ),
+        ));
+    }
     positions.resize(proposed.div_ceil(8), 0);
     let count = rows.len() as u64;
-    let reservation = Seal {
-        endpoint,
-        batch_id,
-        decided: false,
-        positions,
-        rows,
-        created_at: SystemTime::now(),
+    let page_bits = BASE64.encode(&positions);
+    let reservation = match state.storage.pending_seal(endpoint).await? {
+        // A later page of the seal reserved here: the reservation grows.
+        Some(mut reserved)
+            if query.offset > 0
+                && reserved.batch_id == batch_id
+                && reserved.seal_number == query.seal =>
+        {
+            if query.offset != reserved.positions.len() as u64 * 8 {
+                return Err(ApiError::conflict(
+                    "seal_mismatch",
+                    format!(
+                        "batch {}: this page starts at proposed report {}, the reservation here covers {}",
+                        query.batch_id,
+                        query.offset,
+                        reserved.positions.len() * 8
+                    ),
+                ));
+            }
+            reserved.positions.extend_from_slice(&positions);
+            reserved.rows.extend_from_slice(&rows);
+            reserved
+        }
+        Some(reserved) if reserved.seal_number >= query.seal => {
+            return Err(stale_seal(&query, reserved.seal_number));
+        }
+        _ if query.offset > 0 => {
+            return Err(ApiError::conflict(
+                "unknown_seal",
+                format!(
+                    "this server holds no reservation for the earlier pages of batch {}",
+                    query.batch_id
+                ),
+            ));
+        }
+        _ if state.sealer.seen_seal_number(endpoint) >= query.seal => {
+            return Err(stale_seal(&query, state.sealer.seen_seal_number(endpoint)));
+        }
+        _ => Seal {
+            endpoint,
+            batch_id,
+            seal_number: query.seal,
+            decided: false,
+            positions,
+            rows,
+            created_at: SystemTime::now(),
+        },
     };
     state.storage.put_seal(&reservation).await?;
+    state.sealer.saw_seal_number(endpoint, query.seal);
     Ok(Prepared {
-        held: BASE64.encode(&reservation.positions),
+        held: page_bits,
         count,
     })
+}
+
+/// A prepare older than (or as old as) the seal this follower already took part in.
+fn stale_seal(query: &Prepare, newer: u64) -> ApiError {
+    ApiError::conflict(
+        "stale_seal",
+        format!(
+            "seal {} (batch {}) is not newer than seal {newer} seen here: a late or replayed prepare never replaces a newer reservation",
+            query.seal, query.batch_id
+        ),
+    )
 }
 
 /// Follower: commits exactly the agreed reports of the proposal, reserved before.
 pub(super) async fn commit(
     state: &Arc<AppState>,
     live: &Arc<LiveEndpoint>,
-    body: Commit,
+    peer: Peer,
+    bytes: Bytes,
 ) -> Result<Committed, ApiError> {
     follower_only(state)?;
+    peer.verify(
+        state,
+        &live.endpoint.record.name,
+        "commit",
+        &Sha256::digest(&bytes).into(),
+    )?;
+    let body: Commit = super::extract::parse_json(&bytes)?;
+    drop(bytes);
     check_config(live, &body.config_hash)?;
     let batch_id = parse_batch_id(&body.batch_id)?;
     let agreed = BASE64
@@ -761,13 +1001,13 @@ pub(super) async fn commit(
         .storage
         .pending_seal(endpoint)
         .await?
-        .filter(|seal| seal.batch_id == batch_id)
+        .filter(|seal| seal.batch_id == batch_id && seal.seal_number == body.seal)
         .ok_or_else(|| {
             ApiError::conflict(
                 "unknown_seal",
                 format!(
-                    "this server holds no reservation for batch {}: it was aborted or replaced by a newer proposal",
-                    body.batch_id
+                    "this server holds no reservation for batch {} of seal {}: it was aborted or replaced by a newer proposal",
+                    body.batch_id, body.seal
                 ),
             )
         })?;
@@ -816,22 +1056,46 @@ pub(super) async fn commit(
     if (rows.len() as u64) < needed {
         return Err(too_small(rows.len() as u64, needed));
     }
+    let min_users = state.sealer.min_users(needed);
+    if min_users > 0 {
+        let users = state
+            .storage
+            .distinct_posters(endpoint, rows.clone(), min_users)
+            .await?;
+        if users < min_users {
+            return Err(too_few_users(users, min_users));
+        }
+    }
     commit_locally(state, live, batch_id, rows)
         .await
         .map(committed)
 }
 
-/// Follower: forgets the reservation of an aborted seal.
+/// Follower: forgets the reservation of an aborted seal (only that seal's).
 pub(super) async fn abort(
     state: &Arc<AppState>,
     live: &Arc<LiveEndpoint>,
-    body: Abort,
+    peer: Peer,
+    bytes: Bytes,
 ) -> Result<Aborted, ApiError> {
     follower_only(state)?;
+    peer.verify(
+        state,
+        &live.endpoint.record.name,
+        "abort",
+        &Sha256::digest(&bytes).into(),
+    )?;
+    let body: Abort = super::extract::parse_json(&bytes)?;
     let batch_id = parse_batch_id(&body.batch_id)?;
-    let lock = state.sealer.lock(live.endpoint.id);
+    let endpoint = live.endpoint.id;
+    let lock = state.sealer.lock(endpoint);
     let _sealing = lock.lock().await;
-    let aborted = state.storage.drop_seal(live.endpoint.id, batch_id).await?;
+    let ours = state
+        .storage
+        .pending_seal(endpoint)
+        .await?
+        .is_some_and(|seal| seal.batch_id == batch_id && seal.seal_number == body.seal);
+    let aborted = ours && state.storage.drop_seal(endpoint, batch_id).await?;
     Ok(Aborted { aborted })
 }
 
@@ -883,7 +1147,9 @@ pub(super) async fn retry_decided(state: Arc<AppState>) {
     }
 }
 
-/// Expires unbatched reports past the retention, until shutdown.
+/// Expires unbatched reports past the retention, until shutdown: one endpoint at
+/// a time under its seal lock, so that a proposal being made or answered is never
+/// expired under a seal (and a seal in progress keeps its reports).
 pub(super) async fn expire_reports(state: Arc<AppState>) {
     let retention = state.config.endpoints.report_retention();
     let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
@@ -892,11 +1158,18 @@ pub(super) async fn expire_reports(state: Arc<AppState>) {
         let Some(before) = SystemTime::now().checked_sub(retention) else {
             continue;
         };
-        match state.storage.expire_reports(before).await {
-            Ok(0) => {}
-            Ok(expired) => tracing::info!(expired, "unbatched reports expired"),
-            Err(crate::storage::StorageError::Closed) => return,
-            Err(e) => tracing::warn!(error = %e, "expiring reports failed"),
+        for live in state.registry.endpoints() {
+            let endpoint = live.endpoint.id;
+            let lock = state.sealer.lock(endpoint);
+            let _sealing = lock.lock().await;
+            match state.storage.expire_reports(endpoint, before).await {
+                Ok(0) => {}
+                Ok(expired) => {
+                    tracing::info!(endpoint = %live.endpoint.record.name, expired, "unbatched reports expired");
+                }
+                Err(crate::storage::StorageError::Closed) => return,
+                Err(e) => tracing::warn!(error = %e, "expiring reports failed"),
+            }
         }
     }
 }

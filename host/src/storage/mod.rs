@@ -190,6 +190,36 @@ impl Storage {
             .await
     }
 
+    /// [`Storage::insert_report`] recording who posted the report (kept until it is
+    /// batched or expires), for [`Storage::distinct_posters`].
+    pub async fn insert_report_from(
+        &self,
+        endpoint: EndpointId,
+        report_id: [u8; 16],
+        share: Vec<u8>,
+        received_at: SystemTime,
+        poster: UserKey,
+    ) -> Result<InsertReportOutcome, StorageError> {
+        self.backend
+            .insert_report_from(endpoint, report_id, share, received_at, poster)
+            .await
+    }
+
+    /// How many distinct users posted the unbatched reports at `rows` of an
+    /// endpoint (see [`Storage::insert_report_from`]; the quota's user counts too),
+    /// counting up to `enough` and no further. A report without a known poster
+    /// counts as a user of its own. Fails with [`StorageError::ReportUnavailable`]
+    /// if a row is not the endpoint's.
+    pub async fn distinct_posters(
+        &self,
+        endpoint: EndpointId,
+        mut rows: Vec<i64>,
+        enough: u64,
+    ) -> Result<u64, StorageError> {
+        rows.sort_unstable();
+        self.backend.distinct_posters(endpoint, rows, enough).await
+    }
+
     /// The key under which this server stores a user's reports for quotas: a hash
     /// of `sub` keyed by a random secret of this database, so the stored value
     /// tells nothing about the user without that secret, and differs between
@@ -198,15 +228,19 @@ impl Storage {
         self.backend.user_key(sub)
     }
 
-    /// The oldest unbatched reports of an endpoint, in arrival order, at most `limit`:
-    /// what a seal proposes (coordinator) or what a proposal is matched against
+    /// The oldest unbatched reports of an endpoint stored after row `after_row`
+    /// (0: from the first), in arrival order, at most `limit`: what a seal proposes,
+    /// a page at a time (coordinator), or what a proposal is matched against
     /// (follower).
     pub async fn unbatched_reports(
         &self,
         endpoint: EndpointId,
+        after_row: i64,
         limit: usize,
     ) -> Result<Vec<SealReport>, StorageError> {
-        self.backend.unbatched_reports(endpoint, limit).await
+        self.backend
+            .unbatched_reports(endpoint, after_row, limit)
+            .await
     }
 
     /// Records the seal in progress of `seal.endpoint`, replacing an undecided one
@@ -290,11 +324,17 @@ impl Storage {
         self.backend.all_batches(endpoint).await
     }
 
-    /// Expires the unbatched reports received before `before`: deletes their shares
-    /// and keeps their ids, so replays stay refused. Endpoints with a seal in
-    /// progress are skipped (their reports may be reserved). Returns how many expired.
-    pub async fn expire_reports(&self, before: SystemTime) -> Result<u64, StorageError> {
-        self.backend.expire_reports(before).await
+    /// Expires the unbatched reports of an endpoint received before `before`:
+    /// deletes their shares and keeps their ids, so replays stay refused. Nothing
+    /// expires while the endpoint has a seal in progress (its reports may be
+    /// reserved or decided); the caller also holds the endpoint's seal lock, so a
+    /// proposal being made is never expired under it. Returns how many expired.
+    pub async fn expire_reports(
+        &self,
+        endpoint: EndpointId,
+        before: SystemTime,
+    ) -> Result<u64, StorageError> {
+        self.backend.expire_reports(endpoint, before).await
     }
 }
 
@@ -335,6 +375,9 @@ pub struct Seal {
     pub endpoint: EndpointId,
     /// Batch id chosen by the coordinator for this seal.
     pub batch_id: [u8; 16],
+    /// The coordinator's number of this seal, increasing per endpoint: a follower
+    /// never lets a step of a lower number replace this seal.
+    pub seal_number: u64,
     /// Whether the coordinator decided to commit (else a follower's reservation).
     pub decided: bool,
     /// Bit i (least significant first in each byte) is set when proposed report i

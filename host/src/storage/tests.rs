@@ -580,10 +580,10 @@ async fn a_committed_batch_releases_its_reports_once() {
             .unwrap();
     }
     let all = storage
-        .unbatched_reports(steps.id, usize::MAX)
+        .unbatched_reports(steps.id, 0, usize::MAX)
         .await
         .unwrap();
-    let first = storage.unbatched_reports(steps.id, 3).await.unwrap();
+    let first = storage.unbatched_reports(steps.id, 0, 3).await.unwrap();
     assert_eq!(first, all[..3]);
     assert_eq!(
         first.iter().map(|r| r.report_id).collect::<Vec<_>>(),
@@ -650,10 +650,11 @@ async fn one_seal_in_progress_per_endpoint() {
             .await
             .unwrap();
     }
-    let reports = storage.unbatched_reports(steps.id, 10).await.unwrap();
+    let reports = storage.unbatched_reports(steps.id, 0, 10).await.unwrap();
     let seal = |batch: u8, decided: bool| Seal {
         endpoint: steps.id,
         batch_id: [batch; 16],
+        seal_number: u64::from(batch),
         decided,
         positions: vec![0b1111],
         rows: rows(&reports),
@@ -697,7 +698,7 @@ async fn one_seal_in_progress_per_endpoint() {
             .await
             .unwrap();
     }
-    let rest = storage.unbatched_reports(steps.id, 10).await.unwrap();
+    let rest = storage.unbatched_reports(steps.id, 0, 10).await.unwrap();
     storage
         .put_seal(&Seal {
             batch_id: [5; 16],
@@ -722,11 +723,12 @@ async fn unbatched_reports_expire_unless_a_seal_may_hold_them() {
             .await
             .unwrap();
     }
-    let reserved = storage.unbatched_reports(steps.id, 1).await.unwrap();
+    let reserved = storage.unbatched_reports(steps.id, 0, 1).await.unwrap();
     storage
         .put_seal(&Seal {
             endpoint: steps.id,
             batch_id: [1; 16],
+            seal_number: 1,
             decided: false,
             positions: vec![1],
             rows: rows(&reserved),
@@ -734,9 +736,9 @@ async fn unbatched_reports_expire_unless_a_seal_may_hold_them() {
         })
         .await
         .unwrap();
-    assert_eq!(storage.expire_reports(at(2500)).await.unwrap(), 0);
+    assert_eq!(storage.expire_reports(steps.id, at(2500)).await.unwrap(), 0);
     assert!(storage.drop_seal(steps.id, [1; 16]).await.unwrap());
-    assert_eq!(storage.expire_reports(at(2500)).await.unwrap(), 3);
+    assert_eq!(storage.expire_reports(steps.id, at(2500)).await.unwrap(), 3);
     assert_eq!(
         storage.endpoint_counts("steps").await.unwrap(),
         Some(EndpointCounts {
@@ -1231,7 +1233,7 @@ async fn sql_inserts_per_second_without_the_queue() {
                 for _ in 0..43 {
                     let mut id = report_id(n);
                     id[..8].copy_from_slice(&n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
-                    sql::insert_report(&tx, &mut ids, steps.id, &id, &[1u8; 80], 0).unwrap();
+                    sql::insert_report(&tx, &mut ids, steps.id, &id, &[1u8; 80], 0, None).unwrap();
                     n += 1;
                 }
                 tx.commit().unwrap();
@@ -1303,7 +1305,7 @@ async fn seal_steps_for_a_million_reports() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let (started, before) = (Instant::now(), status("VmRSS:"));
     let reports = storage
-        .unbatched_reports(steps.id, usize::MAX)
+        .unbatched_reports(steps.id, 0, usize::MAX)
         .await
         .unwrap();
     step("list", started, before);
@@ -1311,6 +1313,7 @@ async fn seal_steps_for_a_million_reports() {
     let reservation = Seal {
         endpoint: steps.id,
         batch_id: [1; 16],
+        seal_number: 1,
         decided: false,
         positions: vec![0xff; N.div_ceil(8) as usize],
         rows: rows(&reports),
@@ -1429,7 +1432,7 @@ async fn a_user_holds_at_most_the_quota_until_a_batch_takes_their_reports() {
     let alice = storage.user_key("alice");
     assert_eq!(keys[&report_id(1)].as_deref(), Some(&alice.0[..]));
     assert_ne!(storage.user_key("alice"), storage.user_key("bob"));
-    let reports = storage.unbatched_reports(capped.id, 3).await.unwrap();
+    let reports = storage.unbatched_reports(capped.id, 0, 3).await.unwrap();
     commit(&storage, capped.id, 1, &reports).await.unwrap();
     let keys = stored_user_keys(&path, capped.id);
     for n in [1, 2, 4] {
@@ -1449,7 +1452,7 @@ async fn a_user_holds_at_most_the_quota_until_a_batch_takes_their_reports() {
     );
 
     // Expired reports stop counting too, and lose their user key.
-    storage.expire_reports(at(1_000)).await.unwrap();
+    storage.expire_reports(capped.id, at(1_000)).await.unwrap();
     assert!(
         stored_user_keys(&path, capped.id)
             .values()
@@ -1473,7 +1476,14 @@ async fn concurrent_posts_of_one_user_in_one_group_never_exceed_the_quota() {
     for n in 0..10 {
         let reply = storage
             .backend
-            .queue_insert(capped.id, report_id(n), vec![1; 8], at(3), Some(quota))
+            .queue_insert(
+                capped.id,
+                report_id(n),
+                vec![1; 8],
+                at(3),
+                Some(quota),
+                None,
+            )
             .await
             .unwrap();
         replies.push(reply);
@@ -1808,7 +1818,7 @@ proptest::proptest! {
                         Some(_) => InsertReportOutcome::Conflict,
                     };
                     let outcome = sql::insert_report(
-                        &conn, &mut ids, created.id, &[id; 16], &[share; 4], 5,
+                        &conn, &mut ids, created.id, &[id; 16], &[share; 4], 5, None,
                     )
                     .unwrap();
                     proptest::prop_assert_eq!(&outcome, &expected, "id {}", id);
@@ -1851,4 +1861,54 @@ proptest::proptest! {
         drop(conn);
         proptest::prop_assert_eq!(stored_reports(&path, created.id).len(), committed.len());
     }
+}
+
+#[tokio::test]
+async fn distinct_posters_are_counted_over_rows_until_enough() {
+    let (_dir, path) = temp_db();
+    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+    // alice ×3, bob, and one anonymous report.
+    for (n, user) in [(0, "alice"), (1, "alice"), (2, "bob"), (3, "alice")] {
+        let poster = storage.user_key(user);
+        storage
+            .insert_report_from(steps.id, report_id(n), vec![1], at(3), poster)
+            .await
+            .unwrap();
+    }
+    storage
+        .insert_report(steps.id, report_id(4), vec![1], at(3))
+        .await
+        .unwrap();
+    let reports = storage.unbatched_reports(steps.id, 0, 10).await.unwrap();
+    let all = rows(&reports);
+    let count = |rows: Vec<i64>, enough| storage.distinct_posters(steps.id, rows, enough);
+    assert_eq!(count(all.clone(), 10).await.unwrap(), 3);
+    // It stops once it has seen enough.
+    assert_eq!(count(all.clone(), 2).await.unwrap(), 2);
+    // Alice's three reports are one user, in any order.
+    let alices = vec![all[3], all[0], all[1]];
+    assert_eq!(count(alices, 10).await.unwrap(), 1);
+    // A row of another endpoint, or none, is an error.
+    assert!(matches!(
+        count(vec![all[0], all[4] + 100], 10).await,
+        Err(StorageError::ReportUnavailable)
+    ));
+    // Pages: after a row, at most a limit.
+    let page = storage
+        .unbatched_reports(steps.id, all[1], 2)
+        .await
+        .unwrap();
+    assert_eq!(rows(&page), vec![all[2], all[3]]);
+    // Posters go with batching.
+    commit(&storage, steps.id, 1, &reports).await.unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let kept: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM reports WHERE poster IS NOT NULL",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(kept, 0);
+    storage.close().await.unwrap();
 }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod proxy;
+
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -54,6 +56,45 @@ pub fn dev_token(dir: &Path, role: Role, sub: &str) -> String {
         .mint(role, sub, Duration::from_secs(600))
         .unwrap()
 }
+/// A peer request to server `receiver` signed with the key in `key_file` as
+/// server `sender` claims to be: what an honest coordinator sends when the key is
+/// its own, and what a dishonest operator can forge otherwise.
+pub fn signed_peer_request(
+    http: &Client,
+    base: &str,
+    key_file: &Path,
+    (sender, receiver): (u32, u32),
+    (endpoint, step, query): (&str, &str, &str),
+    body: Vec<u8>,
+) -> reqwest::RequestBuilder {
+    use sha2::Digest as _;
+    let server = guardian::config::ServerConfig {
+        index: sender,
+        key_file: Some(key_file.to_owned()),
+        ..Default::default()
+    };
+    let identity = guardian::auth::PeerIdentity::from_config(&server).unwrap();
+    let digest: [u8; 32] = sha2::Sha256::digest(&body).into();
+    let signature = identity.sign(&guardian::auth::identity::PeerMessage {
+        sender,
+        receiver,
+        endpoint,
+        step,
+        query,
+        body_sha256: &digest,
+    });
+    let mut url = format!("{base}/peer/v1/endpoints/{endpoint}/{step}");
+    if !query.is_empty() {
+        url = format!("{url}?{query}");
+    }
+    http.post(url)
+        .bearer_auth(PEER_TOKEN)
+        .header(guardian::auth::identity::SENDER_HEADER, sender)
+        .header(guardian::auth::identity::SIGNATURE_HEADER, signature)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+}
+
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -71,6 +112,8 @@ pub struct Cluster {
     pub dir: TempDir,
     nodes: Vec<Node>,
     peers: String,
+    /// Every server's public peer key, comma-separated in index order.
+    peer_keys: String,
     pub http: Client,
     /// Environment of every server, after the defaults above.
     env: Vec<(String, String)>,
@@ -99,7 +142,7 @@ impl Cluster {
             .map(|a| format!("http://{a}"))
             .collect::<Vec<_>>()
             .join(",");
-        let nodes = addrs
+        let nodes: Vec<Node> = addrs
             .iter()
             .enumerate()
             .map(|(index, addr)| Node {
@@ -109,10 +152,18 @@ impl Cluster {
                 log: dir.path().join(format!("server-{index}.log")),
             })
             .collect();
+        // Each server's own key pair, where it looks for it (`{data_dir}/peer-key`).
+        let peer_keys = nodes
+            .iter()
+            .map(|node| guardian::auth::identity::public_key_of(&node.data_dir.join("peer-key")))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .unwrap()
+            .join(",");
         let mut cluster = Cluster {
             dir,
             nodes,
             peers,
+            peer_keys,
             http: Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap(),
             env,
         };
@@ -141,6 +192,7 @@ impl Cluster {
             .env("GUARDIAN_SERVER_INDEX", index.to_string())
             .env("GUARDIAN_SERVER_SERVERS", n.to_string())
             .env("GUARDIAN_SERVER_PEERS", &peers)
+            .env("GUARDIAN_SERVER_PEER_KEYS", &self.peer_keys)
             .env("GUARDIAN_SERVER_LISTEN", node.addr.to_string())
             .env("GUARDIAN_SERVER_DATA_DIR", &node.data_dir)
             .env("GUARDIAN_ENDPOINTS_PEER_TIMEOUT_MS", "10000")
@@ -175,6 +227,12 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Server `index`'s private peer key file: a test that plays a dishonest
+    /// operator signs with it.
+    pub fn key_file(&self, index: usize) -> PathBuf {
+        self.nodes[index].data_dir.join("peer-key")
     }
 
     pub fn kill(&mut self, index: usize) {

@@ -208,6 +208,19 @@ INSERT INTO report_ids_state (singleton, indexed_through)
     SELECT 0, coalesce(max(id), 0) FROM reports;
 "#,
     },
+    Migration {
+        description: "seal numbers and the poster of each report",
+        sql: r#"
+-- The coordinator numbers the seals of an endpoint in increasing order; a follower
+-- keeps the number of the seal it reserved for, so that a late step of an older
+-- seal never replaces a newer reservation.
+ALTER TABLE seals ADD COLUMN seal_number INTEGER NOT NULL DEFAULT 0;
+-- Keyed hash (16 bytes, the key of `user_key`) of the poster's token `sub`, while
+-- the report is unbatched: a batch must hold reports of `min_batch` distinct users.
+-- Not indexed (counted over a seal's rows only), so ingest writes no extra page.
+ALTER TABLE reports ADD COLUMN poster BLOB CHECK (poster IS NULL OR length(poster) = 16);
+"#,
+    },
 ];
 
 /// Applies the migrations of `migrations` that the database does not have yet;

@@ -171,7 +171,7 @@ impl SqliteBackend {
         share: Vec<u8>,
         received_at: SystemTime,
     ) -> Result<oneshot::Receiver<Result<InsertReportOutcome, StorageError>>, StorageError> {
-        self.queue_insert(endpoint, report_id, share, received_at, None)
+        self.queue_insert(endpoint, report_id, share, received_at, None, None)
             .await
     }
 
@@ -183,6 +183,7 @@ impl SqliteBackend {
         share: Vec<u8>,
         received_at: SystemTime,
         quota: Option<UserQuota>,
+        poster: Option<UserKey>,
     ) -> Result<oneshot::Receiver<Result<InsertReportOutcome, StorageError>>, StorageError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(StorageError::Closed);
@@ -194,6 +195,7 @@ impl SqliteBackend {
             share,
             received_at: sql::to_millis(received_at),
             quota,
+            poster,
             reply,
         };
         self.commands
@@ -228,7 +230,22 @@ impl SqliteBackend {
         quota: UserQuota,
     ) -> Result<InsertReportOutcome, StorageError> {
         let outcome = self
-            .queue_insert(endpoint, report_id, share, received_at, Some(quota))
+            .queue_insert(endpoint, report_id, share, received_at, Some(quota), None)
+            .await?;
+        outcome.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// See [`crate::storage::Storage::insert_report_from`].
+    pub(crate) async fn insert_report_from(
+        &self,
+        endpoint: EndpointId,
+        report_id: [u8; 16],
+        share: Vec<u8>,
+        received_at: SystemTime,
+        poster: UserKey,
+    ) -> Result<InsertReportOutcome, StorageError> {
+        let outcome = self
+            .queue_insert(endpoint, report_id, share, received_at, None, Some(poster))
             .await?;
         outcome.await.map_err(|_| StorageError::Closed)?
     }
@@ -388,9 +405,21 @@ impl SqliteBackend {
     pub(crate) async fn unbatched_reports(
         &self,
         endpoint: EndpointId,
+        after_row: i64,
         limit: usize,
     ) -> Result<Vec<SealReport>, StorageError> {
-        self.read(move |conn| sql::unbatched_reports(conn, endpoint, limit))
+        self.read(move |conn| sql::unbatched_reports(conn, endpoint, after_row, limit))
+            .await
+    }
+
+    /// See [`crate::storage::Storage::distinct_posters`].
+    pub(crate) async fn distinct_posters(
+        &self,
+        endpoint: EndpointId,
+        rows: Vec<i64>,
+        enough: u64,
+    ) -> Result<u64, StorageError> {
+        self.read_with(move |conn| sql::distinct_posters(conn, endpoint, &rows, enough))
             .await
     }
 
@@ -474,9 +503,13 @@ impl SqliteBackend {
     }
 
     /// See [`crate::storage::Storage::expire_reports`].
-    pub(crate) async fn expire_reports(&self, before: SystemTime) -> Result<u64, StorageError> {
+    pub(crate) async fn expire_reports(
+        &self,
+        endpoint: EndpointId,
+        before: SystemTime,
+    ) -> Result<u64, StorageError> {
         let before = sql::to_millis(before);
-        self.write(move |conn| Ok(sql::expire_reports(conn, before)?))
+        self.write(move |conn| Ok(sql::expire_reports(conn, endpoint, before)?))
             .await
     }
 }

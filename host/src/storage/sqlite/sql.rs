@@ -280,16 +280,23 @@ pub(crate) fn insert_report(
     report_id: &[u8; 16],
     share: &[u8],
     received_at: i64,
+    poster: Option<&UserKey>,
 ) -> Result<InsertReportOutcome, StorageError> {
     if let Some(outcome) = stored_outcome(conn, ids, endpoint, report_id, share)? {
         return Ok(outcome);
     }
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO reports (endpoint_id, report_id, share, received_at) \
-             VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO reports (endpoint_id, report_id, share, received_at, poster) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
-        .execute(params![endpoint.0, report_id, share, received_at]);
+        .execute(params![
+            endpoint.0,
+            report_id,
+            share,
+            received_at,
+            poster.map(|p| p.0)
+        ]);
     stored(conn, ids, endpoint, report_id, inserted)
 }
 
@@ -358,8 +365,8 @@ pub(crate) fn insert_report_for_user(
     }
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO reports (endpoint_id, report_id, share, received_at, user_key) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO reports (endpoint_id, report_id, share, received_at, user_key, \
+             poster) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
         )?
         .execute(params![
             endpoint.0,
@@ -396,20 +403,24 @@ pub(crate) fn user_key_secret(conn: &Connection) -> rusqlite::Result<[u8; 32]> {
 pub(crate) fn unbatched_reports(
     conn: &Connection,
     endpoint: EndpointId,
+    after_row: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<SealReport>> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     // Counted first so that the list is allocated once at its size: a million
     // reports would otherwise pass through doubling copies of up to 32 MB.
     let count: i64 = conn
-        .prepare_cached("SELECT count(*) FROM reports WHERE endpoint_id = ?1 AND batch_id IS NULL")?
-        .query_row([endpoint.0], |row| row.get(0))?;
+        .prepare_cached(
+            "SELECT count(*) FROM reports WHERE endpoint_id = ?1 AND batch_id IS NULL \
+             AND id > ?2",
+        )?
+        .query_row(params![endpoint.0, after_row], |row| row.get(0))?;
     let mut reports = Vec::with_capacity(usize::try_from(count.min(limit)).unwrap_or(0));
     let mut statement = conn.prepare_cached(
         "SELECT id, report_id FROM reports WHERE endpoint_id = ?1 AND batch_id IS NULL \
-         ORDER BY id LIMIT ?2",
+         AND id > ?2 ORDER BY id LIMIT ?3",
     )?;
-    let mut rows = statement.query(params![endpoint.0, limit])?;
+    let mut rows = statement.query(params![endpoint.0, after_row, limit])?;
     while let Some(row) = rows.next()? {
         reports.push(SealReport {
             row: row.get(0)?,
@@ -424,6 +435,7 @@ pub(crate) fn unbatched_reports(
 pub(crate) struct SealRecord {
     endpoint: EndpointId,
     batch_id: [u8; 16],
+    seal_number: i64,
     decided: bool,
     positions: Vec<u8>,
     rows: Vec<u8>,
@@ -435,6 +447,7 @@ impl SealRecord {
         SealRecord {
             endpoint: seal.endpoint,
             batch_id: seal.batch_id,
+            seal_number: i64::try_from(seal.seal_number).unwrap_or(i64::MAX),
             decided: seal.decided,
             positions: seal.positions.clone(),
             rows: seal.rows.iter().flat_map(|row| row.to_le_bytes()).collect(),
@@ -457,7 +470,8 @@ fn decode_rows(blob: &[u8]) -> rusqlite::Result<Vec<i64>> {
         .collect())
 }
 
-const SEAL_COLUMNS: &str = "endpoint_id, batch_id, decided, positions, rows, created_at";
+const SEAL_COLUMNS: &str =
+    "endpoint_id, batch_id, decided, positions, rows, created_at, seal_number";
 
 fn seal(row: &Row<'_>) -> rusqlite::Result<Seal> {
     Ok(Seal {
@@ -467,6 +481,7 @@ fn seal(row: &Row<'_>) -> rusqlite::Result<Seal> {
         positions: row.get(3)?,
         rows: decode_rows(row.get_ref(4)?.as_blob()?)?,
         created_at: from_millis(row.get(5)?),
+        seal_number: u64::try_from(row.get::<_, i64>(6)?).unwrap_or(0),
     })
 }
 
@@ -486,7 +501,7 @@ pub(crate) fn put_seal(conn: &Connection, new: &SealRecord) -> Result<(), Storag
     let stored = conn
         .prepare_cached(
             "INSERT OR REPLACE INTO seals (endpoint_id, batch_id, decided, positions, rows, \
-             created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+             created_at, seal_number) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
         .execute(params![
             new.endpoint.0,
@@ -495,6 +510,7 @@ pub(crate) fn put_seal(conn: &Connection, new: &SealRecord) -> Result<(), Storag
             new.positions,
             new.rows,
             new.created_at,
+            new.seal_number,
         ]);
     match stored {
         Ok(_) => Ok(()),
@@ -644,7 +660,7 @@ pub(crate) fn commit_batch(
     // statement each, which must change exactly the run's rows.
     rows.sort_unstable();
     let mut mark = conn.prepare_cached(
-        "UPDATE reports SET batch_id = ?1, share = NULL, user_key = NULL \
+        "UPDATE reports SET batch_id = ?1, share = NULL, user_key = NULL, poster = NULL \
          WHERE id BETWEEN ?2 AND ?3 AND +endpoint_id = ?4 AND batch_id IS NULL",
     )?;
     for run in rows.chunk_by(|a, b| b - a == 1) {
@@ -702,18 +718,71 @@ pub(crate) fn all_batches(conn: &Connection, endpoint: EndpointId) -> rusqlite::
 
 /// Expires unbatched reports received before `before` (Unix milliseconds) of every
 /// endpoint without a seal in progress; returns how many.
-pub(crate) fn expire_reports(conn: &Connection, before: i64) -> rusqlite::Result<u64> {
-    let endpoints: Vec<i64> = conn
-        .prepare_cached("SELECT id FROM endpoints WHERE id NOT IN (SELECT endpoint_id FROM seals)")?
-        .query_map([], |row| row.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut expired = 0;
-    let mut statement = conn.prepare_cached(
-        "UPDATE reports SET batch_id = ?1, share = NULL, user_key = NULL \
-         WHERE endpoint_id = ?2 AND batch_id IS NULL AND received_at < ?3",
-    )?;
-    for endpoint in endpoints {
-        expired += statement.execute(params![EXPIRED, endpoint, before])? as u64;
+pub(crate) fn expire_reports(
+    conn: &Connection,
+    endpoint: EndpointId,
+    before: i64,
+) -> rusqlite::Result<u64> {
+    let sealing: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM seals WHERE endpoint_id = ?1)")?
+        .query_row([endpoint.0], |row| row.get(0))?;
+    if sealing {
+        return Ok(0);
     }
-    Ok(expired)
+    let expired = conn
+        .prepare_cached(
+            "UPDATE reports SET batch_id = ?1, share = NULL, user_key = NULL, poster = NULL \
+             WHERE endpoint_id = ?2 AND batch_id IS NULL AND received_at < ?3",
+        )?
+        .execute(params![EXPIRED, endpoint.0, before])?;
+    Ok(expired as u64)
+}
+
+/// How many distinct posters the reports at `rows` (ascending) of an endpoint
+/// have, counting up to `enough` and stopping there; a report without a poster
+/// (posted anonymously or before posters were kept) counts as one of its own.
+/// Reads the table's row range, as [`read_shares`] does.
+pub(crate) fn distinct_posters(
+    conn: &Connection,
+    endpoint: EndpointId,
+    rows: &[i64],
+    enough: u64,
+) -> Result<u64, StorageError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut anonymous = 0u64;
+    let mut statement = conn.prepare_cached(
+        "SELECT id, poster FROM reports WHERE id BETWEEN ?1 AND ?2 AND +endpoint_id = ?3 \
+         ORDER BY id",
+    )?;
+    for chunk in rows.chunks(16_384) {
+        let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
+            continue;
+        };
+        let mut stored = statement.query(params![first, last, endpoint.0])?;
+        let mut wanted = chunk.iter().peekable();
+        while let Some(row) = stored.next()? {
+            let Some(&&next) = wanted.peek() else { break };
+            let id: i64 = row.get(0)?;
+            if id < next {
+                continue;
+            }
+            if id > next {
+                return Err(StorageError::ReportUnavailable);
+            }
+            match row.get::<_, Option<[u8; 16]>>(1)? {
+                Some(poster) => {
+                    seen.insert(poster);
+                }
+                None => anonymous += 1,
+            }
+            if seen.len() as u64 + anonymous >= enough {
+                return Ok(seen.len() as u64 + anonymous);
+            }
+            wanted.next();
+        }
+        if wanted.peek().is_some() {
+            return Err(StorageError::ReportUnavailable);
+        }
+    }
+    Ok(seen.len() as u64 + anonymous)
 }

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::ids::ReportIds;
 use super::sql;
 use crate::storage::{
-    CommitObserver, CommitStats, EndpointId, InsertReportOutcome, StorageError, UserQuota,
+    CommitObserver, CommitStats, EndpointId, InsertReportOutcome, StorageError, UserKey, UserQuota,
 };
 
 /// Work for the writer thread.
@@ -63,8 +63,10 @@ pub(crate) struct InsertReport {
     pub(crate) share: Vec<u8>,
     /// Arrival time, in stored form (Unix milliseconds).
     pub(crate) received_at: i64,
-    /// The endpoint's per-user quota and the poster, if the endpoint has one.
+    /// The endpoint's per-user quota, if the endpoint has one.
     pub(crate) quota: Option<UserQuota>,
+    /// Who posted it (kept while unbatched), when known.
+    pub(crate) poster: Option<UserKey>,
     /// Receives the outcome once the group is committed (or has failed).
     pub(crate) reply: oneshot::Sender<Result<InsertReportOutcome, StorageError>>,
 }
@@ -372,6 +374,7 @@ fn write_group_tx(
                 &insert.report_id,
                 &insert.share,
                 insert.received_at,
+                insert.poster.as_ref(),
             ),
             // Counted inside this transaction, after the inserts before it: posts of
             // one user in one group cannot exceed the quota together.

@@ -1,0 +1,136 @@
+//! A proxy between share servers, driven by the tests: it forwards every request
+//! to its target server and can delay or rewrite the answer of a peer step, as a
+//! slow network or a dishonest operator of the target server would.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+/// Rewrites the JSON answer of a step (called with the step's name).
+type Rewrite = Box<dyn Fn(&str, &mut Value) + Send + Sync>;
+
+#[derive(Default)]
+struct Rules {
+    /// How long to hold the answer of each step before passing it on.
+    delay_answer: HashMap<String, Duration>,
+    rewrite: Option<Rewrite>,
+}
+
+struct Shared {
+    target: String,
+    client: reqwest::Client,
+    rules: Mutex<Rules>,
+}
+
+/// A running proxy; stops when dropped.
+pub struct PeerProxy {
+    /// Where to send requests meant for the target.
+    pub url: String,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PeerProxy {
+    /// Starts a proxy on loopback port 0 in front of `target` (a base URL).
+    pub async fn start(target: String) -> PeerProxy {
+        let shared = Arc::new(Shared {
+            target,
+            client: reqwest::Client::new(),
+            rules: Mutex::new(Rules::default()),
+        });
+        let app = axum::Router::new()
+            .fallback(forward)
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        PeerProxy { url, shared, task }
+    }
+
+    /// Holds every answer of `step` (`prepare`, `commit`, `abort`) for `delay`.
+    pub fn delay_answer(&self, step: &str, delay: Duration) {
+        self.shared
+            .rules
+            .lock()
+            .unwrap()
+            .delay_answer
+            .insert(step.to_owned(), delay);
+    }
+
+    /// Rewrites every JSON answer with `rewrite(step, answer)`.
+    pub fn rewrite(&self, rewrite: impl Fn(&str, &mut Value) + Send + Sync + 'static) {
+        self.shared.rules.lock().unwrap().rewrite = Some(Box::new(rewrite));
+    }
+}
+
+impl Drop for PeerProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let step = parts.uri.path().rsplit('/').next().unwrap_or("").to_owned();
+    let mut headers = HeaderMap::new();
+    for (name, value) in &parts.headers {
+        if name != "host" && name != "content-length" {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+    let answer = shared
+        .client
+        .request(parts.method, format!("{}{path}", shared.target))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    let Ok(answer) = answer else {
+        return (StatusCode::BAD_GATEWAY, "target unreachable").into_response();
+    };
+    let status = answer.status();
+    let content_type = answer.headers().get("content-type").cloned();
+    let mut bytes: Bytes = answer.bytes().await.unwrap_or_default();
+    let delay = shared
+        .rules
+        .lock()
+        .unwrap()
+        .delay_answer
+        .get(&step)
+        .copied();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    if let Ok(mut json) = serde_json::from_slice::<Value>(&bytes) {
+        let rules = shared.rules.lock().unwrap();
+        if let Some(rewrite) = &rules.rewrite {
+            rewrite(&step, &mut json);
+            bytes = serde_json::to_vec(&json).unwrap().into();
+        }
+    }
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap();
+    if let Some(content_type) = content_type {
+        response
+            .headers_mut()
+            .insert("content-type", content_type.as_bytes().try_into().unwrap());
+    }
+    response
+}
