@@ -325,17 +325,24 @@ async fn a_user_holds_at_most_the_quota_until_a_seal_and_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let addrs = [free_addr(), free_addr()];
     let peers = addrs.map(|a| format!("http://{a}")).join(",");
+    let data_dir = |index: usize| dir.path().join(format!("server-{index}"));
+    let peer_keys = (0..2)
+        .map(|index| {
+            guardian::auth::identity::public_key_of(&data_dir(index).join("peer-key")).unwrap()
+        })
+        .collect::<Vec<_>>()
+        .join(",");
     let config = |index: usize| {
         vec![
             ("GUARDIAN_SERVER_INDEX", index.to_string()),
             ("GUARDIAN_SERVER_PEERS", peers.clone()),
+            ("GUARDIAN_SERVER_PEER_KEYS", peer_keys.clone()),
+            // Batches of one user's reports: the quota is the subject here.
+            ("GUARDIAN_ENDPOINTS_DISTINCT_USERS", "false".to_owned()),
             ("GUARDIAN_SERVER_LISTEN", addrs[index].to_string()),
             (
                 "GUARDIAN_SERVER_DATA_DIR",
-                dir.path()
-                    .join(format!("server-{index}"))
-                    .display()
-                    .to_string(),
+                data_dir(index).display().to_string(),
             ),
         ]
     };

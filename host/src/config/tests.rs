@@ -4,6 +4,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
 use super::sources::{KEYS, LEGACY, env_name};
 use super::*;
 
@@ -270,6 +273,8 @@ fn dotenv_file_syntax_is_dotenvy() {
 #[test]
 fn every_key_can_be_set_from_the_environment() {
     let peer_token = "p".repeat(40);
+    let key = |byte: u8| BASE64.encode([byte; 32]);
+    let peer_keys = format!("{}, {},{}", key(1), key(2), key(3));
     let role_json =
         r#"[{"claim": ["realm_access", "roles"], "roles": {"guardian-admin": "admin"}}]"#;
     let vars: Vec<(&str, &str)> = vec![
@@ -283,6 +288,8 @@ fn every_key_can_be_set_from_the_environment() {
         ("GUARDIAN_SERVER_DATA_DIR", "/srv/guardian"),
         ("GUARDIAN_SERVER_PUBLIC_URL", "https://public.example/"),
         ("GUARDIAN_SERVER_WORKER_THREADS", "3"),
+        ("GUARDIAN_SERVER_KEY_FILE", "/srv/peer-key"),
+        ("GUARDIAN_SERVER_PEER_KEYS", &peer_keys),
         ("GUARDIAN_LIMITS_MAX_BODY_BYTES", "1000"),
         ("GUARDIAN_LIMITS_MAX_PLUGIN_BYTES", "2000"),
         ("GUARDIAN_LIMITS_REQUEST_TIMEOUT_MS", "3000"),
@@ -301,6 +308,7 @@ fn every_key_can_be_set_from_the_environment() {
         ("GUARDIAN_ENDPOINTS_MAX_BATCH", "80"),
         ("GUARDIAN_ENDPOINTS_REPORT_RETENTION_SECS", "81"),
         ("GUARDIAN_ENDPOINTS_PEER_TIMEOUT_MS", "82"),
+        ("GUARDIAN_ENDPOINTS_DISTINCT_USERS", "false"),
         ("GUARDIAN_LOG_LEVEL", "trace"),
         ("GUARDIAN_LOG_FORMAT", "json"),
         ("GUARDIAN_LOG_FILE_DIR", "/var/log/g"),
@@ -351,6 +359,8 @@ fn every_key_can_be_set_from_the_environment() {
     );
     assert_eq!(c.server.worker_threads(), 3);
     assert_eq!(c.server.public_url(), Some("https://public.example"));
+    assert_eq!(c.server.key_file(), Path::new("/srv/peer-key"));
+    assert_eq!(c.server.peer_keys, [key(1), key(2), key(3)]);
     let limits = &c.limits;
     assert_eq!(
         (
@@ -392,6 +402,7 @@ fn every_key_can_be_set_from_the_environment() {
         ),
         (80, 81, 82)
     );
+    assert!(!c.endpoints.distinct_users);
     assert_eq!(
         (c.log.level.as_str(), c.log.format),
         ("trace", LogFormat::Json)
@@ -848,6 +859,16 @@ fn validation_of_auth() {
 
     env(&[("GUARDIAN_AUTH_PEER_TOKEN", "short-secret")])
         .invalid("auth.peer_token", &["too short", "openssl rand"]);
+    let key = BASE64.encode([7; 32]);
+    env(&[("GUARDIAN_SERVER_PEER_KEYS", &key)])
+        .invalid("server.peer_keys", &["1 entries", "guardian peer-key"]);
+    env(&[("GUARDIAN_SERVER_PEER_KEYS", &format!("{key},not-a-key"))])
+        .invalid("server.peer_keys", &["entry 1", "not base64"]);
+    env(&[(
+        "GUARDIAN_SERVER_PEER_KEYS",
+        &format!("{key},{}", BASE64.encode([7; 16])),
+    )])
+    .invalid("server.peer_keys", &["entry 1", "16 bytes", "32"]);
     let error = env(&[("GUARDIAN_AUTH_PEER_TOKEN", "short-secret")]).error(&[]);
     assert!(!error.to_string().contains("short-secret"), "{error}");
     let token = "t".repeat(32);

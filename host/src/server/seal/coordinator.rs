@@ -1,0 +1,250 @@
+//! The coordinator's side of a seal: propose in pages, decide, drive the decision
+//! to completion on every server (now, or later by the background retry).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::http::StatusCode;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use super::fold::commit_locally;
+use super::{
+    Commit, Committed, FAULT_VAR, Outgoing, Prepared, RETRY_EVERY, bits, page_len, too_few_users,
+    too_small,
+};
+use crate::server::AppState;
+use crate::server::error::ApiError;
+use crate::server::registry::LiveEndpoint;
+use crate::storage::{BatchInfo, Seal};
+
+/// Seals a batch of `live`'s endpoint; called on the coordinator.
+///
+/// If a decided seal of the endpoint is pending, completes it and answers with it
+/// instead: a client retrying after a `seal_incomplete` gets its batch.
+///
+/// The proposal goes a page at a time (at most `max_batch` ids a page), oldest
+/// first, until `max_batch` reports are agreed or this server's unbatched reports
+/// are all proposed: reports that only this server holds, however many, never
+/// keep the reports every server holds out of a batch.
+pub(in crate::server) async fn seal(
+    state: &Arc<AppState>,
+    live: &Arc<LiveEndpoint>,
+) -> Result<BatchInfo, ApiError> {
+    let sealer = &state.sealer;
+    let endpoint = &live.endpoint;
+    let lock = sealer.lock(endpoint.id);
+    let _sealing = lock.lock().await;
+    if let Some(pending) = state.storage.pending_seal(endpoint.id).await? {
+        if pending.decided {
+            return finish(state, live, pending).await;
+        }
+        // Only followers reserve; a reservation here is left from a time this server
+        // had another index.
+        state
+            .storage
+            .drop_seal(endpoint.id, pending.batch_id)
+            .await?;
+    }
+    let needed = endpoint.record.min_batch.max(1);
+    let min_users = sealer.min_users(needed);
+    let batch_id: [u8; 16] = rand::random();
+    let number = sealer.next_seal_number(endpoint.id);
+    let name = &endpoint.record.name;
+    let page = page_len(sealer.max_batch);
+    // Bit i: proposed report i is agreed (over every page).
+    let mut agreed = Vec::new();
+    let mut rows = Vec::new();
+    let (mut proposed, mut after_row) = (0usize, 0i64);
+    loop {
+        let proposal = state
+            .storage
+            .unbatched_reports(endpoint.id, after_row, page)
+            .await?;
+        let Some(last) = proposal.last() else { break };
+        after_row = last.row;
+        let mut ids = Vec::with_capacity(16 * proposal.len());
+        for report in &proposal {
+            ids.extend_from_slice(&report.report_id);
+        }
+        let query = format!(
+            "batch_id={}&config_hash={}&seal={number}&offset={proposed}&min_users={min_users}",
+            hex::encode(batch_id),
+            hex::encode(endpoint.record.config_hash),
+        );
+        let prepare = Outgoing::new(query, "application/octet-stream", ids.into());
+        let mut held_by_all = bits::all(proposal.len());
+        let mut failure = None;
+        for (index, answer) in sealer.broadcast::<Prepared>(name, "prepare", prepare).await {
+            let bitmap = answer.and_then(|prepared| {
+                BASE64
+                    .decode(prepared.held)
+                    .ok()
+                    .filter(|held| held.len() == held_by_all.len())
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            "peer_refused",
+                            format!("server {index} answered the proposal with a malformed bitmap"),
+                        )
+                    })
+            });
+            match bitmap {
+                Ok(held) => {
+                    for (all, held) in held_by_all.iter_mut().zip(held) {
+                        *all &= held;
+                    }
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(failure) = failure {
+            sealer.abort_all(name, batch_id, number);
+            return Err(failure);
+        }
+        for (position, report) in proposal.iter().enumerate() {
+            if rows.len() < sealer.max_batch && bits::get(&held_by_all, position) {
+                bits::set(&mut agreed, proposed + position);
+                rows.push(report.row);
+            }
+        }
+        proposed += proposal.len();
+        if proposal.len() < page || rows.len() >= sealer.max_batch {
+            break;
+        }
+    }
+    agreed.resize(proposed.div_ceil(8), 0);
+    let count = rows.len() as u64;
+    if count < needed {
+        if proposed > 0 {
+            sealer.abort_all(name, batch_id, number);
+        }
+        return Err(too_small(count, needed));
+    }
+    if min_users > 0 {
+        let users = state
+            .storage
+            .distinct_posters(endpoint.id, rows.clone(), min_users)
+            .await?;
+        if users < min_users {
+            sealer.abort_all(name, batch_id, number);
+            return Err(too_few_users(users, min_users));
+        }
+    }
+    let decision = Seal {
+        endpoint: endpoint.id,
+        batch_id,
+        seal_number: number,
+        decided: true,
+        positions: agreed,
+        rows,
+        created_at: SystemTime::now(),
+    };
+    state.storage.put_seal(&decision).await?;
+    tracing::info!(endpoint = %name, batch = %hex::encode(batch_id), count, "seal decided");
+    finish(state, live, decision).await
+}
+
+/// Drives a decided seal to completion: every server commits it (the followers and
+/// this one at the same time), then the decision is dropped.
+async fn finish(
+    state: &Arc<AppState>,
+    live: &Arc<LiveEndpoint>,
+    decision: Seal,
+) -> Result<BatchInfo, ApiError> {
+    let sealer = &state.sealer;
+    let record = &live.endpoint.record;
+    let Seal {
+        endpoint,
+        batch_id,
+        seal_number,
+        positions,
+        rows,
+        ..
+    } = decision;
+    let count = rows.len() as u64;
+    let batch_hex = hex::encode(batch_id);
+    let commit = Outgoing::json(&Commit {
+        batch_id: batch_hex.clone(),
+        seal: seal_number,
+        config_hash: hex::encode(record.config_hash),
+        agreed: BASE64.encode(&positions),
+        count,
+    });
+    drop(positions);
+    let broadcast = sealer.broadcast::<Committed>(&record.name, "commit", commit);
+    if sealer.crash_before_commit {
+        broadcast.await;
+        tracing::error!("{FAULT_VAR}: aborting before the coordinator commits");
+        std::process::abort();
+    }
+    let (answers, local) = tokio::join!(broadcast, commit_locally(state, live, batch_id, rows));
+    let info = local?;
+    for (index, answer) in answers {
+        match answer {
+            Ok(committed) if committed.count == count => {}
+            Ok(committed) => {
+                tracing::error!(server = index, batch = %batch_hex, theirs = committed.count, ours = count, "a follower holds this batch with another count");
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "batch_mismatch",
+                    format!(
+                        "server {index} holds batch {batch_hex} with {} reports, this server decided {count}",
+                        committed.count
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(ApiError::unavailable(
+                    "seal_incomplete",
+                    format!(
+                        "batch {batch_hex} of {count} reports is decided but server {index} has not committed it ({}); it completes as soon as server {index} answers: retry this request, or wait for the automatic retry",
+                        e.message
+                    ),
+                ));
+            }
+        }
+    }
+    state.storage.drop_seal(endpoint, batch_id).await?;
+    Ok(info)
+}
+
+/// Coordinator: retries the decided seals that did not complete, until shutdown.
+pub(in crate::server) async fn retry_decided(state: Arc<AppState>) {
+    loop {
+        match state.storage.decided_seals().await {
+            Ok(decided) => {
+                for decision in decided {
+                    let Some(live) = state.registry.endpoint_by_id(decision.endpoint) else {
+                        continue;
+                    };
+                    let lock = state.sealer.lock(decision.endpoint);
+                    let _sealing = lock.lock().await;
+                    // Completed meanwhile by a request? A decision keeps its batch
+                    // id until it is dropped, so the id tells it is still this one.
+                    let pending = match state.storage.pending_seal(decision.endpoint).await {
+                        Ok(Some(pending))
+                            if pending.decided && pending.batch_id == decision.batch_id =>
+                        {
+                            pending
+                        }
+                        _ => continue,
+                    };
+                    match finish(&state, &live, pending).await {
+                        Ok(info) => {
+                            tracing::info!(endpoint = %live.endpoint.record.name, batch = %hex::encode(info.batch_id), "pending seal completed")
+                        }
+                        Err(e) => {
+                            tracing::warn!(endpoint = %live.endpoint.record.name, error = %e, "pending seal still incomplete")
+                        }
+                    }
+                }
+            }
+            Err(crate::storage::StorageError::Closed) => return,
+            Err(e) => tracing::warn!(error = %e, "reading pending seals failed"),
+        }
+        tokio::time::sleep(RETRY_EVERY).await;
+    }
+}

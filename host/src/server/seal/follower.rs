@@ -1,0 +1,323 @@
+//! A follower's side of a seal: reserve what it holds of each page of a proposal,
+//! commit exactly the decided reports of its reservation, or forget it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::{Body, Bytes, HttpBody as _};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use sha2::{Digest as _, Sha256};
+
+use super::fold::commit_locally;
+use super::{
+    Abort, Aborted, Commit, Committed, Prepare, Prepared, bits, check_config, page_len,
+    parse_batch_id, too_few_users, too_small,
+};
+use crate::server::AppState;
+use crate::server::auth::Peer;
+use crate::server::error::ApiError;
+use crate::server::registry::LiveEndpoint;
+use crate::storage::{BatchInfo, Seal};
+
+/// Follower: reserves the proposed reports this server holds; `body` is one page
+/// of the proposal's ids, read (and hashed for the signature) as they arrive.
+/// Nothing is stored before the coordinator's signature over the whole request
+/// has been checked.
+pub(in crate::server) async fn prepare(
+    state: &Arc<AppState>,
+    live: &Arc<LiveEndpoint>,
+    peer: Peer,
+    query: Prepare,
+    body: Body,
+) -> Result<Prepared, ApiError> {
+    follower_only(state)?;
+    let endpoint = live.endpoint.id;
+    let name = &live.endpoint.record.name;
+    let lock = state.sealer.lock(endpoint);
+    let _sealing = lock.lock().await;
+    // Sorted by id and searched, rather than hashed: a third of the memory for
+    // a million reports.
+    let mut held = state
+        .storage
+        .unbatched_reports(endpoint, 0, usize::MAX)
+        .await?;
+    held.sort_unstable_by_key(|report| report.report_id);
+    let max = page_len(state.sealer.max_batch);
+    let mut positions = Vec::new();
+    // At most every held report, allocated once.
+    let mut rows = Vec::with_capacity(held.len().min(max));
+    let mut proposed = 0;
+    let mut visit = |id: &[u8]| {
+        if proposed == max {
+            return Err(ApiError::bad_request(
+                "too_many_reports",
+                format!("a prepare takes at most {max} report ids (endpoints.max_batch)"),
+            ));
+        }
+        if let Ok(at) = held.binary_search_by(|report| report.report_id.as_slice().cmp(id)) {
+            bits::set(&mut positions, proposed);
+            rows.push(held[at].row);
+        }
+        proposed += 1;
+        Ok(())
+    };
+    let mut digest = Sha256::new();
+    let mut stream = body.into_data_stream();
+    let mut carry = Vec::with_capacity(16);
+    while let Some(chunk) = std::future::poll_fn(|cx| Pin::new(&mut stream).poll_frame(cx)).await {
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request("bad_body", format!("reading the proposal: {e}")))?
+            .into_data()
+            .unwrap_or_default();
+        digest.update(&chunk);
+        let mut chunk = &chunk[..];
+        if !carry.is_empty() {
+            let take = (16 - carry.len()).min(chunk.len());
+            carry.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if carry.len() == 16 {
+                visit(&carry)?;
+                carry.clear();
+            }
+        }
+        let mut ids = chunk.chunks_exact(16);
+        for id in &mut ids {
+            visit(id)?;
+        }
+        carry.extend_from_slice(ids.remainder());
+    }
+    drop(held);
+    peer.verify(state, name, "prepare", &digest.finalize().into())?;
+    check_config(live, &query.config_hash)?;
+    let batch_id = parse_batch_id(&query.batch_id)?;
+    if !carry.is_empty() {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "the proposal must be whole 16-byte report ids",
+        ));
+    }
+    let ours = state
+        .sealer
+        .min_users(live.endpoint.record.min_batch.max(1));
+    if query.min_users < ours {
+        return Err(ApiError::conflict(
+            "config_mismatch",
+            format!(
+                "this server requires batches of {ours} distinct users (endpoints.distinct_users) but the coordinator requires {}: the operators must agree on endpoints.distinct_users",
+                query.min_users
+            ),
+        ));
+    }
+    positions.resize(proposed.div_ceil(8), 0);
+    let count = rows.len() as u64;
+    let page_bits = BASE64.encode(&positions);
+    let reservation = match state.storage.pending_seal(endpoint).await? {
+        // A later page of the seal reserved here: the reservation grows.
+        Some(mut reserved)
+            if query.offset > 0
+                && reserved.batch_id == batch_id
+                && reserved.seal_number == query.seal =>
+        {
+            if query.offset != reserved.positions.len() as u64 * 8 {
+                return Err(ApiError::conflict(
+                    "seal_mismatch",
+                    format!(
+                        "batch {}: this page starts at proposed report {}, the reservation here covers {}",
+                        query.batch_id,
+                        query.offset,
+                        reserved.positions.len() * 8
+                    ),
+                ));
+            }
+            reserved.positions.extend_from_slice(&positions);
+            reserved.rows.extend_from_slice(&rows);
+            reserved
+        }
+        Some(reserved) if reserved.seal_number >= query.seal => {
+            return Err(stale_seal(&query, reserved.seal_number));
+        }
+        _ if query.offset > 0 => {
+            return Err(ApiError::conflict(
+                "unknown_seal",
+                format!(
+                    "this server holds no reservation for the earlier pages of batch {}",
+                    query.batch_id
+                ),
+            ));
+        }
+        _ if state.sealer.seen_seal_number(endpoint) >= query.seal => {
+            return Err(stale_seal(&query, state.sealer.seen_seal_number(endpoint)));
+        }
+        _ => Seal {
+            endpoint,
+            batch_id,
+            seal_number: query.seal,
+            decided: false,
+            positions,
+            rows,
+            created_at: SystemTime::now(),
+        },
+    };
+    state.storage.put_seal(&reservation).await?;
+    state.sealer.saw_seal_number(endpoint, query.seal);
+    Ok(Prepared {
+        held: page_bits,
+        count,
+    })
+}
+
+/// A prepare older than (or as old as) the seal this follower already took part in.
+fn stale_seal(query: &Prepare, newer: u64) -> ApiError {
+    ApiError::conflict(
+        "stale_seal",
+        format!(
+            "seal {} (batch {}) is not newer than seal {newer} seen here: a late or replayed prepare never replaces a newer reservation",
+            query.seal, query.batch_id
+        ),
+    )
+}
+
+/// Follower: commits exactly the agreed reports of the proposal, reserved before.
+pub(in crate::server) async fn commit(
+    state: &Arc<AppState>,
+    live: &Arc<LiveEndpoint>,
+    peer: Peer,
+    bytes: Bytes,
+) -> Result<Committed, ApiError> {
+    follower_only(state)?;
+    peer.verify(
+        state,
+        &live.endpoint.record.name,
+        "commit",
+        &Sha256::digest(&bytes).into(),
+    )?;
+    let body: Commit = crate::server::extract::parse_json(&bytes)?;
+    drop(bytes);
+    check_config(live, &body.config_hash)?;
+    let batch_id = parse_batch_id(&body.batch_id)?;
+    let agreed = BASE64
+        .decode(&body.agreed)
+        .map_err(|_| ApiError::bad_request("bad_request", "agreed must be base64"))?;
+    let endpoint = live.endpoint.id;
+    let lock = state.sealer.lock(endpoint);
+    let _sealing = lock.lock().await;
+    let committed = |info: BatchInfo| Committed {
+        batch_id: hex::encode(info.batch_id),
+        count: info.count,
+    };
+    if let Some(batch) = state.storage.get_batch(endpoint, batch_id).await? {
+        return Ok(committed(batch.info));
+    }
+    let reservation = state
+        .storage
+        .pending_seal(endpoint)
+        .await?
+        .filter(|seal| seal.batch_id == batch_id && seal.seal_number == body.seal)
+        .ok_or_else(|| {
+            ApiError::conflict(
+                "unknown_seal",
+                format!(
+                    "this server holds no reservation for batch {} of seal {}: it was aborted or replaced by a newer proposal",
+                    body.batch_id, body.seal
+                ),
+            )
+        })?;
+    let mismatch = |why: String| {
+        ApiError::conflict("seal_mismatch", format!("batch {}: {why}", body.batch_id))
+    };
+    if agreed.len() != reservation.positions.len() {
+        return Err(mismatch(format!(
+            "the decision covers {} proposed reports, the reservation here {}",
+            agreed.len() * 8,
+            reservation.positions.len() * 8
+        )));
+    }
+    // The reserved rows are in proposal order: walk the held bits, keep the agreed.
+    let mut reserved = reservation.rows.iter();
+    let mut rows = Vec::with_capacity(reservation.rows.len());
+    for (byte, (&agreed, &held)) in agreed.iter().zip(&reservation.positions).enumerate() {
+        if agreed & !held != 0 {
+            let bit = (agreed & !held).trailing_zeros() as usize;
+            return Err(mismatch(format!(
+                "proposed report {} is in the decision but was not reserved here",
+                byte * 8 + bit
+            )));
+        }
+        for bit in 0..8 {
+            if held & (1 << bit) != 0 {
+                let row = *reserved.next().ok_or_else(|| {
+                    let corrupt = std::io::Error::other("fewer rows than reserved bits");
+                    ApiError::internal("reading a reservation", &corrupt)
+                })?;
+                if agreed & (1 << bit) != 0 {
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    drop(reservation);
+    if rows.len() as u64 != body.count {
+        return Err(mismatch(format!(
+            "the decision says {} reports but sets {} bits",
+            body.count,
+            rows.len()
+        )));
+    }
+    let needed = live.endpoint.record.min_batch.max(1);
+    if (rows.len() as u64) < needed {
+        return Err(too_small(rows.len() as u64, needed));
+    }
+    let min_users = state.sealer.min_users(needed);
+    if min_users > 0 {
+        let users = state
+            .storage
+            .distinct_posters(endpoint, rows.clone(), min_users)
+            .await?;
+        if users < min_users {
+            return Err(too_few_users(users, min_users));
+        }
+    }
+    commit_locally(state, live, batch_id, rows)
+        .await
+        .map(committed)
+}
+
+/// Follower: forgets the reservation of an aborted seal (only that seal's).
+pub(in crate::server) async fn abort(
+    state: &Arc<AppState>,
+    live: &Arc<LiveEndpoint>,
+    peer: Peer,
+    bytes: Bytes,
+) -> Result<Aborted, ApiError> {
+    follower_only(state)?;
+    peer.verify(
+        state,
+        &live.endpoint.record.name,
+        "abort",
+        &Sha256::digest(&bytes).into(),
+    )?;
+    let body: Abort = crate::server::extract::parse_json(&bytes)?;
+    let batch_id = parse_batch_id(&body.batch_id)?;
+    let endpoint = live.endpoint.id;
+    let lock = state.sealer.lock(endpoint);
+    let _sealing = lock.lock().await;
+    let ours = state
+        .storage
+        .pending_seal(endpoint)
+        .await?
+        .is_some_and(|seal| seal.batch_id == batch_id && seal.seal_number == body.seal);
+    let aborted = ours && state.storage.drop_seal(endpoint, batch_id).await?;
+    Ok(Aborted { aborted })
+}
+
+fn follower_only(state: &AppState) -> Result<(), ApiError> {
+    if state.config.server.is_coordinator() {
+        return Err(ApiError::conflict(
+            "coordinator",
+            "server 0 coordinates seals and takes no proposals",
+        ));
+    }
+    Ok(())
+}
