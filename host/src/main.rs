@@ -342,10 +342,11 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
             let cluster = client.cluster()?;
             let wasm = std::fs::read(&file)
                 .with_context(|| format!("reading the plugin {}", file.display()))?;
-            let report = admin::upload_plugin(&cluster, wasm).await;
-            print!("{}", report.render());
-            report.check()?;
-            println!("{} is on every server", report.what);
+            let upload = admin::upload_plugin(&cluster, wasm).await;
+            print!("{}", upload.report.render());
+            upload.report.check()?;
+            println!("{} is on every server", upload.report.what);
+            print!("{}", upload.approval());
             Ok(())
         }
         PluginCommand::List { client } => {
