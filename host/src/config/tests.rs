@@ -823,7 +823,7 @@ fn validation_of_limits() {
 fn approved_plugins_are_digests() {
     let digest = "0123456789abcdef".repeat(4);
     let loaded = env(&[("GUARDIAN_PLUGINS_APPROVED", &digest)]).ok();
-    assert_eq!(loaded.config.plugins.approved, [digest.clone()]);
+    assert_eq!(loaded.config.plugins.approved, [digest.as_str()]);
     file(&format!("[plugins]\napproved = [\"{digest}\"]\n")).ok();
     // A name, a short digest and a non-hex one: each entry is named with its index.
     for (value, entry) in [
