@@ -1,7 +1,7 @@
 //! Server configuration: everything a share server is told at start.
 //!
 //! [`Config`] is plain data, one struct per TOML section (`[server]`, `[limits]`,
-//! `[endpoints]`, `[log]`, `[cors]`, `[auth]`, `[storage]`). Every key has a default,
+//! `[endpoints]`, `[plugins]`, `[log]`, `[cors]`, `[auth]`, `[storage]`). Every key has a default,
 //! so an empty configuration describes server 0 of a local pair.
 //! `guardian.example.toml` at the root of the repository lists every key with its
 //! default and its environment name; a unit test parses it, so it stays the reference.
@@ -56,8 +56,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// Resource limits that keep bad input from hurting the server.
     pub limits: LimitsConfig,
-    /// Defaults for endpoints created without an explicit value.
+    /// Defaults for endpoints created without an explicit value, and their bounds.
     pub endpoints: EndpointsConfig,
+    /// Which uploaded plugins this server's operator approved.
+    pub plugins: PluginsConfig,
     /// Where and how the server logs.
     pub log: LogConfig,
     /// Which browser origins may call the API.
@@ -288,8 +290,13 @@ impl LimitsConfig {
 pub struct EndpointsConfig {
     /// Fewest reports a batch may hold when an endpoint is created without
     /// `min_batch` (legacy `NUM_CLIENTS_TO_SUM`). At least 2: a batch of one report
-    /// would release that user's value. Default 10.
+    /// would release that user's value. At least `min_batch_floor`. Default 10.
     pub default_min_batch: u64,
+    /// The smallest `min_batch` this server accepts for any endpoint, whoever creates
+    /// it: the operator's own bound on how few users a released batch may hold, since
+    /// a developer token alone must not be able to set up batches of one report
+    /// (which release that user's value). At least 2. Default 2.
+    pub min_batch_floor: u64,
     /// Most reports one seal takes (the oldest first; the rest wait for the next
     /// seal). Bounds the memory and time of a seal and the size of peer messages.
     /// Default 2,000,000.
@@ -312,6 +319,7 @@ impl Default for EndpointsConfig {
     fn default() -> Self {
         EndpointsConfig {
             default_min_batch: 10,
+            min_batch_floor: 2,
             max_batch: 2_000_000,
             report_retention_secs: 7 * 24 * 3600,
             peer_timeout_ms: 60_000,
@@ -334,6 +342,39 @@ impl EndpointsConfig {
     /// `max_batch` as a length (saturating on 32-bit targets).
     pub fn max_batch_len(&self) -> usize {
         usize::try_from(self.max_batch).unwrap_or(usize::MAX)
+    }
+}
+
+/// `[plugins]`: which uploaded plugins may run on this server.
+///
+/// A plugin's `shard` decides what each server sees: one that puts the whole
+/// measurement in one share makes clients post plaintext. So which plugins may
+/// collect reports is every operator's decision, not whoever holds a developer
+/// token: an uploaded plugin is stored and listed, but endpoints are created on
+/// it, and reports accepted for them, only once its digest is listed here. The
+/// built-in plugins are always approved.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// SHA-256 digests (64 hex digits) of the uploaded plugins this operator
+    /// approved, after reviewing their code. Removing one and restarting revokes
+    /// it: its endpoints stop taking reports (stored ones can still be sealed).
+    /// Default empty: built-ins only.
+    pub approved: Vec<String>,
+}
+
+impl PluginsConfig {
+    /// The approved digests as bytes. Validation guarantees that every entry is 64
+    /// hex digits; an entry that is not (an unvalidated config) approves nothing.
+    pub fn approved_digests(&self) -> Vec<[u8; 32]> {
+        self.approved
+            .iter()
+            .filter_map(|text| {
+                let mut digest = [0u8; 32];
+                hex::decode_to_slice(text, &mut digest).ok()?;
+                Some(digest)
+            })
+            .collect()
     }
 }
 

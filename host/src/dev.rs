@@ -22,6 +22,9 @@ pub struct DevOptions {
     pub dir: PathBuf,
     /// Server i listens on `port + i`.
     pub port: u16,
+    /// Digests of uploaded plugins every demo server approves (`plugins.approved`);
+    /// built-ins are always approved.
+    pub approved: Vec<String>,
 }
 
 /// The demo endpoint created on every server.
@@ -103,6 +106,7 @@ impl Dev {
             config.auth.dev_issuer = true;
             config.auth.dev_issuer_dir = issuer_dir.clone();
             config.server.peer_keys = peer_keys.clone();
+            config.plugins.approved = options.approved.clone();
             // One demo token submits everyone's measurements.
             config.endpoints.distinct_users = false;
             config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -77,6 +77,11 @@ enum Command {
         /// Server i listens on PORT + i.
         #[arg(long, default_value_t = guardian::config::DEFAULT_BASE_PORT)]
         port: u16,
+        /// Approve an uploaded plugin on every demo server (its 64-hex digest, as
+        /// `guardian plugin upload` prints it); repeat or separate with commas.
+        /// Built-ins are always approved.
+        #[arg(long, value_name = "DIGEST", value_delimiter = ',')]
+        approve: Vec<String>,
     },
     /// Upload or list algorithm plugins (developer).
     #[command(subcommand)]
@@ -245,7 +250,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::PeerKey { config } => peer_key(config),
-        Command::Dev { servers, dir, port } => dev(DevOptions { servers, dir, port }),
+        Command::Dev {
+            servers,
+            dir,
+            port,
+            approve,
+        } => dev(DevOptions {
+            servers,
+            dir,
+            port,
+            approved: approve,
+        }),
         Command::Token {
             role,
             sub,
@@ -368,10 +383,11 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
             let cluster = client.cluster()?;
             let wasm = std::fs::read(&file)
                 .with_context(|| format!("reading the plugin {}", file.display()))?;
-            let report = admin::upload_plugin(&cluster, wasm).await;
-            print!("{}", report.render());
-            report.check()?;
-            println!("{} is on every server", report.what);
+            let upload = admin::upload_plugin(&cluster, wasm).await;
+            print!("{}", upload.report.render());
+            upload.report.check()?;
+            println!("{} is on every server", upload.report.what);
+            print!("{}", upload.approval());
             Ok(())
         }
         PluginCommand::List { client } => {

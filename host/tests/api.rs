@@ -42,6 +42,14 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(Path::new(env!("GUARDIAN_FIXTURES_DIR")).join(format!("{name}.wasm"))).unwrap()
 }
 
+/// The hostile fixture's digest: endpoints on it need its approval
+/// (`GUARDIAN_PLUGINS_APPROVED`), like any uploaded plugin's.
+fn hostile_digest() -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(fixture(
+        "fixture_hostile",
+    )))
+}
+
 /// Sends a request and returns (status, JSON body or Null).
 async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
     let response = request.send().await.unwrap();
@@ -59,7 +67,15 @@ const ID: &str = "00112233445566778899aabbccddeeff";
 #[tokio::test]
 async fn bad_inputs_get_their_status_and_code_and_the_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, url) = start(dir.path(), &[("GUARDIAN_LIMITS_MAX_BODY_BYTES", "4096")]).await;
+    let approved = hostile_digest();
+    let (server, url) = start(
+        dir.path(),
+        &[
+            ("GUARDIAN_LIMITS_MAX_BODY_BYTES", "4096"),
+            ("GUARDIAN_PLUGINS_APPROVED", &approved),
+        ],
+    )
+    .await;
     let http = Client::new();
     let api = format!("{url}/api/v1");
 
@@ -237,6 +253,14 @@ async fn bad_inputs_get_their_status_and_code_and_the_server_keeps_serving() {
             "invalid_min_batch",
         ),
         (
+            // A batch of one report would release that user's value.
+            "min batch of one",
+            http.post(format!("{api}/endpoints"))
+                .json(&json!({"name": "x", "plugin": "sum", "min_batch": 1})),
+            StatusCode::BAD_REQUEST,
+            "invalid_min_batch",
+        ),
+        (
             // Found by schemathesis: it was a 500 from storage.
             "min batch past any seal",
             http.post(format!("{api}/endpoints"))
@@ -391,7 +415,9 @@ async fn bad_inputs_get_their_status_and_code_and_the_server_keeps_serving() {
 async fn plugins_and_endpoints_survive_a_restart_without_recompiling() {
     let dir = tempfile::tempdir().unwrap();
     let http = Client::new();
-    let (server, url) = start(dir.path(), &[]).await;
+    let approved = hostile_digest();
+    let approve = [("GUARDIAN_PLUGINS_APPROVED", approved.as_str())];
+    let (server, url) = start(dir.path(), &approve).await;
     let (status, uploaded) = send(
         http.post(format!("{url}/api/v1/plugins"))
             .body(fixture("fixture_hostile")),
@@ -427,7 +453,7 @@ async fn plugins_and_endpoints_survive_a_restart_without_recompiling() {
     assert_eq!(status, StatusCode::CREATED);
     server.shutdown().await.unwrap();
 
-    let (server, url) = start(dir.path(), &[]).await;
+    let (server, url) = start(dir.path(), &approve).await;
     let metrics = http
         .get(format!("{url}/metrics"))
         .send()
@@ -470,6 +496,80 @@ async fn plugins_and_endpoints_survive_a_restart_without_recompiling() {
     let (_, shown) = send(http.get(format!("{url}/api/v1/endpoints/h"))).await;
     assert_eq!(shown["reports"]["unbatched"], 1);
     assert_eq!(shown["min_batch"], 5);
+    assert_eq!(shown["approved"], true);
+    server.shutdown().await.unwrap();
+
+    // Restarted without the approval: the endpoint stays, with its report, but
+    // takes no more.
+    let (server, url) = start(dir.path(), &[]).await;
+    let (status, body) = send(
+        http.post(format!("{url}/api/v1/endpoints/h/reports"))
+            .json(&report(&ID.replace('0', "f"), &[1, 0, 0, 0, 0, 0, 0, 0])),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "plugin_not_approved");
+    let (_, shown) = send(http.get(format!("{url}/api/v1/endpoints/h"))).await;
+    assert_eq!(shown["reports"]["unbatched"], 1);
+    assert_eq!(shown["approved"], false);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_endpoint_obeys_the_operators_min_batch_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = Client::new();
+    let (server, url) = start(dir.path(), &[]).await;
+    let create = |min_batch: u64| {
+        http.post(format!("{url}/api/v1/endpoints"))
+            .json(&json!({"name": "one", "plugin": "sum", "min_batch": min_batch}))
+    };
+    // By default the floor is 2: an endpoint whose batches hold one report, whose
+    // release is that user's value, is refused.
+    let (status, body) = send(create(1)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_min_batch");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("at least 2") && message.contains("endpoints.min_batch_floor"),
+        "{message}"
+    );
+    let (status, _) = send(create(2)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    server.shutdown().await.unwrap();
+
+    // An operator may raise it; the default min batch must then be at least it.
+    let dir = tempfile::tempdir().unwrap();
+    let (server, url) = start(
+        dir.path(),
+        &[
+            ("GUARDIAN_ENDPOINTS_MIN_BATCH_FLOOR", "50"),
+            ("GUARDIAN_ENDPOINTS_DEFAULT_MIN_BATCH", "50"),
+        ],
+    )
+    .await;
+    let (status, body) = send(
+        http.post(format!("{url}/api/v1/endpoints"))
+            .json(&json!({"name": "few", "plugin": "sum", "min_batch": 49})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at least 50"),
+        "{body}"
+    );
+    let (status, body) = send(
+        http.post(format!("{url}/api/v1/endpoints"))
+            .json(&json!({"name": "default", "plugin": "sum"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["min_batch"].as_u64()),
+        (StatusCode::CREATED, Some(50))
+    );
     server.shutdown().await.unwrap();
 }
 

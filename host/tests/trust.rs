@@ -491,3 +491,28 @@ async fn a_follower_refuses_a_decision_of_too_few_users() {
     assert_eq!(error["error"]["code"], "too_few_users");
     assert_eq!(error["error"]["users"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_floor_holds_for_endpoints_created_before() {
+    let mut cluster = Cluster::start(2).await;
+    cluster
+        .create_endpoint("steps", "sum", json!({"length": 1}), 2)
+        .await;
+    let sharder = Sharder::new("sum", &json!({"length": 1}));
+    post_ones(&cluster, &sharder, "steps", 3, &[0, 1]).await;
+    // Both operators raise their floor to 5 and restart.
+    for index in 0..2 {
+        cluster.kill(index);
+        cluster
+            .launch(index, &[("GUARDIAN_ENDPOINTS_MIN_BATCH_FLOOR", "5")])
+            .await;
+    }
+    let (status, error) = cluster.seal("steps").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(error["error"]["code"], "batch_too_small");
+    assert_eq!(error["error"]["needed"], 5);
+    post_ones(&cluster, &sharder, "steps", 2, &[0, 1]).await;
+    let (status, sealed) = cluster.seal("steps").await;
+    assert_eq!(status, StatusCode::CREATED, "{sealed}");
+    assert_eq!(sealed["count"], 5);
+}

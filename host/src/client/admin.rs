@@ -113,16 +113,52 @@ pub struct PluginView {
     /// Whether it is embedded in the server.
     #[serde(default)]
     pub builtin: bool,
+    /// Whether the server's operator approves it (`plugins.approved`); `None`
+    /// from a server older than approvals.
+    #[serde(default)]
+    pub approved: Option<bool>,
     /// Component size in bytes.
     #[serde(default)]
     pub size: u64,
 }
 
+/// What `guardian plugin upload` did, and what is left for the operators.
+#[derive(Debug)]
+pub struct Upload {
+    /// What each server did with the component.
+    pub report: PerServer,
+    /// SHA-256 of the component, hex: what operators approve.
+    pub digest: String,
+    /// The servers (as `server i (url)`) that stored it but do not approve it.
+    pub not_approved: Vec<String>,
+}
+
+impl Upload {
+    /// Whether endpoints can use the plugin yet, and if not, what each operator
+    /// does about it.
+    pub fn approval(&self) -> String {
+        if self.not_approved.is_empty() {
+            return "approved on every server: endpoints can use it\n".to_owned();
+        }
+        format!(
+            "not approved on {} yet: no endpoint can use it before every operator approves it, \
+             since a plugin's shard decides what each server sees.\n\
+             Review it, then approve it on every server: \
+             GUARDIAN_PLUGINS_APPROVED={} (plugins.approved) and restart \
+             (a local demo: restart `guardian dev --approve {}`)\n",
+            self.not_approved.join(", "),
+            self.digest,
+            self.digest
+        )
+    }
+}
+
 /// `guardian plugin upload FILE`: sends the component to every server.
-pub async fn upload_plugin(cluster: &Cluster, wasm: Vec<u8>) -> PerServer {
+pub async fn upload_plugin(cluster: &Cluster, wasm: Vec<u8>) -> Upload {
     let digest = hex::encode(Sha256::digest(&wasm));
     let mut servers = Vec::new();
     let mut described: Option<PluginView> = None;
+    let mut not_approved = Vec::new();
     for index in 0..cluster.len() {
         let result = cluster
             .request(index, Method::POST, &["api", "v1", "plugins"])
@@ -131,6 +167,9 @@ pub async fn upload_plugin(cluster: &Cluster, wasm: Vec<u8>) -> PerServer {
             .await;
         let result = result.and_then(|answer| {
             let view: PluginView = answer.json()?;
+            if view.approved != Some(true) {
+                not_approved.push(cluster.describe(index));
+            }
             described.get_or_insert(view);
             Ok(answer)
         });
@@ -140,10 +179,14 @@ pub async fn upload_plugin(cluster: &Cluster, wasm: Vec<u8>) -> PerServer {
         Some(p) => format!("plugin {} {} (digest {digest})", p.name, p.version),
         None => format!("the plugin with digest {digest}"),
     };
-    PerServer {
-        what,
-        servers,
-        mismatch: None,
+    Upload {
+        report: PerServer {
+            what,
+            servers,
+            mismatch: None,
+        },
+        digest,
+        not_approved,
     }
 }
 
@@ -290,7 +333,9 @@ fn plugins_listing(
     answers: Vec<(usize, Plugins)>,
     warnings: Vec<String>,
 ) -> Listing {
-    let mut merged: BTreeMap<(String, String, String), (PluginView, Vec<usize>)> = BTreeMap::new();
+    // A plugin, the servers holding it and those approving it.
+    type Held = (PluginView, Vec<usize>, Vec<usize>);
+    let mut merged: BTreeMap<(String, String, String), Held> = BTreeMap::new();
     for (index, list) in answers {
         for plugin in list.plugins {
             let key = (
@@ -298,29 +343,39 @@ fn plugins_listing(
                 plugin.version.clone(),
                 plugin.digest.clone(),
             );
-            merged
+            let approved = plugin.approved == Some(true);
+            let entry = merged
                 .entry(key)
-                .or_insert_with(|| (plugin, Vec::new()))
-                .1
-                .push(index);
+                .or_insert_with(|| (plugin, Vec::new(), Vec::new()));
+            entry.1.push(index);
+            if approved {
+                entry.2.push(index);
+            }
         }
     }
     let rows: Vec<Vec<String>> = merged
         .into_values()
-        .map(|(p, held)| {
+        .map(|(p, held, approved)| {
             vec![
                 p.name,
                 p.version,
                 if p.builtin { "built-in" } else { "uploaded" }.to_owned(),
                 p.size.to_string(),
                 presence(&held, servers),
+                if approved.is_empty() {
+                    "none".to_owned()
+                } else {
+                    presence(&approved, servers)
+                },
                 p.digest,
             ]
         })
         .collect();
     Listing {
         table: table::render(
-            &["name", "version", "kind", "bytes", "servers", "digest"],
+            &[
+                "name", "version", "kind", "bytes", "servers", "approved", "digest",
+            ],
             &rows,
         ),
         warnings,
@@ -473,6 +528,7 @@ mod tests {
             version: "0.1.0".into(),
             description: String::new(),
             builtin,
+            approved: Some(builtin),
             size: 100,
         };
         let answers = vec![
@@ -492,9 +548,9 @@ mod tests {
         let listing = plugins_listing(2, answers, Vec::new());
         assert_eq!(
             listing.table,
-            "name  version  kind      bytes  servers  digest\n\
-             mine  0.1.0    uploaded    100  0        d2\n\
-             sum   0.1.0    built-in    100  all      d1\n"
+            "name  version  kind      bytes  servers  approved  digest\n\
+             mine  0.1.0    uploaded    100  0        none      d2\n\
+             sum   0.1.0    built-in    100  all      all       d1\n"
         );
     }
 

@@ -2,6 +2,10 @@
 //! definition, they must agree, and the endpoint's plugin (the very component the
 //! servers run, checked against its digest) is loaded locally and configured, so
 //! that sharding and unsharding use the configuration the servers agreed on.
+//!
+//! Sharding ([`open_to_shard`]) also needs every server's approval of the plugin:
+//! its `shard` decides what each server sees, and no server can vouch for what
+//! the others receive, so one operator's approval is not enough.
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use reqwest::Method;
@@ -21,6 +25,10 @@ pub struct EndpointInfo {
     pub plugin: String,
     /// SHA-256 of the plugin's component, hex.
     pub plugin_digest: String,
+    /// Whether this server's operator approves the plugin; `None` when the
+    /// server does not say (one older than approvals), which counts as no.
+    #[serde(default)]
+    pub approved: Option<bool>,
     /// The parameters the endpoint was created with.
     pub params: Value,
     /// Fewest reports in a batch.
@@ -112,12 +120,27 @@ pub(crate) async fn check_order(cluster: &Cluster) -> anyhow::Result<()> {
 
 /// Fetches endpoint `name` from every server and checks that they agree.
 pub(crate) async fn fetch_agreed(cluster: &Cluster, name: &str) -> anyhow::Result<EndpointInfo> {
-    let mut first: Option<EndpointInfo> = None;
+    let views = fetch_each(cluster, name).await?;
+    agreed(cluster, name, views)
+}
+
+/// Endpoint `name` as every server describes it, in server-index order.
+async fn fetch_each(cluster: &Cluster, name: &str) -> anyhow::Result<Vec<EndpointInfo>> {
+    let mut views = Vec::with_capacity(cluster.len());
     for index in 0..cluster.len() {
         let info: EndpointInfo = cluster
             .get_json(index, &endpoint_path(name, &[]))
             .await
             .map_err(|e| explain_unknown_endpoint(e, name))?;
+        views.push(info);
+    }
+    Ok(views)
+}
+
+/// Server 0's view of the endpoint, if every server's agrees with it.
+fn agreed(cluster: &Cluster, name: &str, views: Vec<EndpointInfo>) -> anyhow::Result<EndpointInfo> {
+    let mut first: Option<EndpointInfo> = None;
+    for (index, info) in views.into_iter().enumerate() {
         match &first {
             None => first = Some(info),
             Some(zero) => {
@@ -145,6 +168,26 @@ pub(crate) async fn fetch_agreed(cluster: &Cluster, name: &str) -> anyhow::Resul
     first.ok_or_else(|| anyhow!("no share servers given"))
 }
 
+/// Refuses unless every server says it approves the endpoint's plugin, naming
+/// the first that does not and how its operator approves it.
+fn check_approved(cluster: &Cluster, name: &str, views: &[EndpointInfo]) -> anyhow::Result<()> {
+    for (index, info) in views.iter().enumerate() {
+        let says = match info.approved {
+            Some(true) => continue,
+            Some(false) => "has not approved",
+            None => "does not say that it approved (a server older than plugin approval?)",
+        };
+        bail!(
+            "{} {says} plugin {} ({}) of endpoint {name:?}: refusing to shard, since a plugin's shard decides what each server sees and every operator must approve it. That server's operator approves it by adding the digest to plugins.approved (GUARDIAN_PLUGINS_APPROVED={}) and restarting it",
+            cluster.describe(index),
+            info.plugin,
+            info.plugin_digest,
+            info.plugin_digest,
+        );
+    }
+    Ok(())
+}
+
 fn explain_unknown_endpoint(error: ServerError, name: &str) -> anyhow::Error {
     if error.code() == "unknown_endpoint" {
         anyhow!(
@@ -162,12 +205,34 @@ pub(crate) fn short(hex: &str) -> &str {
     hex.get(..12).unwrap_or(hex)
 }
 
-/// Opens endpoint `name`: checks the server order, that every server has the same
-/// definition, fetches the plugin from server 0, checks its digest, loads and
-/// configures it locally and checks the configuration hash.
+/// Opens endpoint `name` for unsharding: checks the server order, that every
+/// server has the same definition, fetches the plugin from server 0, checks its
+/// digest, loads and configures it locally and checks the configuration hash.
+///
+/// Combining released shares needs no approval: the servers release them after
+/// their own checks, and an approval revoked later must not strand sealed data.
 pub(crate) async fn open(cluster: &Cluster, name: &str) -> anyhow::Result<LocalEndpoint> {
     check_order(cluster).await?;
     let info = fetch_agreed(cluster, name).await?;
+    load_endpoint(cluster, name, info).await
+}
+
+/// [`open`] for sharding: also refuses, before any plugin code runs here, unless
+/// every server approves the endpoint's plugin.
+pub(crate) async fn open_to_shard(cluster: &Cluster, name: &str) -> anyhow::Result<LocalEndpoint> {
+    check_order(cluster).await?;
+    let views = fetch_each(cluster, name).await?;
+    check_approved(cluster, name, &views)?;
+    let info = agreed(cluster, name, views)?;
+    load_endpoint(cluster, name, info).await
+}
+
+/// Fetches the agreed plugin from server 0, checks its digest and loads it.
+async fn load_endpoint(
+    cluster: &Cluster,
+    name: &str,
+    info: EndpointInfo,
+) -> anyhow::Result<LocalEndpoint> {
     let wasm = cluster
         .request(
             0,

@@ -514,6 +514,14 @@ impl std::fmt::Display for ServerError {
                     )
                 }
             }
+            // Not a matter of roles: the operator has not approved the plugin, and
+            // the message says how they would.
+            ErrorKind::Api {
+                status: 403,
+                code,
+                message,
+                ..
+            } if code == "plugin_not_approved" => write!(f, "{who} refused: {message} ({code})"),
             ErrorKind::Api {
                 status: 403,
                 code,

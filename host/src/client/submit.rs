@@ -258,7 +258,7 @@ fn outcome(result: Result<bool, ServerError>, line: usize) -> Outcome {
 /// `guardian submit NAME --value JSON`: posts one measurement; returns the report
 /// id. Any failure is an error.
 pub async fn submit_value(cluster: &Cluster, name: &str, json: &str) -> anyhow::Result<String> {
-    let endpoint = Arc::new(endpoint::open(cluster, name).await?);
+    let endpoint = Arc::new(endpoint::open_to_shard(cluster, name).await?);
     let measurement = Measurement {
         line: 1,
         json: json.trim().to_owned(),
@@ -297,7 +297,7 @@ pub async fn submit_many(
     measurements: Vec<Measurement>,
     options: SubmitOptions,
 ) -> anyhow::Result<Summary> {
-    let endpoint = Arc::new(endpoint::open(cluster, name).await?);
+    let endpoint = Arc::new(endpoint::open_to_shard(cluster, name).await?);
     let total = measurements.len() as u64;
     let bar = if options.progress {
         let bar = ProgressBar::new(total);

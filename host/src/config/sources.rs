@@ -342,6 +342,11 @@ pub(super) static KEYS: &[Key] = &[
         endpoints.default_min_batch,
         number
     ),
+    key!(
+        "endpoints.min_batch_floor",
+        endpoints.min_batch_floor,
+        number
+    ),
     key!("endpoints.max_batch", endpoints.max_batch, number),
     key!(
         "endpoints.report_retention_secs",
@@ -358,6 +363,7 @@ pub(super) static KEYS: &[Key] = &[
         endpoints.distinct_users,
         boolean
     ),
+    key!("plugins.approved", plugins.approved, list),
     key!("log.level", log.level, text),
     key!("log.format", log.format, LogFormat::from_str),
     key!("log.file_dir", log.file_dir, optional::<PathBuf>),
@@ -697,9 +703,13 @@ fn apply_layer(
 }
 
 /// Puts values in the one form the rest of the server expects: base URLs without a
-/// trailing slash, so that joining a route never doubles it. (The issuer is left
-/// exactly as given: it is compared byte for byte with `iss`.)
+/// trailing slash, so that joining a route never doubles it, and plugin digests in
+/// lower case, as the API shows them. (The issuer is left exactly as given: it is
+/// compared byte for byte with `iss`.)
 fn normalize(config: &mut Config) {
+    for digest in &mut config.plugins.approved {
+        digest.make_ascii_lowercase();
+    }
     for url in config
         .server
         .peers

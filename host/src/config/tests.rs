@@ -275,6 +275,8 @@ fn every_key_can_be_set_from_the_environment() {
     let peer_token = "p".repeat(40);
     let key = |byte: u8| BASE64.encode([byte; 32]);
     let peer_keys = format!("{}, {},{}", key(1), key(2), key(3));
+    // Two digests, the second in upper case (kept in lower case), blanks trimmed.
+    let approved = format!("{}, {}", "ab".repeat(32), "CD".repeat(32));
     let role_json =
         r#"[{"claim": ["realm_access", "roles"], "roles": {"guardian-admin": "admin"}}]"#;
     let vars: Vec<(&str, &str)> = vec![
@@ -305,10 +307,12 @@ fn every_key_can_be_set_from_the_environment() {
         ("GUARDIAN_LIMITS_REPORTS_BURST_PER_IP", "75"),
         ("GUARDIAN_LIMITS_TRUST_FORWARDED_FOR", "true"),
         ("GUARDIAN_ENDPOINTS_DEFAULT_MIN_BATCH", "8"),
+        ("GUARDIAN_ENDPOINTS_MIN_BATCH_FLOOR", "3"),
         ("GUARDIAN_ENDPOINTS_MAX_BATCH", "80"),
         ("GUARDIAN_ENDPOINTS_REPORT_RETENTION_SECS", "81"),
         ("GUARDIAN_ENDPOINTS_PEER_TIMEOUT_MS", "82"),
         ("GUARDIAN_ENDPOINTS_DISTINCT_USERS", "false"),
+        ("GUARDIAN_PLUGINS_APPROVED", &approved),
         ("GUARDIAN_LOG_LEVEL", "trace"),
         ("GUARDIAN_LOG_FORMAT", "json"),
         ("GUARDIAN_LOG_FILE_DIR", "/var/log/g"),
@@ -394,6 +398,9 @@ fn every_key_can_be_set_from_the_environment() {
         (72, 73, 74, 75, true)
     );
     assert_eq!(c.endpoints.default_min_batch, 8);
+    assert_eq!(c.endpoints.min_batch_floor, 3);
+    assert_eq!(c.plugins.approved, ["ab".repeat(32), "cd".repeat(32)]);
+    assert_eq!(c.plugins.approved_digests(), [[0xab; 32], [0xcd; 32]]);
     assert_eq!(
         (
             c.endpoints.max_batch,
@@ -779,6 +786,32 @@ fn validation_of_limits() {
     );
     env(&[("GUARDIAN_ENDPOINTS_DEFAULT_MIN_BATCH", "1")])
         .invalid("endpoints.default_min_batch", &["at least 2"]);
+    // The floor: at least 2, and the default may not be below it.
+    for floor in ["0", "1"] {
+        env(&[("GUARDIAN_ENDPOINTS_MIN_BATCH_FLOOR", floor)]).invalid(
+            "endpoints.min_batch_floor",
+            &[
+                &format!("endpoints.min_batch_floor = {floor}"),
+                "at least 2",
+            ],
+        );
+    }
+    env(&[
+        ("GUARDIAN_ENDPOINTS_MIN_BATCH_FLOOR", "20"),
+        ("GUARDIAN_ENDPOINTS_DEFAULT_MIN_BATCH", "10"),
+    ])
+    .invalid(
+        "endpoints.default_min_batch",
+        &[
+            "endpoints.default_min_batch = 10",
+            "at least endpoints.min_batch_floor = 20",
+        ],
+    );
+    env(&[
+        ("GUARDIAN_ENDPOINTS_MIN_BATCH_FLOOR", "20"),
+        ("GUARDIAN_ENDPOINTS_DEFAULT_MIN_BATCH", "20"),
+    ])
+    .ok();
     env(&[("GUARDIAN_ENDPOINTS_MAX_BATCH", "5")]).invalid(
         "endpoints.max_batch",
         &["endpoints.max_batch = 5", "at least"],
@@ -795,6 +828,29 @@ fn validation_of_limits() {
         .invalid("storage.read_connections", &["greater than 0"]);
     env(&[("GUARDIAN_STORAGE_BUSY_TIMEOUT_MS", "0")])
         .invalid("storage.busy_timeout_ms", &["greater than 0"]);
+}
+
+#[test]
+fn approved_plugins_are_digests() {
+    let digest = "0123456789abcdef".repeat(4);
+    let loaded = env(&[("GUARDIAN_PLUGINS_APPROVED", &digest)]).ok();
+    assert_eq!(loaded.config.plugins.approved, [digest.as_str()]);
+    file(&format!("[plugins]\napproved = [\"{digest}\"]\n")).ok();
+    // A name, a short digest and a non-hex one: each entry is named with its index.
+    for (value, entry) in [
+        ("sum", "entry 0 (\"sum\")"),
+        (&digest[..63], "entry 0"),
+        (&format!("{digest},{}", "g".repeat(64)), "entry 1"),
+    ] {
+        env(&[("GUARDIAN_PLUGINS_APPROVED", value)]).invalid(
+            "plugins.approved",
+            &[
+                "plugins.approved (from environment variable GUARDIAN_PLUGINS_APPROVED)",
+                entry,
+                "64 hex digits",
+            ],
+        );
+    }
 }
 
 #[test]

@@ -134,17 +134,28 @@ pub(super) fn check(config: &Config, origins: &Origins) -> Result<(), ConfigErro
     server(&mut c, &config.server);
     limits(&mut c, &config.limits);
     header_room(&mut c, &config.limits, &config.auth);
-    let min_batch = config.endpoints.default_min_batch;
-    if min_batch < 2 {
-        let at = c.at("endpoints.default_min_batch", min_batch);
+    let endpoints = &config.endpoints;
+    let min_batch = endpoints.default_min_batch;
+    let floor = endpoints.min_batch_floor;
+    if floor < 2 {
+        let at = c.at("endpoints.min_batch_floor", floor);
         c.fail(
-            "endpoints.default_min_batch",
+            "endpoints.min_batch_floor",
             format!(
                 "{at}: must be at least 2, since a batch of one report releases that user's value"
             ),
         );
     }
-    let endpoints = &config.endpoints;
+    if min_batch < floor.max(2) {
+        let at = c.at("endpoints.default_min_batch", min_batch);
+        let floor = c.at("endpoints.min_batch_floor", floor);
+        c.fail(
+            "endpoints.default_min_batch",
+            format!(
+                "{at}: must be at least 2 and at least {floor}, since a batch of one report releases that user's value"
+            ),
+        );
+    }
     if endpoints.max_batch < min_batch.max(2) {
         let at = c.at("endpoints.max_batch", endpoints.max_batch);
         c.fail(
@@ -166,6 +177,7 @@ pub(super) fn check(config: &Config, origins: &Origins) -> Result<(), ConfigErro
             format!("{at}: must be positive"),
         );
     }
+    approved_plugins(&mut c, &config.plugins.approved);
     log(&mut c, &config.log);
     cors(&mut c, &config.cors.allowed_origins);
     auth(&mut c, &config.auth);
@@ -264,6 +276,25 @@ fn server(c: &mut Checker<'_>, s: &ServerConfig) {
         c.fail("server.public_url", format!("{at} {why}"));
     }
     c.non_empty_path("server.data_dir", s.data_dir.as_deref());
+}
+
+/// Every approved plugin is named by its digest: 64 hex digits, as
+/// `guardian plugin upload` and `GET /api/v1/plugins` show it.
+fn approved_plugins(c: &mut Checker<'_>, approved: &[String]) {
+    const KEY: &str = "plugins.approved";
+    for (i, digest) in approved.iter().enumerate() {
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let at = c.named(KEY);
+            c.fail(
+                KEY,
+                format!(
+                    "{at}: entry {i} ({digest:?}) is not a plugin digest: give the 64 hex digits \
+                     of SHA-256 that `guardian plugin upload` prints (names of built-in plugins \
+                     are not needed: they are always approved)"
+                ),
+            );
+        }
+    }
 }
 
 /// Smallest plugin memory cap: a Rust plugin's stack alone takes 1 MiB.

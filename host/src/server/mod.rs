@@ -122,6 +122,7 @@ impl Server {
             Arc::new(runtime),
             &storage,
             config.limits.plugin_concurrency(),
+            &config.plugins.approved_digests(),
             metrics.clone(),
         )
         .await?;

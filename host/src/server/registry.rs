@@ -3,8 +3,12 @@
 //!
 //! Storage is the truth; these maps mirror it and are updated by the same
 //! handlers that write it. Only this process writes its database.
+//!
+//! The registry also knows which plugins this server's operator approved
+//! (`plugins.approved` plus the built-ins), fixed for the life of the process:
+//! approving or revoking a plugin is a configuration change and a restart.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -20,6 +24,9 @@ use crate::storage::{Endpoint, PluginRecord, PutPluginOutcome, Storage};
 pub(super) struct LiveEndpoint {
     pub(super) endpoint: Endpoint,
     pub(super) plugin: Plugin,
+    /// Whether this server's operator approves the endpoint's plugin; reports
+    /// are refused while not (an approval revoked since the endpoint was made).
+    pub(super) approved: bool,
     budget: InlineBudget,
 }
 
@@ -63,6 +70,9 @@ pub(super) struct Registry {
     runtime: Arc<Runtime>,
     plugins: RwLock<HashMap<[u8; 32], Plugin>>,
     builtin_names: HashMap<String, [u8; 32]>,
+    /// Digests of the plugins that may collect reports here: the built-ins and
+    /// `plugins.approved`.
+    approved: HashSet<[u8; 32]>,
     endpoints: RwLock<HashMap<String, Arc<LiveEndpoint>>>,
     calls: Semaphore,
     metrics: Arc<Metrics>,
@@ -78,21 +88,25 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 impl Registry {
     /// Registers the built-ins, then loads every stored plugin (from the
-    /// artifact cache: no recompilation) and every endpoint.
+    /// artifact cache: no recompilation) and every endpoint. `approved` are the
+    /// digests of the uploaded plugins the operator approved.
     pub(super) async fn start(
         runtime: Arc<Runtime>,
         storage: &Storage,
         concurrency: usize,
+        approved: &[[u8; 32]],
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let mut plugins = HashMap::new();
         let mut builtin_names = HashMap::new();
+        let mut approved: HashSet<[u8; 32]> = approved.iter().copied().collect();
         for (name, wasm) in BUILTINS {
             let plugin = load_blocking(&runtime, wasm.to_vec()).await?;
             storage
                 .put_plugin(record(&plugin, wasm.to_vec(), true))
                 .await?;
             builtin_names.insert((*name).to_owned(), plugin.digest());
+            approved.insert(plugin.digest());
             plugins.insert(plugin.digest(), plugin);
         }
         for info in storage.list_plugins().await? {
@@ -117,9 +131,13 @@ impl Registry {
                 Some(plugin) => {
                     let live = LiveEndpoint {
                         plugin: plugin.clone(),
+                        approved: approved.contains(&endpoint.record.plugin_digest),
                         endpoint,
                         budget: InlineBudget::default(),
                     };
+                    if !live.approved {
+                        tracing::warn!(endpoint = %live.endpoint.record.name, plugin = %hex::encode(live.endpoint.record.plugin_digest), "the endpoint's plugin is not approved (plugins.approved): its reports are refused");
+                    }
                     endpoints.insert(live.endpoint.record.name.clone(), Arc::new(live));
                 }
                 None => {
@@ -131,6 +149,7 @@ impl Registry {
             runtime,
             plugins: RwLock::new(plugins),
             builtin_names,
+            approved,
             endpoints: RwLock::new(endpoints),
             calls: Semaphore::new(concurrency.max(1)),
             metrics,
@@ -148,6 +167,12 @@ impl Registry {
             None => parse_digest(name_or_digest)?,
         };
         read(&self.plugins).get(&digest).cloned()
+    }
+
+    /// Whether this server's operator approves the plugin with this digest (the
+    /// built-ins always).
+    pub(super) fn is_approved(&self, digest: &[u8; 32]) -> bool {
+        self.approved.contains(digest)
     }
 
     /// Compiles and type-checks an upload, stores it, and makes it callable.
@@ -199,6 +224,7 @@ impl Registry {
 
     pub(super) fn set_endpoint(&self, endpoint: Endpoint, plugin: Plugin) {
         let live = Arc::new(LiveEndpoint {
+            approved: self.is_approved(&endpoint.record.plugin_digest),
             endpoint,
             plugin,
             budget: InlineBudget::default(),

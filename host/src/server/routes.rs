@@ -152,6 +152,10 @@ pub(super) struct PluginView {
     params_schema: Value,
     /// Whether it is one of the plugins built into the server.
     builtin: bool,
+    /// Whether this server's operator approves it (`plugins.approved`; built-ins
+    /// always): only then can endpoints use it, and clients shard with it only
+    /// when every server approves it.
+    approved: bool,
     /// Size of the component in bytes.
     size: u64,
     /// When it was stored (RFC 3339).
@@ -165,9 +169,10 @@ pub(super) struct PluginList {
     plugins: Vec<PluginView>,
 }
 
-impl From<PluginInfo> for PluginView {
-    fn from(info: PluginInfo) -> Self {
+impl PluginView {
+    fn new(info: PluginInfo, state: &AppState) -> Self {
         Self {
+            approved: state.registry.is_approved(&info.digest),
             digest: hex::encode(info.digest),
             name: info.name,
             version: info.version,
@@ -227,7 +232,7 @@ pub(super) async fn upload_plugin(
     } else {
         StatusCode::OK
     };
-    json(status, PluginView::from(info))
+    json(status, PluginView::new(info, &state))
 }
 
 /// Lists every plugin.
@@ -247,7 +252,7 @@ pub(super) async fn list_plugins(
         .list_plugins()
         .await?
         .into_iter()
-        .map(PluginView::from)
+        .map(|info| PluginView::new(info, &state))
         .collect();
     json(StatusCode::OK, PluginList { plugins })
 }
@@ -274,7 +279,7 @@ pub(super) async fn get_plugin(
         ApiError::bad_request("invalid_digest", "a plugin digest is 64 hex digits")
     })?;
     match state.storage.get_plugin(digest).await? {
-        Some(info) => json(StatusCode::OK, PluginView::from(info)),
+        Some(info) => json(StatusCode::OK, PluginView::new(info, &state)),
         None => Err(ApiError::not_found(
             "unknown_plugin",
             "no plugin with this digest",
@@ -348,8 +353,9 @@ pub(super) struct CreateEndpoint {
     #[schema(example = json!({"length": 4}))]
     params: Value,
     /// The smallest batch a seal may release; the server's
-    /// `endpoints.default_min_batch` when left out.
-    #[schema(minimum = 1)]
+    /// `endpoints.default_min_batch` when left out. Every server refuses one below
+    /// its `endpoints.min_batch_floor` (at least 2).
+    #[schema(minimum = 2)]
     min_batch: Option<u64>,
     /// Most reports one user (token `sub`) may hold in this endpoint on a server
     /// before they are sealed into a batch: the next post answers 429
@@ -373,6 +379,10 @@ pub(super) struct EndpointView {
     plugin: String,
     /// The plugin's digest, 64 hex digits.
     plugin_digest: String,
+    /// Whether this server's operator approves the plugin (`plugins.approved`;
+    /// built-ins always). False after an approval was revoked: the endpoint then
+    /// refuses reports, and clients refuse to shard for it.
+    approved: bool,
     /// The parameters, as stored (canonical JSON).
     params: Value,
     /// The smallest batch a seal releases.
@@ -414,12 +424,13 @@ pub(super) struct EndpointList {
 }
 
 impl EndpointView {
-    fn new(endpoint: &Endpoint, counts: Option<EndpointCounts>) -> Self {
+    fn new(endpoint: &Endpoint, counts: Option<EndpointCounts>, state: &AppState) -> Self {
         let record = &endpoint.record;
         Self {
             name: record.name.clone(),
             plugin: record.plugin_name.clone(),
             plugin_digest: hex::encode(record.plugin_digest),
+            approved: state.registry.is_approved(&record.plugin_digest),
             params: serde_json::from_str(&record.params).unwrap_or(Value::Null),
             min_batch: record.min_batch,
             max_reports_per_user: record.max_reports_per_user,
@@ -433,6 +444,23 @@ impl EndpointView {
             }),
         }
     }
+}
+
+/// The answer when a plugin this server's operator did not approve would collect
+/// reports: it names the plugin by its full digest and says how an operator
+/// approves it.
+fn not_approved(status: StatusCode, what: &str, digest: &[u8; 32]) -> ApiError {
+    let digest = hex::encode(digest);
+    ApiError::new(
+        status,
+        "plugin_not_approved",
+        format!(
+            "{what}: plugin {digest} is not approved on this server. A plugin's shard decides \
+             what each server sees, so every operator approves it after reviewing it: add the \
+             digest to plugins.approved (GUARDIAN_PLUGINS_APPROVED={digest}) and restart the \
+             server"
+        ),
+    )
 }
 
 /// Endpoint names appear in URLs: 1–64 of `a-z 0-9 - _ .`, starting with a
@@ -488,9 +516,14 @@ pub fn config_hash(
         (status = 201, description = "Created.", body = EndpointView),
         (status = 200, description = "An identical endpoint exists.", body = EndpointView),
         (status = 400, description = "Malformed request: `malformed_json`, `bad_body`, \
-            `invalid_endpoint_name`, `invalid_min_batch`, `invalid_max_reports_per_user`.",
+            `invalid_endpoint_name`, `invalid_max_reports_per_user`, or `invalid_min_batch` \
+            (below `endpoints.min_batch_floor` or above `endpoints.max_batch`).",
             body = ErrorBody),
-        RoleErrors,
+        AuthErrors,
+        (status = 403, description = "The token lacks the developer role: `missing_role`. Or \
+            the plugin is an uploaded one this server's operator has not approved: \
+            `plugin_not_approved`, with the digest and how to approve it \
+            (`plugins.approved`, `GUARDIAN_PLUGINS_APPROVED`).", body = ErrorBody),
         (status = 404, description = "No such plugin: `unknown_plugin`.", body = ErrorBody),
         (status = 409, description = "An endpoint of this name exists with another \
             definition: `endpoint_conflict`.", body = ErrorBody),
@@ -512,10 +545,15 @@ pub(super) async fn create_endpoint(
     let min_batch = body
         .min_batch
         .unwrap_or(state.config.endpoints.default_min_batch);
-    if min_batch == 0 {
+    // A developer token alone must not set up batches of one report (which release
+    // that user's value): the operator's floor bounds every endpoint.
+    let floor = state.config.endpoints.min_batch_floor;
+    if min_batch < floor {
         return Err(ApiError::bad_request(
             "invalid_min_batch",
-            "min_batch must be at least 1",
+            format!(
+                "min_batch must be at least {floor}, this server's floor (endpoints.min_batch_floor): a smaller batch would release too few users' values"
+            ),
         ));
     }
     // A larger minimum could never be sealed (and would not fit storage's integers).
@@ -550,6 +588,13 @@ pub(super) async fn create_endpoint(
             ),
         )
     })?;
+    if !state.registry.is_approved(&plugin.digest()) {
+        return Err(not_approved(
+            StatusCode::FORBIDDEN,
+            &format!("cannot create endpoint {:?}", body.name),
+            &plugin.digest(),
+        ));
+    }
     // serde_json keeps object keys sorted: this text is canonical.
     let params = body.params.to_string();
     let config = {
@@ -578,10 +623,13 @@ pub(super) async fn create_endpoint(
     match state.storage.create_endpoint(record).await? {
         CreateEndpointOutcome::Created(endpoint) => {
             state.registry.set_endpoint(endpoint.clone(), plugin);
-            json(StatusCode::CREATED, EndpointView::new(&endpoint, None))
+            json(
+                StatusCode::CREATED,
+                EndpointView::new(&endpoint, None, &state),
+            )
         }
         CreateEndpointOutcome::Identical(endpoint) => {
-            json(StatusCode::OK, EndpointView::new(&endpoint, None))
+            json(StatusCode::OK, EndpointView::new(&endpoint, None, &state))
         }
         CreateEndpointOutcome::Conflict(existing) => Err(ApiError::conflict(
             "endpoint_conflict",
@@ -615,7 +663,7 @@ pub(super) async fn list_endpoints(
     let mut views = Vec::new();
     for endpoint in state.storage.list_endpoints().await? {
         let counts = state.storage.endpoint_counts(&endpoint.record.name).await?;
-        views.push(EndpointView::new(&endpoint, counts));
+        views.push(EndpointView::new(&endpoint, counts, &state));
     }
     json(StatusCode::OK, EndpointList { endpoints: views })
 }
@@ -646,7 +694,7 @@ pub(super) async fn get_endpoint(
         .await?
         .ok_or_else(|| unknown_endpoint(&name))?;
     let counts = state.storage.endpoint_counts(&name).await?;
-    json(StatusCode::OK, EndpointView::new(&endpoint, counts))
+    json(StatusCode::OK, EndpointView::new(&endpoint, counts, &state))
 }
 
 /// Removes an endpoint with its reports and batches.
@@ -722,7 +770,9 @@ pub(super) enum ReportStatus {
         RoleErrors,
         (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
         (status = 409, description = "This report id was posted with another share: \
-            `report_conflict`.", body = ErrorBody),
+            `report_conflict`. Or the endpoint's plugin is no longer approved on this server \
+            (its operator revoked it): `plugin_not_approved`, until it is approved again; \
+            stored reports stay and can still be sealed.", body = ErrorBody),
         (status = 413, description = "Larger than `limits.max_body_bytes`: `body_too_large`.",
             body = ErrorBody),
         (status = 422, description = "The plugin rejected the share: its own code and message, \
@@ -753,6 +803,11 @@ pub(super) async fn post_report(
     let result = match (state.rate_limits.check(user, ip), &endpoint, body) {
         (Err(e), _, _) => Err(e),
         (Ok(()), None, _) => Err(unknown_endpoint(&name)),
+        (Ok(()), Some(endpoint), _) if !endpoint.approved => Err(not_approved(
+            StatusCode::CONFLICT,
+            &format!("endpoint {name:?} takes no reports"),
+            &endpoint.endpoint.record.plugin_digest,
+        )),
         (Ok(()), Some(_), Err(e)) => Err(e),
         (Ok(()), Some(endpoint), Ok(Json(report))) => {
             store_report(&state, endpoint, &caller.principal.sub, report).await

@@ -46,7 +46,7 @@ pub(in crate::server) async fn seal(
             .drop_seal(endpoint.id, pending.batch_id)
             .await?;
     }
-    let needed = endpoint.record.min_batch.max(1);
+    let needed = sealer.needed(endpoint.record.min_batch);
     let min_users = sealer.min_users(needed);
     let batch_id: [u8; 16] = rand::random();
     let number = sealer.next_seal_number(endpoint.id);

@@ -100,7 +100,7 @@ pub(in crate::server) async fn prepare(
     }
     let ours = state
         .sealer
-        .min_users(live.endpoint.record.min_batch.max(1));
+        .min_users(state.sealer.needed(live.endpoint.record.min_batch));
     if query.min_users < ours {
         return Err(ApiError::conflict(
             "config_mismatch",
@@ -265,7 +265,7 @@ pub(in crate::server) async fn commit(
             rows.len()
         )));
     }
-    let needed = live.endpoint.record.min_batch.max(1);
+    let needed = state.sealer.needed(live.endpoint.record.min_batch);
     if (rows.len() as u64) < needed {
         return Err(too_small(rows.len() as u64, needed));
     }

@@ -91,6 +91,9 @@ pub(super) struct Sealer {
     /// Whether a batch needs reports of `min_batch` distinct users (authentication
     /// on and `endpoints.distinct_users`).
     distinct_users: bool,
+    /// `endpoints.min_batch_floor`: also enforced on endpoints created before it
+    /// was raised.
+    min_batch_floor: u64,
     crash_before_commit: bool,
 }
 
@@ -264,6 +267,7 @@ impl Sealer {
             index: config.server.index,
             max_batch: config.endpoints.max_batch_len(),
             distinct_users: config.endpoints.distinct_users && !config.auth.disabled,
+            min_batch_floor: config.endpoints.min_batch_floor.max(2),
             crash_before_commit: std::env::var(FAULT_VAR)
                 .is_ok_and(|v| v == "crash_before_coordinator_commit"),
         })
@@ -313,6 +317,12 @@ impl Sealer {
             .unwrap_or_else(PoisonError::into_inner);
         let seen = numbers.entry(endpoint).or_default();
         *seen = (*seen).max(number);
+    }
+
+    /// The fewest reports a batch of an endpoint with `min_batch` needs here: never
+    /// below the operator's floor, whatever the endpoint says.
+    fn needed(&self, min_batch: u64) -> u64 {
+        min_batch.max(self.min_batch_floor)
     }
 
     /// Whether batches need reports of distinct users here, so reports keep who
