@@ -4,6 +4,8 @@
 //! which reports its server holds, a user flooding one server, expiry racing a
 //! seal behind a slow follower).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -51,6 +53,51 @@ async fn post_ones(
         ids.push(raw);
     }
     ids
+}
+
+/// Creates a `sum` endpoint of length 1 on every server with a developer's token.
+async fn create_as(cluster: &Cluster, developer: &str, name: &str, min_batch: u64) {
+    let body =
+        json!({"name": name, "plugin": "sum", "params": {"length": 1}, "min_batch": min_batch});
+    for index in 0..cluster.n() {
+        let response = cluster
+            .http
+            .post(format!("{}/api/v1/endpoints", cluster.base(index)))
+            .bearer_auth(developer)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+}
+
+/// Posts `value` to every server with a user's token; returns the report id.
+async fn post_as(
+    cluster: &Cluster,
+    sharder: &Sharder,
+    token: &str,
+    endpoint: &str,
+    value: i64,
+) -> [u8; 16] {
+    let (id, shares) = sharder.shard(&json!([value]), cluster.n());
+    for (index, share) in shares.iter().enumerate() {
+        let response = cluster
+            .http
+            .post(format!(
+                "{}/api/v1/endpoints/{endpoint}/reports",
+                cluster.base(index)
+            ))
+            .bearer_auth(token)
+            .json(&json!({"report_id": id, "share": share}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let mut raw = [0; 16];
+    hex::decode_to_slice(&id, &mut raw).unwrap();
+    raw
 }
 
 async fn answer(response: reqwest::Response) -> (StatusCode, Value) {
@@ -327,37 +374,10 @@ async fn a_forged_held_set_cannot_isolate_one_user() {
         .launch(0, &[("GUARDIAN_SERVER_PEERS", peers.as_str())])
         .await;
     let developer = mint(Role::Developer, "dev");
-    for index in 0..2 {
-        let response = cluster
-            .http
-            .post(format!("{}/api/v1/endpoints", cluster.base(index)))
-            .bearer_auth(&developer)
-            .json(
-                &json!({"name": "votes", "plugin": "sum", "params": {"length": 1}, "min_batch": 3}),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::CREATED);
-    }
+    create_as(&cluster, &developer, "votes", 3).await;
     let sharder = Sharder::new("sum", &json!({"length": 1}));
     let post = async |sub: &str, value: i64| {
-        let token = mint(Role::User, sub);
-        let (id, shares) = sharder.shard(&json!([value]), 2);
-        for index in 0..2 {
-            let response = cluster
-                .http
-                .post(format!(
-                    "{}/api/v1/endpoints/votes/reports",
-                    cluster.base(index)
-                ))
-                .bearer_auth(&token)
-                .json(&json!({"report_id": id, "share": shares[index]}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), StatusCode::CREATED);
-        }
+        post_as(&cluster, &sharder, &mint(Role::User, sub), "votes", value).await
     };
     // Proposal order: the victim, the operator's own four reports (one identity),
     // then three other users.
@@ -405,41 +425,11 @@ async fn a_forged_held_set_cannot_isolate_one_user() {
 async fn a_follower_refuses_a_decision_of_too_few_users() {
     let (cluster, mint) = authenticated_cluster(2).await;
     let developer = mint(Role::Developer, "dev");
-    for index in 0..2 {
-        let response = cluster
-            .http
-            .post(format!("{}/api/v1/endpoints", cluster.base(index)))
-            .bearer_auth(&developer)
-            .json(
-                &json!({"name": "votes", "plugin": "sum", "params": {"length": 1}, "min_batch": 3}),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::CREATED);
-    }
+    create_as(&cluster, &developer, "votes", 3).await;
     let sharder = Sharder::new("sum", &json!({"length": 1}));
     let mut ids = Vec::new();
     for sub in ["victim", "mallory", "mallory", "mallory"] {
-        let token = mint(Role::User, sub);
-        let (id, shares) = sharder.shard(&json!([1]), 2);
-        for index in 0..2 {
-            let response = cluster
-                .http
-                .post(format!(
-                    "{}/api/v1/endpoints/votes/reports",
-                    cluster.base(index)
-                ))
-                .bearer_auth(&token)
-                .json(&json!({"report_id": id, "share": shares[index]}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), StatusCode::CREATED);
-        }
-        let mut raw = [0; 16];
-        hex::decode_to_slice(&id, &mut raw).unwrap();
-        ids.push(raw);
+        ids.push(post_as(&cluster, &sharder, &mint(Role::User, sub), "votes", 1).await);
     }
     // A dishonest coordinator (its own key) asks server 1 to commit four reports
     // of two users.
