@@ -129,52 +129,32 @@ async fn a_follower_cannot_drive_another_follower() {
         ("abort", "", abort),
     ];
     let base = cluster.base(2);
-    for (step, query, body) in steps {
+    // (signing key of server, claimed sender, receiver, expected status and code)
+    let forgeries = [
         // Server 1, signing as itself: a valid signature, but not the coordinator's.
-        let response = signed_peer_request(
-            &cluster.http,
-            &base,
-            &cluster.key_file(1),
-            (1, 2),
-            ("steps", step, query),
-            body.clone(),
-        )
-        .send()
-        .await
-        .unwrap();
-        let (status, error) = answer(response).await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "{step}: {error}");
-        assert_eq!(error["error"]["code"], "not_coordinator", "{step}");
+        (1, 1, 2, StatusCode::FORBIDDEN, "not_coordinator"),
         // Server 1 claiming to be server 0: its key is not server 0's.
-        let response = signed_peer_request(
-            &cluster.http,
-            &base,
-            &cluster.key_file(1),
-            (0, 2),
-            ("steps", step, query),
-            body.clone(),
-        )
-        .send()
-        .await
-        .unwrap();
-        let (status, error) = answer(response).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{step}: {error}");
-        assert_eq!(error["error"]["code"], "bad_peer_signature", "{step}");
+        (1, 0, 2, StatusCode::UNAUTHORIZED, "bad_peer_signature"),
         // A message server 0 signed for server 1, replayed to server 2.
-        let response = signed_peer_request(
-            &cluster.http,
-            &base,
-            &cluster.key_file(0),
-            (0, 1),
-            ("steps", step, query),
-            body.clone(),
-        )
-        .send()
-        .await
-        .unwrap();
-        let (status, error) = answer(response).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{step}: {error}");
-        assert_eq!(error["error"]["code"], "bad_peer_signature", "{step}");
+        (0, 0, 1, StatusCode::UNAUTHORIZED, "bad_peer_signature"),
+    ];
+    for (step, query, body) in steps {
+        for (key, sender, receiver, expected, code) in forgeries {
+            let response = signed_peer_request(
+                &cluster.http,
+                &base,
+                &cluster.key_file(key),
+                (sender, receiver),
+                ("steps", step, query),
+                body.clone(),
+            )
+            .send()
+            .await
+            .unwrap();
+            let (status, error) = answer(response).await;
+            assert_eq!(status, expected, "{step} signed by {key}: {error}");
+            assert_eq!(error["error"]["code"], code, "{step} signed by {key}");
+        }
         // The shared transport credential alone no longer makes a peer.
         let response = cluster
             .http

@@ -199,12 +199,20 @@ impl FromRequestParts<Arc<AppState>> for Peer {
                 ),
             ));
         };
-        let sender = sender.parse().map_err(|_| {
+        let sender: u32 = sender.parse().map_err(|_| {
             unauthorized(
                 "unknown_peer",
                 format!("{} must be a server index", identity::SENDER_HEADER),
             )
         })?;
+        // Refused before the body is read: only the coordinator sends seal steps.
+        if sender != 0 {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_coordinator",
+                format!("server {sender} sent this, but only server 0 coordinates seals"),
+            ));
+        }
         Ok(Peer {
             sender,
             signature,
@@ -214,13 +222,12 @@ impl FromRequestParts<Arc<AppState>> for Peer {
 }
 
 impl Peer {
-    /// Checks that the coordinator (server 0) signed this call of `step` on
-    /// `endpoint` with this body, for this server: a follower takes seal steps from
-    /// the coordinator only.
+    /// Checks that the coordinator (server 0, the only sender the extractor lets
+    /// through) signed this call of `step` on `endpoint` with this body, for this
+    /// server.
     ///
     /// # Errors
-    /// 401 `no_peer_keys`, `unknown_peer`, `bad_peer_signature`; 403
-    /// `not_coordinator` when another server signed it.
+    /// 401 `no_peer_keys`, `unknown_peer`, `bad_peer_signature`.
     pub(super) fn verify(
         &self,
         state: &AppState,
@@ -239,17 +246,6 @@ impl Peer {
         };
         identity
             .verify(&message, &self.signature)
-            .map_err(|refusal| unauthorized(refusal.code, refusal.message))?;
-        if self.sender != 0 {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "not_coordinator",
-                format!(
-                    "server {} signed this {step}, but only server 0 coordinates seals",
-                    self.sender
-                ),
-            ));
-        }
-        Ok(())
+            .map_err(|refusal| unauthorized(refusal.code, refusal.message))
     }
 }

@@ -284,7 +284,7 @@ pub(super) async fn total(
             body = ErrorBody),
         PeerAuthErrors,
         (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
-        (status = 403, description = "Signed by a server other than the coordinator: \
+        (status = 403, description = "Sent by a server other than the coordinator: \
             `not_coordinator`.", body = ErrorBody),
         (status = 409, description = "`coordinator` (server 0 takes no proposals), \
             `config_mismatch`, `stale_seal` (not newer than the seal seen here), \
@@ -320,7 +320,7 @@ pub(super) async fn peer_prepare(
             body = ErrorBody),
         PeerAuthErrors,
         (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
-        (status = 403, description = "Signed by a server other than the coordinator: \
+        (status = 403, description = "Sent by a server other than the coordinator: \
             `not_coordinator`.", body = ErrorBody),
         (status = 409, description = "`coordinator`, `config_mismatch`, `unknown_seal`, \
             `seal_mismatch`, `batch_too_small` (with `agreed` and `needed`), \
@@ -358,7 +358,7 @@ pub(super) async fn peer_commit(
             `bad_batch_id`, `invalid_path`.", body = ErrorBody),
         PeerAuthErrors,
         (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
-        (status = 403, description = "Signed by a server other than the coordinator: \
+        (status = 403, description = "Sent by a server other than the coordinator: \
             `not_coordinator`.", body = ErrorBody),
         (status = 409, description = "`coordinator`: server 0 takes no aborts.",
             body = ErrorBody),

@@ -105,7 +105,7 @@ pub(in crate::server) async fn prepare(
         return Err(ApiError::conflict(
             "config_mismatch",
             format!(
-                "this server requires batches of {ours} distinct users (endpoints.distinct_users) but the coordinator requires {}: the operators must agree on endpoints.distinct_users",
+                "this server requires batches of {ours} distinct users (endpoints.distinct_users, min_batch and its floor) but the coordinator requires {}: the operators must agree on both",
                 query.min_users
             ),
         ));

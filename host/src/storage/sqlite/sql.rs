@@ -551,27 +551,28 @@ pub(crate) fn drop_seal(
         == 1)
 }
 
-/// The unbatched shares of the endpoint's reports at `rows` (ascending),
-/// concatenated, and the end of each: one scan of the rows between the first and
-/// the last, rather than a lookup per report (measured 14x faster for a million
-/// reports stored one after another).
-pub(crate) fn read_shares(
+/// Visits the stored rows `rows` (ascending) of an endpoint with `column` read:
+/// one scan of the rows between the first and the last, rather than a lookup per
+/// report (measured 14x faster for a million reports stored one after another).
+/// `visit` answers whether to go on. Fails with [`StorageError::ReportUnavailable`]
+/// if a wanted row is not the endpoint's (or the rows were not sorted).
+fn visit_rows(
     conn: &Connection,
     endpoint: EndpointId,
     rows: &[i64],
-) -> Result<(Vec<u8>, Vec<u32>), StorageError> {
-    let mut data = Vec::new();
-    let mut ends = Vec::with_capacity(rows.len());
+    column: &str,
+    mut visit: impl FnMut(rusqlite::types::ValueRef<'_>) -> Result<bool, StorageError>,
+) -> Result<(), StorageError> {
     let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
-        return Ok((data, ends));
+        return Ok(());
     };
     // `+endpoint_id`: a filter only, so SQLite reads the table's row range. As an
     // index term it once made SQLite walk the endpoint's whole entry of an index
     // for each chunk (measured 16x slower than the row range for a million reports).
-    let mut statement = conn.prepare_cached(
-        "SELECT id, share FROM reports WHERE id BETWEEN ?1 AND ?2 AND +endpoint_id = ?3 \
-         ORDER BY id",
-    )?;
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT id, {column} FROM reports WHERE id BETWEEN ?1 AND ?2 AND +endpoint_id = ?3 \
+         ORDER BY id"
+    ))?;
     let mut stored = statement.query(params![first, last, endpoint.0])?;
     let mut wanted = rows.iter().peekable();
     while let Some(row) = stored.next()? {
@@ -580,14 +581,33 @@ pub(crate) fn read_shares(
         if id < next {
             continue;
         }
-        // Rows only go up: a wanted row passed over is not the endpoint's (or the
-        // rows were not sorted).
+        // Rows only go up: a wanted row passed over is not the endpoint's.
         if id > next {
             return Err(StorageError::ReportUnavailable);
         }
+        if !visit(row.get_ref(1)?)? {
+            return Ok(());
+        }
+        wanted.next();
+    }
+    if wanted.peek().is_some() {
+        return Err(StorageError::ReportUnavailable);
+    }
+    Ok(())
+}
+
+/// The unbatched shares of the endpoint's reports at `rows` (ascending),
+/// concatenated, and the end of each.
+pub(crate) fn read_shares(
+    conn: &Connection,
+    endpoint: EndpointId,
+    rows: &[i64],
+) -> Result<(Vec<u8>, Vec<u32>), StorageError> {
+    let mut data = Vec::new();
+    let mut ends = Vec::with_capacity(rows.len());
+    visit_rows(conn, endpoint, rows, "share", |share| {
         // A report's share is NULL exactly when it is batched or expired.
-        let share = row
-            .get_ref(1)?
+        let share = share
             .as_blob_or_null()
             .map_err(rusqlite::Error::from)?
             .ok_or(StorageError::ReportUnavailable)?;
@@ -595,11 +615,8 @@ pub(crate) fn read_shares(
         let end = u32::try_from(data.len())
             .map_err(|_| StorageError::OutOfRange("shares of one chunk"))?;
         ends.push(end);
-        wanted.next();
-    }
-    if wanted.peek().is_some() {
-        return Err(StorageError::ReportUnavailable);
-    }
+        Ok(true)
+    })?;
     Ok((data, ends))
 }
 
@@ -741,7 +758,6 @@ pub(crate) fn expire_reports(
 /// How many distinct posters the reports at `rows` (ascending) of an endpoint
 /// have, counting up to `enough` and stopping there; a report without a poster
 /// (posted anonymously or before posters were kept) counts as one of its own.
-/// Reads the table's row range, as [`read_shares`] does.
 pub(crate) fn distinct_posters(
     conn: &Connection,
     endpoint: EndpointId,
@@ -750,39 +766,21 @@ pub(crate) fn distinct_posters(
 ) -> Result<u64, StorageError> {
     let mut seen = std::collections::HashSet::new();
     let mut anonymous = 0u64;
-    let mut statement = conn.prepare_cached(
-        "SELECT id, poster FROM reports WHERE id BETWEEN ?1 AND ?2 AND +endpoint_id = ?3 \
-         ORDER BY id",
-    )?;
+    let mut count = 0;
     for chunk in rows.chunks(16_384) {
-        let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
-            continue;
-        };
-        let mut stored = statement.query(params![first, last, endpoint.0])?;
-        let mut wanted = chunk.iter().peekable();
-        while let Some(row) = stored.next()? {
-            let Some(&&next) = wanted.peek() else { break };
-            let id: i64 = row.get(0)?;
-            if id < next {
-                continue;
-            }
-            if id > next {
-                return Err(StorageError::ReportUnavailable);
-            }
-            match row.get::<_, Option<[u8; 16]>>(1)? {
+        visit_rows(conn, endpoint, chunk, "poster", |poster| {
+            match poster.as_blob_or_null().map_err(rusqlite::Error::from)? {
                 Some(poster) => {
-                    seen.insert(poster);
+                    seen.insert(<[u8; 16]>::try_from(poster).unwrap_or_default());
                 }
                 None => anonymous += 1,
             }
-            if seen.len() as u64 + anonymous >= enough {
-                return Ok(seen.len() as u64 + anonymous);
-            }
-            wanted.next();
-        }
-        if wanted.peek().is_some() {
-            return Err(StorageError::ReportUnavailable);
+            count = seen.len() as u64 + anonymous;
+            Ok(count < enough)
+        })?;
+        if count >= enough {
+            break;
         }
     }
-    Ok(seen.len() as u64 + anonymous)
+    Ok(count)
 }
