@@ -444,3 +444,97 @@ async fn user_routes_refuse_the_peer_credential_and_peer_routes_user_tokens() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_retry_after_its_batch_is_released_is_acknowledged() {
+    let cluster = Cluster::start(2).await;
+    cluster
+        .create_endpoint("steps", "sum", json!({"length": 1}), 2)
+        .await;
+    let sharder = Sharder::new("sum", &json!({"length": 1}));
+    // Stored but (as if the server died before answering) never acknowledged.
+    let (id, shares) = sharder.shard(&json!([5]), 2);
+    let path = "/api/v1/endpoints/steps/reports";
+    for (index, share) in shares.iter().enumerate() {
+        let (status, body) = cluster
+            .post(index, path, json!({"report_id": id, "share": share}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    sharder
+        .submit(&cluster, "steps", &json!([1]), &[0, 1])
+        .await;
+    let (status, sealed) = cluster.seal("steps").await;
+    assert_eq!(status, StatusCode::CREATED, "{sealed}");
+    // The client retries identically: acknowledged, and counted once.
+    for (index, share) in shares.iter().enumerate() {
+        let (status, body) = cluster
+            .post(index, path, json!({"report_id": id, "share": share}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "server {index}: {body}");
+        assert_eq!(body["status"], "duplicate");
+    }
+    // Another share under the same id is refused.
+    let (_, other) = sharder.shard(&json!([6]), 2);
+    let (status, body) = cluster
+        .post(0, path, json!({"report_id": id, "share": other[0]}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "report_conflict");
+    let (count, shares) = cluster.shares("/api/v1/endpoints/steps/total").await;
+    assert_eq!(count, 2);
+    assert_eq!(sharder.unshard(&shares, count), json!([6]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incomplete_seal_says_it_is_decided_and_finishes_by_itself() {
+    let mut cluster = Cluster::start(2).await;
+    let proxy = common::proxy::PeerProxy::start(cluster.base(1)).await;
+    let peers = format!("{},{}", cluster.base(0), proxy.url);
+    cluster.kill(0);
+    cluster
+        .launch(0, &[("GUARDIAN_SERVER_PEERS", peers.as_str())])
+        .await;
+    cluster
+        .create_endpoint("steps", "sum", json!({"length": 1}), 2)
+        .await;
+    let sharder = Sharder::new("sum", &json!({"length": 1}));
+    for value in [2, 3] {
+        sharder
+            .submit(&cluster, "steps", &json!([value]), &[0, 1])
+            .await;
+    }
+    // The commit to server 1 is lost.
+    proxy.cut("commit", true);
+    let (status, error) = cluster.seal("steps").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+    assert_eq!(error["error"]["code"], "seal_incomplete");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("is decided"), "{message}");
+    assert!(message.contains("completes by itself"), "{message}");
+    assert!(!message.contains("nothing was sealed"), "{message}");
+    // Server 0 holds the batch already; server 1 gets it once reachable again,
+    // without anyone asking.
+    let (_, listed) = cluster.get(0, "/api/v1/endpoints/steps/batches").await;
+    let batch_id = listed["batches"][0]["batch_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains(&batch_id), "{message}");
+    proxy.cut("commit", false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = cluster
+            .get(1, &format!("/api/v1/endpoints/steps/batches/{batch_id}"))
+            .await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "server 1 never got the batch");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (count, shares) = cluster
+        .shares(&format!("/api/v1/endpoints/steps/batches/{batch_id}"))
+        .await;
+    assert_eq!(sharder.unshard(&shares, count), json!([5]));
+}

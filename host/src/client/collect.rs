@@ -128,8 +128,14 @@ pub(crate) fn explain_seal_error(error: ServerError) -> anyhow::Error {
             ),
             _ => anyhow!("nothing was sealed: {error}"),
         },
-        "peer_unavailable" | "seal_incomplete" => anyhow!(
-            "{error}\nNothing is lost: the servers finish or undo the seal on their own; run the same command again in a moment"
+        "peer_unavailable" => anyhow!(
+            "{error}\nNothing is lost: the servers undo the seal on their own; run the same command again in a moment"
+        ),
+        "seal_incomplete" => anyhow!(
+            "{error}\nThe batch is decided and finishes on its own: run `guardian collect NAME --total` in a moment, or this command again, to read it"
+        ),
+        "request_timeout" => anyhow!(
+            "{error}\nA batch may have been decided meanwhile: it finishes on its own; check with `guardian collect NAME --total` (or the batch list) before sealing again"
         ),
         _ => error.into(),
     }

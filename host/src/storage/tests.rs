@@ -620,14 +620,20 @@ async fn a_committed_batch_releases_its_reports_once() {
     assert_eq!(storage.list_batches(steps.id).await.unwrap().len(), 1);
     let batch = storage.get_batch(steps.id, [1; 16]).await.unwrap().unwrap();
     assert_eq!((batch.info.count, batch.share), (3, vec![1; 4]));
-    // A released report's id stays taken, and its share cannot be compared any more.
-    assert_eq!(
-        storage
-            .insert_report(steps.id, report_id(0), vec![0; 3], at(4))
-            .await
-            .unwrap(),
-        InsertReportOutcome::Conflict
-    );
+    // A released report's id stays taken: an identical retry is still told from
+    // another share (by the share's digest), and nothing is stored again.
+    for (share, expected) in [
+        (vec![0; 3], InsertReportOutcome::Duplicate),
+        (vec![9; 3], InsertReportOutcome::Conflict),
+    ] {
+        assert_eq!(
+            storage
+                .insert_report(steps.id, report_id(0), share, at(4))
+                .await
+                .unwrap(),
+            expected
+        );
+    }
     storage.close().await.unwrap();
     // The schema refuses a share deleted before its report was batched.
     let conn = Connection::open(&path).unwrap();
@@ -748,14 +754,19 @@ async fn unbatched_reports_expire_unless_a_seal_may_hold_them() {
             batches: 0,
         })
     );
-    // An expired id is still refused.
-    assert_eq!(
-        storage
-            .insert_report(steps.id, report_id(0), vec![1], at(9000))
-            .await
-            .unwrap(),
-        InsertReportOutcome::Conflict
-    );
+    // An expired id stays taken: the same share is a duplicate, another refused.
+    for (share, expected) in [
+        (vec![1], InsertReportOutcome::Duplicate),
+        (vec![2], InsertReportOutcome::Conflict),
+    ] {
+        assert_eq!(
+            storage
+                .insert_report(steps.id, report_id(0), share, at(9000))
+                .await
+                .unwrap(),
+            expected
+        );
+    }
     storage.close().await.unwrap();
 }
 

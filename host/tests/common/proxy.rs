@@ -1,8 +1,8 @@
 //! A proxy between share servers, driven by the tests: it forwards every request
-//! to its target server and can delay or rewrite the answer of a peer step, as a
-//! slow network or a dishonest operator of the target server would.
+//! to its target server and can cut a peer step, delay or rewrite its answer, as
+//! a partition, a slow network or a dishonest operator of the target would.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +20,8 @@ type Rewrite = Box<dyn Fn(&str, &mut Value) + Send + Sync>;
 struct Rules {
     /// How long to hold the answer of each step before passing it on.
     delay_answer: HashMap<String, Duration>,
+    /// Steps answered 503 without reaching the target.
+    cut: HashSet<String>,
     rewrite: Option<Rewrite>,
 }
 
@@ -68,6 +70,17 @@ impl PeerProxy {
             .insert(step.to_owned(), delay);
     }
 
+    /// Cuts (`true`) or restores every request of `step`: a cut one never reaches
+    /// the target and is answered 503.
+    pub fn cut(&self, step: &str, cut: bool) {
+        let mut rules = self.shared.rules.lock().unwrap();
+        if cut {
+            rules.cut.insert(step.to_owned());
+        } else {
+            rules.cut.remove(step);
+        }
+    }
+
     /// Rewrites every JSON answer with `rewrite(step, answer)`.
     pub fn rewrite(&self, rewrite: impl Fn(&str, &mut Value) + Send + Sync + 'static) {
         self.shared.rules.lock().unwrap().rewrite = Some(Box::new(rewrite));
@@ -89,6 +102,10 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         .map_or("/", |p| p.as_str())
         .to_owned();
     let step = parts.uri.path().rsplit('/').next().unwrap_or("").to_owned();
+    if shared.rules.lock().unwrap().cut.contains(&step) {
+        let body = r#"{"error":{"code":"cut","message":"cut by the test proxy"}}"#;
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
     let mut headers = HeaderMap::new();
     for (name, value) in &parts.headers {
         if name != "host" && name != "content-length" {

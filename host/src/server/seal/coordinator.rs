@@ -100,8 +100,9 @@ pub(in crate::server) async fn seal(
                 }
             }
         }
-        if let Some(failure) = failure {
+        if let Some(mut failure) = failure {
             sealer.abort_all(name, batch_id, number);
+            failure.message = format!("{}; nothing was sealed", failure.message);
             return Err(failure);
         }
         for (position, report) in proposal.iter().enumerate() {
@@ -200,8 +201,9 @@ async fn finish(
                 return Err(ApiError::unavailable(
                     "seal_incomplete",
                     format!(
-                        "batch {batch_hex} of {count} reports is decided but server {index} has not committed it ({}); it completes as soon as server {index} answers: retry this request, or wait for the automatic retry",
-                        e.message
+                        "batch {batch_hex} of {count} reports is decided (this seal cannot be undone) but server {index} has not committed it yet ({}); it completes by itself as soon as server {index} answers (retried every {} s), or when this request is sent again; then every server lists batch {batch_hex}",
+                        e.message,
+                        RETRY_EVERY.as_secs()
                     ),
                 ));
             }

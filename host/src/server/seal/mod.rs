@@ -372,9 +372,7 @@ impl Sealer {
         let down = |why: String| {
             ApiError::unavailable(
                 "peer_unavailable",
-                format!(
-                    "server {index} ({url}) is unavailable: {why}; nothing was sealed, retry later"
-                ),
+                format!("server {index} ({url}) is unavailable: {why}"),
             )
         };
         let mut request = self

@@ -209,7 +209,7 @@ INSERT INTO report_ids_state (singleton, indexed_through)
 "#,
     },
     Migration {
-        description: "seal numbers and the poster of each report",
+        description: "seal numbers, the poster and the share digest of each report",
         sql: r#"
 -- The coordinator numbers the seals of an endpoint in increasing order; a follower
 -- keeps the number of the seal it reserved for, so that a late step of an older
@@ -219,6 +219,11 @@ ALTER TABLE seals ADD COLUMN seal_number INTEGER NOT NULL DEFAULT 0;
 -- the report is unbatched: a batch must hold reports of `min_batch` distinct users.
 -- Not indexed (counted over a seal's rows only), so ingest writes no extra page.
 ALTER TABLE reports ADD COLUMN poster BLOB CHECK (poster IS NULL OR length(poster) = 16);
+-- The first 16 bytes of the SHA-256 of the share, kept when the share is deleted
+-- (batched or expired): an identical retry of a report is acknowledged, a
+-- different share refused, even after its batch is released.
+ALTER TABLE reports ADD COLUMN share_digest BLOB
+    CHECK (share_digest IS NULL OR length(share_digest) = 16);
 "#,
     },
 ];

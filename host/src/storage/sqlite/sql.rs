@@ -8,6 +8,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
+use sha2::Digest as _;
 
 use super::ids::ReportIds;
 
@@ -287,15 +288,16 @@ pub(crate) fn insert_report(
     }
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO reports (endpoint_id, report_id, share, received_at, poster) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO reports (endpoint_id, report_id, share, received_at, poster, \
+             share_digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
             endpoint.0,
             report_id,
             share,
             received_at,
-            poster.map(|p| p.0)
+            poster.map(|p| p.0),
+            share_digest(share)
         ]);
     stored(conn, ids, endpoint, report_id, inserted)
 }
@@ -318,7 +320,18 @@ fn stored(
     }
 }
 
-/// How `share` compares to the report already stored under `report_id`, if any.
+/// What is kept of a share once it is deleted (batched or expired), so that an
+/// identical retry is still told from a different share: the first 16 bytes of
+/// its SHA-256.
+fn share_digest(share: &[u8]) -> [u8; 16] {
+    let digest = sha2::Sha256::digest(share);
+    let mut first = [0; 16];
+    first.copy_from_slice(&digest[..16]);
+    first
+}
+
+/// How `share` compares to the report already stored under `report_id`, if any:
+/// by the share itself while it is stored, by its digest once it is deleted.
 fn stored_outcome(
     conn: &Connection,
     ids: &ReportIds,
@@ -329,18 +342,24 @@ fn stored_outcome(
     let Some(row) = ids.find(conn, endpoint, report_id)? else {
         return Ok(None);
     };
-    conn.prepare_cached("SELECT share FROM reports WHERE id = ?1 AND endpoint_id = ?2")?
-        .query_row(params![row, endpoint.0], |row| {
-            // A NULL share was released and deleted: it cannot be compared, so the
-            // replay is refused rather than acknowledged.
-            Ok(if row.get_ref(0)?.as_blob_or_null()? == Some(share) {
-                InsertReportOutcome::Duplicate
-            } else {
-                InsertReportOutcome::Conflict
-            })
+    conn.prepare_cached(
+        "SELECT share, share_digest FROM reports WHERE id = ?1 AND endpoint_id = ?2",
+    )?
+    .query_row(params![row, endpoint.0], |row| {
+        let same = match row.get_ref(0)?.as_blob_or_null()? {
+            Some(stored) => stored == share,
+            // Released or expired: compared by digest. A report stored before
+            // digests were kept has none, and its replay is refused.
+            None => row.get_ref(1)?.as_blob_or_null()? == Some(&share_digest(share)[..]),
+        };
+        Ok(if same {
+            InsertReportOutcome::Duplicate
+        } else {
+            InsertReportOutcome::Conflict
         })
-        // No row: the endpoint was deleted (its insert then fails as unknown).
-        .optional()
+    })
+    // No row: the endpoint was deleted (its insert then fails as unknown).
+    .optional()
 }
 
 /// [`insert_report`] under a per-user quota: a report id already stored is
@@ -366,14 +385,15 @@ pub(crate) fn insert_report_for_user(
     let inserted = conn
         .prepare_cached(
             "INSERT INTO reports (endpoint_id, report_id, share, received_at, user_key, \
-             poster) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+             poster, share_digest) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
         )?
         .execute(params![
             endpoint.0,
             report_id,
             share,
             received_at,
-            quota.user.0
+            quota.user.0,
+            share_digest(share)
         ]);
     stored(conn, ids, endpoint, report_id, inserted)
 }
