@@ -1220,7 +1220,7 @@ async fn post_ok(client: &Client, url: &Url, body: Vec<u8>) -> Result<(), String
 /// One seal run on a fresh 2-server cluster with `n` stored reports.
 async fn seal_run(seal: &mut Row, scaling: &mut Row, options: &Options, n: u64) {
     // Generous timeouts: the bench measures how long a seal takes, whatever the
-    // defaults (30 s per request, 60 s per peer call) would allow.
+    // defaults (30 s per request, 20 s per peer call) would allow.
     let cluster = start_cluster(
         2,
         Auth::Off,

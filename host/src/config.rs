@@ -306,7 +306,8 @@ pub struct EndpointsConfig {
     /// sealed. Default 604800 (7 days).
     pub report_retention_secs: u64,
     /// Milliseconds a peer call of a seal may take before the peer counts as
-    /// unavailable. Default 60000.
+    /// unavailable; at most `limits.request_timeout_ms` (a seal also stops
+    /// waiting at 90 % of that, so its answer is never a 408). Default 20000.
     pub peer_timeout_ms: u64,
     /// With authentication on, refuse to seal a batch whose reports come from fewer
     /// than `min_batch` distinct users (each server counts on its own, by a keyed
@@ -322,7 +323,7 @@ impl Default for EndpointsConfig {
             min_batch_floor: 2,
             max_batch: 2_000_000,
             report_retention_secs: 7 * 24 * 3600,
-            peer_timeout_ms: 60_000,
+            peer_timeout_ms: 20_000,
             distinct_users: true,
         }
     }

@@ -538,3 +538,59 @@ async fn an_incomplete_seal_says_it_is_decided_and_finishes_by_itself() {
         .await;
     assert_eq!(sharder.unshard(&shares, count), json!([5]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seal_answers_before_its_request_times_out_and_retries_do_not_block_it() {
+    // Requests time out at 4 s; peer calls may take as long.
+    let mut cluster = Cluster::start_with(2, |_| {
+        vec![
+            ("GUARDIAN_LIMITS_REQUEST_TIMEOUT_MS".into(), "4000".into()),
+            ("GUARDIAN_ENDPOINTS_PEER_TIMEOUT_MS".into(), "4000".into()),
+        ]
+    })
+    .await;
+    let proxy = common::proxy::PeerProxy::start(cluster.base(1)).await;
+    let peers = format!("{},{}", cluster.base(0), proxy.url);
+    cluster.kill(0);
+    cluster
+        .launch(0, &[("GUARDIAN_SERVER_PEERS", peers.as_str())])
+        .await;
+    cluster
+        .create_endpoint("steps", "sum", json!({"length": 1}), 2)
+        .await;
+    let sharder = Sharder::new("sum", &json!({"length": 1}));
+    for value in [2, 3] {
+        sharder
+            .submit(&cluster, "steps", &json!([value]), &[0, 1])
+            .await;
+    }
+    // Server 1's answers to commits are held far longer than any timeout: the
+    // answer is the seal's (503), not the request's timeout (408).
+    proxy.delay_answer("commit", Duration::from_secs(60));
+    let (status, error) = cluster.seal("steps").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+    assert_eq!(error["error"]["code"], "seal_incomplete");
+    // While the background retry waits on server 1, a new seal request is not
+    // kept waiting behind it: it answers, again before its timeout, with the seal's
+    // own word.
+    for _ in 0..3 {
+        let (status, error) = cluster.seal("steps").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+        assert_eq!(error["error"]["code"], "seal_incomplete");
+    }
+    // Server 1 answers again: the batch completes by itself.
+    proxy.delay_answer("commit", Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let batch_id = loop {
+        let (_, listed) = cluster.get(1, "/api/v1/endpoints/steps/batches").await;
+        if let Some(id) = listed["batches"][0]["batch_id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "server 1 never got the batch");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (count, shares) = cluster
+        .shares(&format!("/api/v1/endpoints/steps/batches/{batch_id}"))
+        .await;
+    assert_eq!(sharder.unshard(&shares, count), json!([5]));
+}

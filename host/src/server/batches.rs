@@ -112,8 +112,8 @@ impl From<BatchInfo> for BatchView {
         (status = 502, description = "Another server refused: `peer_refused`, \
             `peer_credential_refused`, `batch_mismatch`.", body = ErrorBody),
         (status = 503, description = "`peer_unavailable` (nothing sealed), `seal_incomplete` \
-            (decided; completes on retry), `plugin_unavailable`, `shutting_down`, \
-            `keys_unavailable`.", body = ErrorBody),
+            (decided; finishes by itself), `seal_in_progress` (with `Retry-After`), \
+            `plugin_unavailable`, `shutting_down`, `keys_unavailable`.", body = ErrorBody),
     ))]
 pub(super) async fn seal_batch(
     State(state): State<Arc<AppState>>,
@@ -131,7 +131,9 @@ pub(super) async fn seal_batch(
         ));
     }
     let started = std::time::Instant::now();
-    let sealed = seal::seal(&state, &live).await;
+    // Inside the request's own timeout, so that the answer is the seal's.
+    let deadline = started + state.config.limits.request_timeout() * 9 / 10;
+    let sealed = seal::seal(&state, &live, deadline).await;
     state
         .metrics
         .seal_seconds

@@ -2,7 +2,7 @@
 //! to completion on every server (now, or later by the background retry).
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use axum::http::StatusCode;
 use base64::Engine as _;
@@ -27,17 +27,28 @@ use crate::storage::{BatchInfo, Seal};
 /// first, until `max_batch` reports are agreed or this server's unbatched reports
 /// are all proposed: reports that only this server holds, however many, never
 /// keep the reports every server holds out of a batch.
+///
+/// Everything it waits for ends before `deadline` (set inside the request's own
+/// timeout), so the answer is always the seal's: 503 `peer_unavailable` (nothing
+/// sealed) or `seal_incomplete` (decided, finishing by itself), never a 408.
 pub(in crate::server) async fn seal(
     state: &Arc<AppState>,
     live: &Arc<LiveEndpoint>,
+    deadline: Instant,
 ) -> Result<BatchInfo, ApiError> {
     let sealer = &state.sealer;
     let endpoint = &live.endpoint;
     let lock = sealer.lock(endpoint.id);
-    let _sealing = lock.lock().await;
+    let Ok(_sealing) = tokio::time::timeout_at(deadline.into(), lock.lock()).await else {
+        return Err(ApiError::unavailable(
+            "seal_in_progress",
+            "another seal of this endpoint is in progress on this server; retry in a moment",
+        )
+        .with_retry_after(RETRY_EVERY.as_secs()));
+    };
     if let Some(pending) = state.storage.pending_seal(endpoint.id).await? {
         if pending.decided {
-            return finish(state, live, pending).await;
+            return finish(state, live, pending, deadline).await;
         }
         // Only followers reserve; a reservation here is left from a time this server
         // had another index.
@@ -75,7 +86,10 @@ pub(in crate::server) async fn seal(
         let prepare = Outgoing::new(query, "application/octet-stream", ids.into());
         let mut held_by_all = bits::all(proposal.len());
         let mut failure = None;
-        for (index, answer) in sealer.broadcast::<Prepared>(name, "prepare", prepare).await {
+        let answers = sealer
+            .broadcast::<Prepared>(name, "prepare", prepare, deadline)
+            .await;
+        for (index, answer) in answers {
             let bitmap = answer.and_then(|prepared| {
                 BASE64
                     .decode(prepared.held)
@@ -145,44 +159,68 @@ pub(in crate::server) async fn seal(
     };
     state.storage.put_seal(&decision).await?;
     tracing::info!(endpoint = %name, batch = %hex::encode(batch_id), count, "seal decided");
-    finish(state, live, decision).await
+    finish(state, live, decision, deadline).await
 }
 
 /// Drives a decided seal to completion: every server commits it (the followers and
-/// this one at the same time), then the decision is dropped.
+/// this one at the same time), then the decision is dropped. Called with the
+/// endpoint's seal lock held.
 async fn finish(
     state: &Arc<AppState>,
     live: &Arc<LiveEndpoint>,
     decision: Seal,
+    deadline: Instant,
 ) -> Result<BatchInfo, ApiError> {
     let sealer = &state.sealer;
-    let record = &live.endpoint.record;
-    let Seal {
-        endpoint,
-        batch_id,
-        seal_number,
-        positions,
-        rows,
-        ..
-    } = decision;
-    let count = rows.len() as u64;
-    let batch_hex = hex::encode(batch_id);
-    let commit = Outgoing::json(&Commit {
-        batch_id: batch_hex.clone(),
-        seal: seal_number,
-        config_hash: hex::encode(record.config_hash),
-        agreed: BASE64.encode(&positions),
-        count,
-    });
-    drop(positions);
-    let broadcast = sealer.broadcast::<Committed>(&record.name, "commit", commit);
+    let (endpoint, batch_id, count) = (
+        decision.endpoint,
+        decision.batch_id,
+        decision.rows.len() as u64,
+    );
+    let broadcast = commit_followers(state, live, &decision, deadline);
     if sealer.crash_before_commit {
         broadcast.await;
         tracing::error!("{FAULT_VAR}: aborting before the coordinator commits");
         std::process::abort();
     }
-    let (answers, local) = tokio::join!(broadcast, commit_locally(state, live, batch_id, rows));
+    let (answers, local) = tokio::join!(
+        broadcast,
+        commit_locally(state, live, batch_id, decision.rows)
+    );
     let info = local?;
+    followers_committed(answers, batch_id, count)?;
+    state.storage.drop_seal(endpoint, batch_id).await?;
+    Ok(info)
+}
+
+/// Sends the decision to every follower; their answers in index order. The
+/// message is encoded at once, so the decision is free again when this returns.
+fn commit_followers<'a>(
+    state: &'a Arc<AppState>,
+    live: &'a LiveEndpoint,
+    decision: &Seal,
+    deadline: Instant,
+) -> impl Future<Output = Vec<(u32, Result<Committed, ApiError>)>> + 'a {
+    let record = &live.endpoint.record;
+    let commit = Outgoing::json(&Commit {
+        batch_id: hex::encode(decision.batch_id),
+        seal: decision.seal_number,
+        config_hash: hex::encode(record.config_hash),
+        agreed: BASE64.encode(&decision.positions),
+        count: decision.rows.len() as u64,
+    });
+    state
+        .sealer
+        .broadcast::<Committed>(&record.name, "commit", commit, deadline)
+}
+
+/// `Ok` when every follower committed batch `batch_id` with `count` reports.
+fn followers_committed(
+    answers: Vec<(u32, Result<Committed, ApiError>)>,
+    batch_id: [u8; 16],
+    count: u64,
+) -> Result<(), ApiError> {
+    let batch_hex = hex::encode(batch_id);
     for (index, answer) in answers {
         match answer {
             Ok(committed) if committed.count == count => {}
@@ -209,11 +247,15 @@ async fn finish(
             }
         }
     }
-    state.storage.drop_seal(endpoint, batch_id).await?;
-    Ok(info)
+    Ok(())
 }
 
 /// Coordinator: retries the decided seals that did not complete, until shutdown.
+///
+/// The followers' commits (idempotent by batch id) are sent without the
+/// endpoint's seal lock, so a seal request is never kept waiting behind a peer
+/// that does not answer; only the local commit and dropping the decision, once
+/// every follower committed, happen under the lock.
 pub(in crate::server) async fn retry_decided(state: Arc<AppState>) {
     loop {
         match state.storage.decided_seals().await {
@@ -222,24 +264,33 @@ pub(in crate::server) async fn retry_decided(state: Arc<AppState>) {
                     let Some(live) = state.registry.endpoint_by_id(decision.endpoint) else {
                         continue;
                     };
+                    let name = &live.endpoint.record.name;
+                    let deadline = Instant::now() + state.config.endpoints.peer_timeout();
+                    let (batch_id, count) = (decision.batch_id, decision.rows.len() as u64);
+                    let answers = commit_followers(&state, &live, &decision, deadline).await;
+                    if let Err(e) = followers_committed(answers, batch_id, count) {
+                        tracing::warn!(endpoint = %name, error = %e, "pending seal still incomplete");
+                        continue;
+                    }
                     let lock = state.sealer.lock(decision.endpoint);
                     let _sealing = lock.lock().await;
                     // Completed meanwhile by a request? A decision keeps its batch
                     // id until it is dropped, so the id tells it is still this one.
-                    let pending = match state.storage.pending_seal(decision.endpoint).await {
-                        Ok(Some(pending))
-                            if pending.decided && pending.batch_id == decision.batch_id =>
-                        {
-                            pending
-                        }
+                    match state.storage.pending_seal(decision.endpoint).await {
+                        Ok(Some(pending)) if pending.decided && pending.batch_id == batch_id => {}
                         _ => continue,
+                    }
+                    let completed = async {
+                        commit_locally(&state, &live, batch_id, decision.rows).await?;
+                        state.storage.drop_seal(decision.endpoint, batch_id).await?;
+                        Ok::<_, ApiError>(())
                     };
-                    match finish(&state, &live, pending).await {
-                        Ok(info) => {
-                            tracing::info!(endpoint = %live.endpoint.record.name, batch = %hex::encode(info.batch_id), "pending seal completed")
+                    match completed.await {
+                        Ok(()) => {
+                            tracing::info!(endpoint = %name, batch = %hex::encode(batch_id), "pending seal completed")
                         }
                         Err(e) => {
-                            tracing::warn!(endpoint = %live.endpoint.record.name, error = %e, "pending seal still incomplete")
+                            tracing::warn!(endpoint = %name, error = %e, "pending seal still incomplete")
                         }
                     }
                 }

@@ -41,7 +41,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
@@ -79,6 +79,8 @@ pub(super) struct Sealer {
     /// prepare (follower): numbers only go up.
     seal_numbers: Mutex<HashMap<EndpointId, u64>>,
     client: reqwest::Client,
+    /// Longest a peer call may take (`endpoints.peer_timeout_ms`).
+    peer_timeout: Duration,
     /// Base URL of every server, by index.
     peers: Vec<String>,
     /// The transport credential presented to peers, if configured.
@@ -249,6 +251,10 @@ impl Sealer {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .timeout(config.endpoints.peer_timeout())
+            // Idle connections are dropped well before a peer with the same
+            // settings closes them (`limits.header_read_timeout_ms`), so a step is
+            // rarely sent on a connection that is going away.
+            .pool_idle_timeout(config.limits.header_read_timeout() / 2)
             .build()?;
         let identity = crate::auth::PeerIdentity::from_config(&config.server)?;
         tracing::info!(public_key = %identity.public_key(), "this server's peer key (server.peer_keys)");
@@ -261,6 +267,7 @@ impl Sealer {
             locks: Mutex::new(HashMap::new()),
             seal_numbers: Mutex::new(HashMap::new()),
             client,
+            peer_timeout: config.endpoints.peer_timeout(),
             peers: config.server.peers.clone(),
             secret: crate::auth::peer::peer_secret(&config.auth)?,
             identity,
@@ -346,13 +353,18 @@ impl Sealer {
         self.peers.first().map_or("server 0", String::as_str)
     }
 
-    /// Calls `step` of `endpoint` on follower `index`, signed by this server.
+    /// Calls `step` of `endpoint` on follower `index`, signed by this server,
+    /// waiting at most `endpoints.peer_timeout_ms` and never past `deadline`.
+    /// Commits and aborts, idempotent, are sent once more on a fresh connection
+    /// when the first attempt failed before any answer (e.g. a kept-alive
+    /// connection the follower had just closed).
     async fn call<T: serde::de::DeserializeOwned>(
         self: Arc<Self>,
         endpoint: String,
         step: &'static str,
         index: u32,
         outgoing: Arc<Outgoing>,
+        deadline: Instant,
     ) -> Result<T, ApiError> {
         let mut url = format!(
             "{}/peer/v1/endpoints/{endpoint}/{step}",
@@ -375,20 +387,35 @@ impl Sealer {
                 format!("server {index} ({url}) is unavailable: {why}"),
             )
         };
-        let mut request = self
-            .client
-            .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, outgoing.content_type)
-            .header(crate::auth::identity::SENDER_HEADER, self.index)
-            .header(crate::auth::identity::SIGNATURE_HEADER, signature)
-            .body(outgoing.body.clone());
-        if let Some(secret) = &self.secret {
-            request = request.bearer_auth(secret);
+        let send = || {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut request = self
+                .client
+                .post(&url)
+                .timeout(left.min(self.peer_timeout))
+                .header(reqwest::header::CONTENT_TYPE, outgoing.content_type)
+                .header(crate::auth::identity::SENDER_HEADER, self.index)
+                .header(crate::auth::identity::SIGNATURE_HEADER, &signature)
+                .body(outgoing.body.clone());
+            if let Some(secret) = &self.secret {
+                request = request.bearer_auth(secret);
+            }
+            (left, request.send())
+        };
+        let (left, sent) = send();
+        if left.is_zero() {
+            return Err(down("the seal ran out of time before this step".to_owned()));
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| down(e.without_url().to_string()))?;
+        let sent = match sent.await {
+            Err(e)
+                if step != "prepare" && (e.is_connect() || e.is_request()) && !e.is_timeout() =>
+            {
+                tracing::debug!(server = index, step, error = %e, "peer call failed before an answer; sending it once more");
+                send().1.await
+            }
+            sent => sent,
+        };
+        let response = sent.map_err(|e| down(e.without_url().to_string()))?;
         let status = response.status();
         if status.is_success() {
             return response
@@ -408,12 +435,14 @@ impl Sealer {
         Err(peer_refusal(index, &code, &message))
     }
 
-    /// Sends `outgoing` to `step` on every follower at once; answers in index order.
+    /// Sends `outgoing` to `step` on every follower at once, waiting for none past
+    /// `deadline`; answers in index order.
     async fn broadcast<T>(
         self: &Arc<Self>,
         endpoint: &str,
         step: &'static str,
         outgoing: Outgoing,
+        deadline: Instant,
     ) -> Vec<(u32, Result<T, ApiError>)>
     where
         T: serde::de::DeserializeOwned + Send + 'static,
@@ -421,9 +450,9 @@ impl Sealer {
         let outgoing = Arc::new(outgoing);
         let mut calls = JoinSet::new();
         for index in self.followers() {
-            let call = self
-                .clone()
-                .call(endpoint.to_owned(), step, index, outgoing.clone());
+            let call =
+                self.clone()
+                    .call(endpoint.to_owned(), step, index, outgoing.clone(), deadline);
             calls.spawn(async move { (index, call.await) });
         }
         let mut answers = Vec::new();
@@ -447,7 +476,11 @@ impl Sealer {
                 batch_id: hex::encode(batch_id),
                 seal,
             });
-            for (index, answer) in sealer.broadcast::<Aborted>(&endpoint, "abort", abort).await {
+            let deadline = Instant::now() + sealer.peer_timeout;
+            for (index, answer) in sealer
+                .broadcast::<Aborted>(&endpoint, "abort", abort, deadline)
+                .await
+            {
                 if let Err(e) = answer {
                     tracing::warn!(server = index, %endpoint, error = %e, "a follower missed an abort; its reservation goes at the next proposal");
                 }
