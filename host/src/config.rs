@@ -306,8 +306,9 @@ pub struct EndpointsConfig {
     /// sealed. Default 604800 (7 days).
     pub report_retention_secs: u64,
     /// Milliseconds a peer call of a seal may take before the peer counts as
-    /// unavailable; at most `limits.request_timeout_ms` (a seal also stops
-    /// waiting at 90 % of that, so its answer is never a 408). Default 20000.
+    /// unavailable. A seal request also stops waiting at 90 % of
+    /// `limits.request_timeout_ms`, whichever comes first, so its answer is never a
+    /// 408. Default 20000.
     pub peer_timeout_ms: u64,
     /// With authentication on, refuse to seal a batch whose reports come from fewer
     /// than `min_batch` distinct users (each server counts on its own, by a keyed

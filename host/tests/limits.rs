@@ -473,3 +473,34 @@ async fn a_user_holds_at_most_the_quota_until_a_seal_and_across_a_restart() {
         server.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_that_cannot_write_is_unready_and_answers_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]).await;
+    let (base, http) = (url(&server), Client::new());
+    let admin = token(dir.path(), Role::Admin, "root");
+    create(
+        &http,
+        &base,
+        &admin,
+        json!({"name": "steps", "plugin": "sum", "params": {"length": 1}, "min_batch": 2}),
+    )
+    .await;
+    let (status, _, body) = send(http.get(format!("{base}/readyz"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The disk fails under the log before the first report: its sync fails.
+    std::fs::remove_file(dir.path().join("data").join("guardian.sqlite-wal")).unwrap();
+    for n in 1..=2 {
+        let (status, retry_after, body) = post(&http, &base, "steps", &admin, n).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"]["code"], "storage_unavailable");
+        assert!(retry_after.is_some(), "{body}");
+    }
+    let (status, _, body) = send(http.get(format!("{base}/readyz"))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "storage_unavailable");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("syncing"), "{message}");
+    server.shutdown().await.unwrap();
+}

@@ -820,10 +820,6 @@ fn validation_of_limits() {
         .invalid("endpoints.report_retention_secs", &["must be positive"]);
     env(&[("GUARDIAN_ENDPOINTS_PEER_TIMEOUT_MS", "0")])
         .invalid("endpoints.peer_timeout_ms", &["must be positive"]);
-    env(&[("GUARDIAN_ENDPOINTS_PEER_TIMEOUT_MS", "60000")]).invalid(
-        "endpoints.peer_timeout_ms",
-        &["60000", "limits.request_timeout_ms", "30000", "outlast"],
-    );
     env(&[("NUM_CLIENTS_TO_SUM", "1")]).invalid(
         "endpoints.default_min_batch",
         &["from environment variable NUM_CLIENTS_TO_SUM"],

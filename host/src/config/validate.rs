@@ -177,18 +177,6 @@ pub(super) fn check(config: &Config, origins: &Origins) -> Result<(), ConfigErro
             format!("{at}: must be positive"),
         );
     }
-    let request_timeout = config.limits.request_timeout_ms;
-    if endpoints.peer_timeout_ms > request_timeout {
-        let at = c.at("endpoints.peer_timeout_ms", endpoints.peer_timeout_ms);
-        let limit = c.at("limits.request_timeout_ms", request_timeout);
-        c.fail(
-            "endpoints.peer_timeout_ms",
-            format!(
-                "{at} is longer than {limit}: a seal request must outlast its peer calls, \
-                 or the scientist gets a timeout instead of the seal's answer"
-            ),
-        );
-    }
     approved_plugins(&mut c, &config.plugins.approved);
     log(&mut c, &config.log);
     cors(&mut c, &config.cors.allowed_origins);

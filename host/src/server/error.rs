@@ -200,6 +200,9 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// `Retry-After` of a `storage_unavailable` answer.
+const STORAGE_RETRY_AFTER_SECS: u64 = 30;
+
 impl From<StorageError> for ApiError {
     fn from(error: StorageError) -> Self {
         match error {
@@ -218,6 +221,17 @@ impl From<StorageError> for ApiError {
                 "report_unavailable",
                 "a report of this seal is no longer held unbatched on this server",
             ),
+            unavailable if unavailable.is_unavailable() => {
+                tracing::error!(
+                    error = &unavailable as &dyn std::error::Error,
+                    "storage cannot write"
+                );
+                Self::unavailable(
+                    "storage_unavailable",
+                    "this server cannot write to its storage now (a full or failing disk); nothing was stored: retry later, its operator is told by /readyz",
+                )
+                .with_retry_after(STORAGE_RETRY_AFTER_SECS)
+            }
             other => Self::internal("accessing storage", &other),
         }
     }

@@ -77,7 +77,8 @@ impl Modify for SecuritySchemes {
 /// The 500 of a route whose only failures beyond its own are storage's.
 pub(super) const STORAGE_500: &str = "Storage failed: `internal` (details in the server log).";
 /// The 503 of such a route.
-pub(super) const STORAGE_503: &str = "Retry later: `shutting_down`, `keys_unavailable`.";
+pub(super) const STORAGE_503: &str = "Retry later: `shutting_down`, `keys_unavailable`, \
+    `storage_unavailable` (this server cannot write now; with `Retry-After`).";
 
 /// A response whose body is [`ErrorBody`].
 pub(super) fn error_response(description: &str, www_authenticate: bool) -> Response {

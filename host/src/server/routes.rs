@@ -67,14 +67,21 @@ pub(super) async fn healthz() -> Answer {
     json(StatusCode::OK, Health { status: "ok" })
 }
 
-/// Readiness: storage answers a read.
+/// Readiness: storage answers a read and can write.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready to serve.", body = Ready),
         (status = 500, description = "Storage failed: `internal`.", body = ErrorBody),
-        (status = 503, description = "Shutting down: `shutting_down`.", body = ErrorBody),
+        (status = 503, description = "Shutting down: `shutting_down`; or storage cannot \
+            write (`storage_unavailable`, the reason in the message).", body = ErrorBody),
     ))]
 pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Answer {
+    if let Some(reason) = state.storage.write_failure() {
+        return Err(ApiError::unavailable(
+            "storage_unavailable",
+            format!("this server cannot write to its storage: {reason}"),
+        ));
+    }
     state.storage.list_endpoints().await?;
     json(
         StatusCode::OK,
@@ -787,7 +794,8 @@ pub(super) enum ReportStatus {
                 until this client may post again (at least 1)."))),
         (status = 500, description = STORAGE_500, body = ErrorBody),
         (status = 503, description = "Retry later: `plugin_unavailable`, `shutting_down`, \
-            `keys_unavailable`.", body = ErrorBody),
+            `keys_unavailable`, `storage_unavailable` (this server cannot write now: full or \
+            failing disk; with `Retry-After`; nothing was stored).", body = ErrorBody),
     ))]
 pub(super) async fn post_report(
     State(state): State<Arc<AppState>>,

@@ -220,6 +220,13 @@ impl Storage {
         self.backend.distinct_posters(endpoint, rows, enough).await
     }
 
+    /// Why this server cannot write now, if it cannot: a failed sync (until a
+    /// restart) or a failed group commit such as a full disk (until a group
+    /// commits again).
+    pub fn write_failure(&self) -> Option<String> {
+        self.backend.write_failure()
+    }
+
     /// The key under which this server stores a user's reports for quotas: a hash
     /// of `sub` keyed by a random secret of this database, so the stored value
     /// tells nothing about the user without that secret, and differs between
@@ -687,6 +694,27 @@ pub enum StorageError {
     /// A blocking storage task panicked or was cancelled.
     #[error("storage task failed")]
     TaskFailed,
+}
+
+impl StorageError {
+    /// Whether this error means the storage cannot write for now (a full disk, an
+    /// I/O failure, a failed sync) rather than a fault of the request: the server
+    /// answers 503 and reports itself unready.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StorageError::Sync(_) => true,
+            StorageError::Database(error) => matches!(
+                error.sqlite_error_code(),
+                Some(
+                    rusqlite::ErrorCode::DiskFull
+                        | rusqlite::ErrorCode::SystemIoFailure
+                        | rusqlite::ErrorCode::ReadOnly
+                        | rusqlite::ErrorCode::CannotOpen
+                )
+            ),
+            _ => false,
+        }
+    }
 }
 
 impl From<rusqlite::Error> for StorageError {

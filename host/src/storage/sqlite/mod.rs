@@ -51,6 +51,8 @@ pub(crate) struct SqliteBackend {
     closed: AtomicBool,
     /// Key of the users' hash ([`crate::storage::Storage::user_key`]).
     user_key_secret: [u8; 32],
+    /// Whether the writer can write now.
+    health: Arc<writer::WriteHealth>,
 }
 
 /// Idle read-only connections, and a semaphore with one permit per connection so
@@ -121,6 +123,7 @@ impl SqliteBackend {
         let max_group = options.max_group.max(1);
         let (commands, queue) = mpsc::channel(max_group.saturating_mul(QUEUE_PER_GROUP_SLOT));
         let ids = ids::ReportIds::load(&conn, options.id_index_batch)?;
+        let health = Arc::new(writer::WriteHealth::default());
         let writer = writer::spawn(
             conn,
             ids,
@@ -128,9 +131,11 @@ impl SqliteBackend {
             queue,
             max_group,
             options.commit_observer,
+            health.clone(),
         )
         .map_err(|_| StorageError::TaskFailed)?;
         Ok(SqliteBackend {
+            health,
             path: path.to_path_buf(),
             commands,
             writer: Mutex::new(Some(writer)),
@@ -233,6 +238,11 @@ impl SqliteBackend {
             .queue_insert(endpoint, report_id, share, received_at, Some(quota), None)
             .await?;
         outcome.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// See [`crate::storage::Storage::write_failure`].
+    pub(crate) fn write_failure(&self) -> Option<String> {
+        self.health.failure()
     }
 
     /// See [`crate::storage::Storage::insert_report_from`].

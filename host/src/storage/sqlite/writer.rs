@@ -26,6 +26,7 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -71,8 +72,42 @@ pub(crate) struct InsertReport {
     pub(crate) reply: oneshot::Sender<Result<InsertReportOutcome, StorageError>>,
 }
 
+/// Whether writes currently fail, and why: what readiness reports. A failed sync
+/// stays (no later sync proves earlier pages reached the disk); a failed group
+/// commit (a full disk) lasts until a group commits again.
+#[derive(Debug, Default)]
+pub(crate) struct WriteHealth {
+    /// The reason, and whether it lasts until a restart.
+    failure: Mutex<Option<(String, bool)>>,
+}
+
+impl WriteHealth {
+    fn failed(&self, reason: String, until_restart: bool) {
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        if !failure.as_ref().is_some_and(|(_, sticky)| *sticky) {
+            *failure = Some((reason, until_restart));
+        }
+    }
+
+    fn committed(&self) {
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        if failure.as_ref().is_some_and(|(_, sticky)| !sticky) {
+            *failure = None;
+        }
+    }
+
+    /// Why writes fail now, if they do.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(reason, _)| reason.clone())
+    }
+}
+
 /// Starts the writer thread on `conn`, and its syncer, which syncs `wal` (the
-/// database's write-ahead log file).
+/// database's write-ahead log file); both report failures to `health`.
 pub(crate) fn spawn(
     conn: Connection,
     ids: ReportIds,
@@ -80,14 +115,16 @@ pub(crate) fn spawn(
     commands: mpsc::Receiver<Command>,
     max_group: usize,
     observer: Option<CommitObserver>,
+    health: Arc<WriteHealth>,
 ) -> std::io::Result<JoinHandle<()>> {
     // Rendezvous: one group syncs while the writer commits the next, and no more
     // run ahead (a writer far ahead of the disk commits ever smaller groups).
     let (to_syncer, committed) = std_mpsc::sync_channel(0);
     let sync_observer = observer.clone();
+    let sync_health = health.clone();
     let syncer = std::thread::Builder::new()
         .name("storage-sync".to_owned())
-        .spawn(move || sync_loop(wal, committed, sync_observer))?;
+        .spawn(move || sync_loop(wal, committed, sync_observer, &sync_health))?;
     std::thread::Builder::new()
         .name("storage-writer".to_owned())
         .spawn(move || {
@@ -98,6 +135,7 @@ pub(crate) fn spawn(
                 max_group.max(1),
                 &to_syncer,
                 observer.as_ref(),
+                &health,
             );
             // Ends the syncer once it has answered every group already committed;
             // only then may the connection close (which can delete the log file).
@@ -126,6 +164,7 @@ fn run(
     max_group: usize,
     syncer: &std_mpsc::SyncSender<Committed>,
     observer: Option<&CommitObserver>,
+    health: &WriteHealth,
 ) -> Connection {
     let mut taken: Vec<Command> = Vec::with_capacity(max_group);
     let mut group: Vec<InsertReport> = Vec::with_capacity(max_group);
@@ -142,7 +181,7 @@ fn run(
                 Command::Job(job) => {
                     // Keep queue order: inserts queued before the job commit first.
                     commit_group(
-                        &mut conn, &mut ids, &mut group, &sync_mode, syncer, observer,
+                        &mut conn, &mut ids, &mut group, &sync_mode, syncer, observer, health,
                     );
                     sync_mode = sync_mode.and_then(|()| set_sync(&conn, JOB_SYNC));
                     if sync_mode.is_ok() {
@@ -158,7 +197,7 @@ fn run(
             }
         }
         commit_group(
-            &mut conn, &mut ids, &mut group, &sync_mode, syncer, observer,
+            &mut conn, &mut ids, &mut group, &sync_mode, syncer, observer, health,
         );
         // Between groups, and not durable by itself: a move lost in a crash is
         // redone from `reports` at the next start.
@@ -238,6 +277,7 @@ fn commit_group(
     sync_mode: &Result<(), StorageError>,
     syncer: &std_mpsc::SyncSender<Committed>,
     observer: Option<&CommitObserver>,
+    health: &WriteHealth,
 ) {
     if group.is_empty() {
         return;
@@ -256,6 +296,7 @@ fn commit_group(
     };
     match written {
         Ok(()) => {
+            health.committed();
             if let Err(std_mpsc::SendError(committed)) = syncer.send(committed) {
                 // Only if the syncer panicked: the group is stored but unsynced.
                 answer(committed, Err(&StorageError::TaskFailed), observer);
@@ -267,6 +308,11 @@ fn commit_group(
                 reports = committed.group.len(),
                 "group commit failed; no report of the group was acknowledged"
             );
+            if error.is_unavailable() {
+                let cause = std::error::Error::source(&error)
+                    .map_or_else(String::new, |source| format!(" ({source})"));
+                health.failed(format!("writing reports failed{cause}"), false);
+            }
             answer(committed, Err(&error), observer);
         }
     }
@@ -303,6 +349,7 @@ fn sync_loop(
     wal: PathBuf,
     committed: std_mpsc::Receiver<Committed>,
     observer: Option<CommitObserver>,
+    health: &WriteHealth,
 ) {
     // Opened at the first sync: SQLite creates the log file lazily. It is never
     // deleted while the writer's connection is open, and that connection is closed
@@ -320,6 +367,12 @@ fn sync_loop(
                 error = &error as &dyn std::error::Error,
                 log = %wal.display(),
                 "syncing the database log failed; no more reports are acknowledged until a restart"
+            );
+            health.failed(
+                format!(
+                    "syncing the database log failed ({error}); no report is acknowledged until the server is restarted"
+                ),
+                true,
             );
             failed = Some(StorageError::Sync(std::sync::Arc::new(error)));
         }
