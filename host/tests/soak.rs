@@ -4,7 +4,13 @@
 //! both servers list the same batches, and the combined total is the plain sum of
 //! every acknowledged measurement.
 //!
-//! `GUARDIAN_SOAK_SECS` sets the load time (default 20 s).
+//! A second soak puts a proxy between the coordinator and the follower that
+//! cuts and delays seal steps at random (seeded, reproducible) for a minute,
+//! with the follower killed once on top; the same checks hold, and the endpoint
+//! seals again once the faults stop.
+//!
+//! `GUARDIAN_SOAK_SECS` sets the load time of the first (default 20 s),
+//! `GUARDIAN_FAULT_SECS` and `GUARDIAN_FAULT_SEED` the second's (60 s, seed 7).
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,8 +20,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::proxy::PeerProxy;
 use common::*;
-use rand::Rng as _;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
 use reqwest::{Client, StatusCode};
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -182,36 +190,13 @@ async fn vandal(load: Arc<Load>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_load_with_restarts_loses_nothing_and_batches_match() {
-    let soak = Duration::from_secs(
-        std::env::var("GUARDIAN_SOAK_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(20),
-    );
+    let soak = secs("GUARDIAN_SOAK_SECS", 20);
     let mut cluster = Cluster::start(2).await;
     let params = json!({"length": 2, "signed": true});
     cluster
         .create_endpoint(ENDPOINT, "sum", params.clone(), MIN_BATCH)
         .await;
-    let load = Arc::new(Load {
-        bases: (0..2).map(|i| cluster.base(i)).collect(),
-        http: Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
-        sharder: Sharder::new("sum", &params),
-        stop: AtomicBool::new(false),
-        acked: Mutex::new(Vec::new()),
-        defects: Mutex::new(Vec::new()),
-        seals: AtomicU64::new(0),
-    });
-    let mut tasks = JoinSet::new();
-    for _ in 0..POSTERS {
-        tasks.spawn(poster(load.clone()));
-    }
-    tasks.spawn(sealer(load.clone()));
-    tasks.spawn(reader(load.clone()));
-    tasks.spawn(vandal(load.clone()));
+    let (load, mut tasks) = start_load(&cluster, &params);
 
     let started = Instant::now();
     tokio::time::sleep(soak / 3).await;
@@ -228,6 +213,13 @@ async fn mixed_load_with_restarts_loses_nothing_and_batches_match() {
         task.unwrap();
     }
 
+    settle_and_check(&cluster, &load).await;
+}
+
+/// After the load: seals what is left (topping up a last partial batch with known
+/// reports), then checks that every acknowledged report is in exactly one batch,
+/// both servers list the same batches, and the total is the plain sum.
+async fn settle_and_check(cluster: &Cluster, load: &Load) {
     // Seal what is left; top up a last partial batch with known reports.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -308,4 +300,89 @@ async fn mixed_load_with_restarts_loses_nothing_and_batches_match() {
         load.seals.load(Ordering::Relaxed),
         lists[0].len()
     );
+}
+
+/// Reads a duration in seconds from the environment.
+fn secs(var: &str, default: u64) -> Duration {
+    Duration::from_secs(
+        std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
+/// Starts the load tasks on `cluster`'s endpoint.
+fn start_load(cluster: &Cluster, params: &serde_json::Value) -> (Arc<Load>, JoinSet<()>) {
+    let load = Arc::new(Load {
+        bases: (0..2).map(|i| cluster.base(i)).collect(),
+        http: Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        sharder: Sharder::new("sum", params),
+        stop: AtomicBool::new(false),
+        acked: Mutex::new(Vec::new()),
+        defects: Mutex::new(Vec::new()),
+        seals: AtomicU64::new(0),
+    });
+    let mut tasks = JoinSet::new();
+    for _ in 0..POSTERS {
+        tasks.spawn(poster(load.clone()));
+    }
+    tasks.spawn(sealer(load.clone()));
+    tasks.spawn(reader(load.clone()));
+    tasks.spawn(vandal(load.clone()));
+    (load, tasks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seals_under_random_peer_faults_lose_nothing_and_batches_match() {
+    let faulty = secs("GUARDIAN_FAULT_SECS", 60);
+    let seed: u64 = std::env::var("GUARDIAN_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    println!("peer faults for {faulty:?}, seed {seed} (GUARDIAN_FAULT_SEED)");
+    let mut cluster = Cluster::start(2).await;
+    let proxy = PeerProxy::start(cluster.base(1)).await;
+    let peers = format!("{},{}", cluster.base(0), proxy.url);
+    let to_proxy = [("GUARDIAN_SERVER_PEERS", peers.as_str())];
+    cluster.kill(0);
+    cluster.launch(0, &to_proxy).await;
+    let params = json!({"length": 2, "signed": true});
+    cluster
+        .create_endpoint(ENDPOINT, "sum", params.clone(), MIN_BATCH)
+        .await;
+    let (load, mut tasks) = start_load(&cluster, &params);
+
+    let mut rng = StdRng::seed_from_u64(seed);
+    let started = Instant::now();
+    let mut killed = false;
+    while started.elapsed() < faulty {
+        let step = ["prepare", "commit", "abort"][rng.random_range(0..3)];
+        match rng.random_range(0..4) {
+            0 => proxy.cut(step, true),
+            1 => proxy.cut(step, false),
+            2 => proxy.delay_answer(step, Duration::from_millis(rng.random_range(0..3000))),
+            _ => proxy.delay_answer(step, Duration::ZERO),
+        }
+        if !killed && started.elapsed() > faulty / 2 {
+            killed = true;
+            cluster.kill(1);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cluster.launch(1, &[]).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..500))).await;
+    }
+    // The faults stop: every step goes through again.
+    for step in ["prepare", "commit", "abort"] {
+        proxy.cut(step, false);
+        proxy.delay_answer(step, Duration::ZERO);
+    }
+    load.stop.store(true, Ordering::Relaxed);
+    while let Some(task) = tasks.join_next().await {
+        task.unwrap();
+    }
+    settle_and_check(&cluster, &load).await;
 }
