@@ -489,12 +489,7 @@ async fn an_identical_retry_after_its_batch_is_released_is_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incomplete_seal_says_it_is_decided_and_finishes_by_itself() {
     let mut cluster = Cluster::start(2).await;
-    let proxy = common::proxy::PeerProxy::start(cluster.base(1)).await;
-    let peers = format!("{},{}", cluster.base(0), proxy.url);
-    cluster.kill(0);
-    cluster
-        .launch(0, &[("GUARDIAN_SERVER_PEERS", peers.as_str())])
-        .await;
+    let proxy = cluster.proxy_follower().await;
     cluster
         .create_endpoint("steps", "sum", json!({"length": 1}), 2)
         .await;
@@ -522,17 +517,10 @@ async fn an_incomplete_seal_says_it_is_decided_and_finishes_by_itself() {
         .to_owned();
     assert!(message.contains(&batch_id), "{message}");
     proxy.cut("commit", false);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, _) = cluster
-            .get(1, &format!("/api/v1/endpoints/steps/batches/{batch_id}"))
-            .await;
-        if status == StatusCode::OK {
-            break;
-        }
-        assert!(Instant::now() < deadline, "server 1 never got the batch");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_eq!(
+        cluster.wait_for_batches(1, "steps").await,
+        std::slice::from_ref(&batch_id)
+    );
     let (count, shares) = cluster
         .shares(&format!("/api/v1/endpoints/steps/batches/{batch_id}"))
         .await;
@@ -549,12 +537,7 @@ async fn a_seal_answers_before_its_request_times_out_and_retries_do_not_block_it
         ]
     })
     .await;
-    let proxy = common::proxy::PeerProxy::start(cluster.base(1)).await;
-    let peers = format!("{},{}", cluster.base(0), proxy.url);
-    cluster.kill(0);
-    cluster
-        .launch(0, &[("GUARDIAN_SERVER_PEERS", peers.as_str())])
-        .await;
+    let proxy = cluster.proxy_follower().await;
     cluster
         .create_endpoint("steps", "sum", json!({"length": 1}), 2)
         .await;
@@ -580,15 +563,7 @@ async fn a_seal_answers_before_its_request_times_out_and_retries_do_not_block_it
     }
     // Server 1 answers again: the batch completes by itself.
     proxy.delay_answer("commit", Duration::ZERO);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let batch_id = loop {
-        let (_, listed) = cluster.get(1, "/api/v1/endpoints/steps/batches").await;
-        if let Some(id) = listed["batches"][0]["batch_id"].as_str() {
-            break id.to_owned();
-        }
-        assert!(Instant::now() < deadline, "server 1 never got the batch");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let batch_id = cluster.wait_for_batches(1, "steps").await.remove(0);
     let (count, shares) = cluster
         .shares(&format!("/api/v1/endpoints/steps/batches/{batch_id}"))
         .await;

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::proxy::PeerProxy;
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -345,11 +344,7 @@ async fn seals_under_random_peer_faults_lose_nothing_and_batches_match() {
         .unwrap_or(7);
     println!("peer faults for {faulty:?}, seed {seed} (GUARDIAN_FAULT_SEED)");
     let mut cluster = Cluster::start(2).await;
-    let proxy = PeerProxy::start(cluster.base(1)).await;
-    let peers = format!("{},{}", cluster.base(0), proxy.url);
-    let to_proxy = [("GUARDIAN_SERVER_PEERS", peers.as_str())];
-    cluster.kill(0);
-    cluster.launch(0, &to_proxy).await;
+    let proxy = cluster.proxy_follower().await;
     let params = json!({"length": 2, "signed": true});
     cluster
         .create_endpoint(ENDPOINT, "sum", params.clone(), MIN_BATCH)

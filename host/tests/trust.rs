@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use common::proxy::PeerProxy;
 use common::{Cluster, PEER_TOKEN, Sharder, signed_peer_request};
 use guardian::config::Role;
 use reqwest::StatusCode;
@@ -37,17 +36,7 @@ async fn post_ones(
 ) -> Vec<[u8; 16]> {
     let mut ids = Vec::new();
     for _ in 0..count {
-        let (id, shares) = sharder.shard(&json!([1]), cluster.n());
-        for &index in to {
-            let (status, body) = cluster
-                .post(
-                    index,
-                    &format!("/api/v1/endpoints/{endpoint}/reports"),
-                    json!({"report_id": id, "share": shares[index]}),
-                )
-                .await;
-            assert_eq!(status, StatusCode::CREATED, "server {index}: {body}");
-        }
+        let id = sharder.submit(cluster, endpoint, &json!([1]), to).await;
         let mut raw = [0; 16];
         hex::decode_to_slice(&id, &mut raw).unwrap();
         ids.push(raw);
@@ -98,6 +87,24 @@ async fn post_as(
     let mut raw = [0; 16];
     hex::decode_to_slice(&id, &mut raw).unwrap();
     raw
+}
+
+/// Calls `step` of `endpoint` on server 1, signed with server 0's key: what the
+/// coordinator sends (or a dishonest coordinator forges).
+async fn as_coordinator(
+    cluster: &Cluster,
+    (endpoint, step, query): (&str, &str, &str),
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
+    let request = signed_peer_request(
+        &cluster.http,
+        &cluster.base(1),
+        &cluster.key_file(0),
+        (0, 1),
+        (endpoint, step, query),
+        body,
+    );
+    answer(request.send().await.unwrap()).await
 }
 
 async fn answer(response: reqwest::Response) -> (StatusCode, Value) {
@@ -190,28 +197,16 @@ async fn a_late_prepare_never_replaces_a_newer_reservation() {
     let sharder = Sharder::new("sum", &json!({"length": 1}));
     let ids = post_ones(&cluster, &sharder, "steps", 3, &[0, 1]).await;
     let hash = config_hash(&cluster, 1, "steps").await;
-    let base = cluster.base(1);
-    let prepare = |batch: &str, seal: u64| {
-        signed_peer_request(
-            &cluster.http,
-            &base,
-            &cluster.key_file(0),
-            (0, 1),
-            (
-                "steps",
-                "prepare",
-                &format!("batch_id={batch}&config_hash={hash}&seal={seal}&offset=0&min_users=0"),
-            ),
-            ids.concat(),
-        )
-        .send()
+    let prepare = async |batch: &str, seal: u64| {
+        let query = format!("batch_id={batch}&config_hash={hash}&seal={seal}&offset=0&min_users=0");
+        as_coordinator(&cluster, ("steps", "prepare", &query), ids.concat()).await
     };
     let (older, newer) = ("01".repeat(16), "02".repeat(16));
     // Seal 200 is prepared; then seal 100's prepare, held by a middlebox, arrives.
-    let (status, prepared) = answer(prepare(&newer, 200).await.unwrap()).await;
+    let (status, prepared) = prepare(&newer, 200).await;
     assert_eq!(status, StatusCode::OK, "{prepared}");
     assert_eq!(prepared["count"], 3);
-    let (status, error) = answer(prepare(&older, 100).await.unwrap()).await;
+    let (status, error) = prepare(&older, 100).await;
     assert_eq!(status, StatusCode::CONFLICT, "{error}");
     assert_eq!(error["error"]["code"], "stale_seal");
     // Seal 200's commit still finds its reservation.
@@ -220,18 +215,7 @@ async fn a_late_prepare_never_replaces_a_newer_reservation() {
         "agreed": prepared["held"], "count": 3,
     }))
     .unwrap();
-    let response = signed_peer_request(
-        &cluster.http,
-        &base,
-        &cluster.key_file(0),
-        (0, 1),
-        ("steps", "commit", ""),
-        commit,
-    )
-    .send()
-    .await
-    .unwrap();
-    let (status, committed) = answer(response).await;
+    let (status, committed) = as_coordinator(&cluster, ("steps", "commit", ""), commit).await;
     assert_eq!(status, StatusCode::OK, "{committed}");
     assert_eq!(committed["count"], 3);
 }
@@ -277,13 +261,8 @@ async fn expiry_waits_for_a_seal_behind_a_slow_follower() {
     .await;
     // Server 0 reaches server 1 through a proxy that holds prepare answers 3 s:
     // longer than the reports may wait.
-    let proxy = PeerProxy::start(cluster.base(1)).await;
+    let proxy = cluster.proxy_follower().await;
     proxy.delay_answer("prepare", Duration::from_secs(3));
-    let peers = format!("{},{}", cluster.base(0), proxy.url);
-    cluster.kill(0);
-    cluster
-        .launch(0, &[("GUARDIAN_SERVER_PEERS", peers.as_str())])
-        .await;
     cluster
         .create_endpoint("steps", "sum", json!({"length": 1}), 2)
         .await;
@@ -347,12 +326,7 @@ async fn a_forged_held_set_cannot_isolate_one_user() {
     let (mut cluster, mint) = authenticated_cluster(2).await;
     // Server 1's operator is dishonest: its answers to proposals pass through a
     // proxy it controls.
-    let proxy = PeerProxy::start(cluster.base(1)).await;
-    let peers = format!("{},{}", cluster.base(0), proxy.url);
-    cluster.kill(0);
-    cluster
-        .launch(0, &[("GUARDIAN_SERVER_PEERS", peers.as_str())])
-        .await;
+    let proxy = cluster.proxy_follower().await;
     let developer = mint(Role::Developer, "dev");
     create_as(&cluster, &developer, "votes", 3).await;
     let sharder = Sharder::new("sum", &json!({"length": 1}));
@@ -425,38 +399,16 @@ async fn a_follower_refuses_a_decision_of_too_few_users() {
         .unwrap()
         .to_owned();
     let batch = "cd".repeat(16);
-    let base = cluster.base(1);
     let query = format!("batch_id={batch}&config_hash={hash}&seal=7&offset=0&min_users=3");
-    let response = signed_peer_request(
-        &cluster.http,
-        &base,
-        &cluster.key_file(0),
-        (0, 1),
-        ("votes", "prepare", &query),
-        ids.concat(),
-    )
-    .send()
-    .await
-    .unwrap();
-    let (status, prepared) = answer(response).await;
+    let (status, prepared) =
+        as_coordinator(&cluster, ("votes", "prepare", &query), ids.concat()).await;
     assert_eq!(status, StatusCode::OK, "{prepared}");
     let commit = serde_json::to_vec(&json!({
         "batch_id": batch, "seal": 7, "config_hash": hash,
         "agreed": prepared["held"], "count": 4,
     }))
     .unwrap();
-    let response = signed_peer_request(
-        &cluster.http,
-        &base,
-        &cluster.key_file(0),
-        (0, 1),
-        ("votes", "commit", ""),
-        commit,
-    )
-    .send()
-    .await
-    .unwrap();
-    let (status, error) = answer(response).await;
+    let (status, error) = as_coordinator(&cluster, ("votes", "commit", ""), commit).await;
     assert_eq!(status, StatusCode::CONFLICT, "{error}");
     assert_eq!(error["error"]["code"], "too_few_users");
     assert_eq!(error["error"]["users"], 2);

@@ -147,11 +147,6 @@ impl PeerIdentity {
         BASE64.encode(self.key.public_key().as_ref())
     }
 
-    /// Whether the servers' public keys are configured.
-    pub fn is_configured(&self) -> bool {
-        !self.peers.is_empty()
-    }
-
     /// This server's index.
     pub fn index(&self) -> u32 {
         self.index

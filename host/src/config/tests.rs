@@ -996,7 +996,7 @@ fn warnings_for_a_bare_default() {
     let warnings = Config::default().warnings();
     assert_eq!(warnings.len(), 2, "{warnings:#?}");
     assert!(warnings[0].contains("no token issuer"));
-    assert!(warnings[1].contains("no peer credential"));
+    assert!(warnings[1].contains("no peer keys"));
     let config = env(&[(
         "GUARDIAN_SERVER_PEERS",
         "http://10.0.0.1:8000,https://b.example",

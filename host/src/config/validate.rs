@@ -603,10 +603,10 @@ pub(super) fn warnings(config: &Config) -> Vec<String> {
                 .to_owned(),
         );
     }
-    if auth.peer_token.is_none() && auth.peer_token_file.is_none() {
+    if config.server.peer_keys.is_empty() {
         out.push(
-            "no peer credential is configured (auth.peer_token or auth.peer_token_file): \
-             the servers cannot agree on batches, so nothing can be sealed"
+            "no peer keys are configured (server.peer_keys, every server's `guardian peer-key` \
+             in index order): the servers cannot agree on batches, so nothing can be sealed"
                 .to_owned(),
         );
     }

@@ -20,7 +20,8 @@ use super::error::ErrorBody;
 
 /// The security scheme of the public routes: a JWT access token.
 pub(super) const BEARER: &str = "bearer";
-/// The security scheme of `/peer/v1`: the deployment's shared peer credential.
+/// The security scheme of `/peer/v1`: calls signed by the coordinator (and the
+/// optional shared transport credential).
 pub(super) const PEER: &str = "peer";
 
 /// The document's header and components; paths are added by the router.

@@ -229,6 +229,44 @@ impl Cluster {
         }
     }
 
+    /// Puts a test proxy between the coordinator and server 1: server 0 is
+    /// restarted with the proxy as server 1's URL.
+    pub async fn proxy_follower(&mut self) -> proxy::PeerProxy {
+        let proxy = proxy::PeerProxy::start(self.base(1)).await;
+        let mut peers: Vec<String> = (0..self.n()).map(|index| self.base(index)).collect();
+        peers[1] = proxy.url.clone();
+        let peers = peers.join(",");
+        self.kill(0);
+        self.launch(0, &[("GUARDIAN_SERVER_PEERS", peers.as_str())])
+            .await;
+        proxy
+    }
+
+    /// Waits (up to 30 s) until server `index` lists a batch of `endpoint`; returns
+    /// the ids it lists.
+    pub async fn wait_for_batches(&self, index: usize, endpoint: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, listed) = self
+                .get(index, &format!("/api/v1/endpoints/{endpoint}/batches"))
+                .await;
+            let ids: Vec<String> = listed["batches"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|batch| batch["batch_id"].as_str().map(str::to_owned))
+                .collect();
+            if !ids.is_empty() {
+                return ids;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server {index} never got a batch"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Server `index`'s private peer key file: a test that plays a dishonest
     /// operator signs with it.
     pub fn key_file(&self, index: usize) -> PathBuf {
@@ -372,14 +410,15 @@ impl Sharder {
         (id, shares.iter().map(|s| BASE64.encode(s)).collect())
     }
 
-    /// Posts `measurement` to the servers in `to` (all of them normally).
+    /// Posts `measurement` to the servers in `to` (all of them normally); returns
+    /// its report id.
     pub async fn submit(
         &self,
         cluster: &Cluster,
         endpoint: &str,
         measurement: &Value,
         to: &[usize],
-    ) {
+    ) -> String {
         let (id, shares) = self.shard(measurement, cluster.n());
         for &index in to {
             let (status, body) = cluster
@@ -391,6 +430,7 @@ impl Sharder {
                 .await;
             assert_eq!(status, StatusCode::CREATED, "server {index}: {body}");
         }
+        id
     }
 
     pub fn unshard(&self, shares: &[Vec<u8>], count: u64) -> Value {
