@@ -46,6 +46,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/api/v1/endpoints/{name}/total", "bearer"),
     ("post", "/peer/v1/endpoints/{name}/prepare", "peer"),
     ("post", "/peer/v1/endpoints/{name}/commit", "peer"),
+    ("post", "/peer/v1/endpoints/{name}/recommit", "peer"),
     ("post", "/peer/v1/endpoints/{name}/abort", "peer"),
 ];
 
@@ -174,8 +175,12 @@ async fn the_document_describes_every_route_the_server_serves() {
                     path.contains(&format!("{{{name}}}")),
                     "{method} {path}: {name}"
                 ),
-                // Only the peers' binary proposal carries its metadata in the query.
-                Some("query") => assert!(path.ends_with("/prepare"), "{method} {path}: {name}"),
+                // Only the peers' binary bodies of report ids carry their
+                // metadata in the query.
+                Some("query") => assert!(
+                    path.ends_with("/prepare") || path.ends_with("/recommit"),
+                    "{method} {path}: {name}"
+                ),
                 other => panic!("{method} {path}: {name} in {other:?}"),
             }
         }

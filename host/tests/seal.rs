@@ -528,6 +528,61 @@ async fn an_incomplete_seal_says_it_is_decided_and_finishes_by_itself() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_jammed_by_an_older_version_completes_its_decided_seal() {
+    let mut cluster = Cluster::start(2).await;
+    let proxy = cluster.proxy_follower().await;
+    cluster
+        .create_endpoint("steps", "sum", json!({"length": 1}), 2)
+        .await;
+    let sharder = Sharder::new("sum", &json!({"length": 1}));
+    for value in [2, 3, 4] {
+        sharder
+            .submit(&cluster, "steps", &json!([value]), &[0, 1])
+            .await;
+    }
+    proxy.cut("commit", true);
+    let (status, error) = cluster.seal("steps").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+    assert_eq!(error["error"]["code"], "seal_incomplete");
+    let batch_id = cluster.wait_for_batches(0, "steps").await.remove(0);
+    // Server 1 as an older version left it: a late prepare of an earlier seal
+    // (which carried no number) replaced its reservation of the decided one.
+    cluster.kill(1);
+    let db = rusqlite::Connection::open(cluster.database(1)).unwrap();
+    let replaced = db
+        .execute(
+            "UPDATE seals SET batch_id = randomblob(16), seal_number = 0 WHERE decided = 0",
+            [],
+        )
+        .unwrap();
+    assert_eq!(replaced, 1);
+    drop(db);
+    cluster.launch(1, &[]).await;
+    proxy.cut("commit", false);
+    // The decided batch completes anyway, the same on both servers.
+    assert_eq!(
+        cluster.wait_for_batches(1, "steps").await,
+        std::slice::from_ref(&batch_id)
+    );
+    let (count, shares) = cluster
+        .shares(&format!("/api/v1/endpoints/steps/batches/{batch_id}"))
+        .await;
+    assert_eq!((count, sharder.unshard(&shares, count)), (3, json!([9])));
+    assert!(cluster.log(0).contains("sending it by report ids"));
+    // And the endpoint seals again.
+    for value in [5, 6] {
+        sharder
+            .submit(&cluster, "steps", &json!([value]), &[0, 1])
+            .await;
+    }
+    let (status, sealed) = cluster.seal("steps").await;
+    assert_eq!(status, StatusCode::CREATED, "{sealed}");
+    assert_eq!(sealed["count"], 2);
+    let (count, shares) = cluster.shares("/api/v1/endpoints/steps/total").await;
+    assert_eq!((count, sharder.unshard(&shares, count)), (5, json!([20])));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seal_answers_before_its_request_times_out_and_retries_do_not_block_it() {
     // Requests time out at 4 s; peer calls may take as long.
     let mut cluster = Cluster::start_with(2, |_| {

@@ -130,10 +130,12 @@ async fn a_follower_cannot_drive_another_follower() {
     }))
     .unwrap();
     let abort = serde_json::to_vec(&json!({"batch_id": batch, "seal": 99})).unwrap();
+    let recommit = format!("batch_id={batch}&seal=99&config_hash={hash}&count=4");
     let steps = [
-        ("prepare", query.as_str(), proposal),
+        ("prepare", query.as_str(), proposal.clone()),
         ("commit", "", commit),
         ("abort", "", abort),
+        ("recommit", recommit.as_str(), proposal),
     ];
     let base = cluster.base(2);
     // (signing key of server, claimed sender, receiver, expected status and code)
@@ -218,6 +220,48 @@ async fn a_late_prepare_never_replaces_a_newer_reservation() {
     let (status, committed) = as_coordinator(&cluster, ("steps", "commit", ""), commit).await;
     assert_eq!(status, StatusCode::OK, "{committed}");
     assert_eq!(committed["count"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_by_report_ids_commits_only_reports_held_unbatched() {
+    let cluster = Cluster::start(2).await;
+    cluster
+        .create_endpoint("steps", "sum", json!({"length": 1}), 2)
+        .await;
+    let sharder = Sharder::new("sum", &json!({"length": 1}));
+    let ids = post_ones(&cluster, &sharder, "steps", 3, &[0, 1]).await;
+    let hash = config_hash(&cluster, 1, "steps").await;
+    let recommit = async |batch: &str, ids: &[[u8; 16]], count: usize| {
+        let query = format!("batch_id={batch}&seal=7&config_hash={hash}&count={count}");
+        as_coordinator(&cluster, ("steps", "recommit", &query), ids.concat()).await
+    };
+    let (first, second) = ("0a".repeat(16), "0b".repeat(16));
+    // A report server 1 does not hold: nothing is committed.
+    let unknown = [[0xee; 16]];
+    let with_unknown = [&ids[..2], &unknown[..]].concat();
+    let (status, error) = recommit(&first, &with_unknown, 3).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(error["error"]["code"], "seal_mismatch");
+    // A count that is not the ids'.
+    let (status, error) = recommit(&first, &ids, 2).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(error["error"]["code"], "seal_mismatch");
+    // Below min_batch.
+    let (status, error) = recommit(&first, &ids[..1], 1).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(error["error"]["code"], "batch_too_small");
+    // The decision itself, twice: one batch.
+    for _ in 0..2 {
+        let (status, committed) = recommit(&first, &ids[..2], 2).await;
+        assert_eq!(status, StatusCode::OK, "{committed}");
+        assert_eq!(committed["count"], 2);
+    }
+    // Its reports are batched now: never in a second batch.
+    let (status, error) = recommit(&second, &ids[1..], 2).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(error["error"]["code"], "seal_mismatch");
+    let (_, listed) = cluster.get(1, "/api/v1/endpoints/steps/batches").await;
+    assert_eq!(listed["batches"].as_array().unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

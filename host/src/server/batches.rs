@@ -348,6 +348,47 @@ pub(super) async fn peer_commit(
     )
 }
 
+/// Follower: commits a decided batch given by its report ids (when it answered
+/// the commit `unknown_seal`: its reservation of the seal is gone).
+#[utoipa::path(post, path = "/endpoints/{name}/recommit", tag = "peer",
+    security(("peer" = [])),
+    params(("name" = String, Path, description = "The endpoint's name.", example = "demo"),
+        seal::Recommit),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "The report ids of the batch, 16 bytes each, concatenated."),
+    responses(
+        (status = 200, description = "Committed (now or before).", body = seal::Committed),
+        (status = 400, description = "Malformed request: `bad_query`, `bad_body`, \
+            `bad_request`, `bad_batch_id`, `too_many_reports`, `invalid_path`.",
+            body = ErrorBody),
+        PeerAuthErrors,
+        (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
+        (status = 403, description = "Sent by a server other than the coordinator: \
+            `not_coordinator`.", body = ErrorBody),
+        (status = 409, description = "`coordinator`, `config_mismatch`, `seal_mismatch` \
+            (a report of the batch is not held unbatched here, or the count differs), \
+            `batch_too_small`, `too_few_users`, `report_unavailable`.", body = ErrorBody),
+        (status = 422, description = "The plugin failed folding: its own code, \
+            `plugin_internal`, or the limit it hit.", body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = "Retry later: `plugin_unavailable`, `shutting_down`.",
+            body = ErrorBody),
+    ))]
+pub(super) async fn peer_recommit(
+    State(state): State<Arc<AppState>>,
+    peer: Peer,
+    Path(name): Path<String>,
+    query: Result<Query<seal::Recommit>, ApiError>,
+    body: axum::body::Body,
+) -> Answer {
+    let live = live(&state, &name)?;
+    let Query(query) = query?;
+    json(
+        StatusCode::OK,
+        seal::recommit(&state, &live, peer, query, body).await?,
+    )
+}
+
 /// Follower: forgets the reservation of an aborted seal.
 #[utoipa::path(post, path = "/endpoints/{name}/abort", tag = "peer",
     security(("peer" = [])),

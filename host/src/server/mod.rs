@@ -326,6 +326,7 @@ fn routes(state: &AppState) -> OpenApiRouter<Arc<AppState>> {
     let peer = OpenApiRouter::new()
         .routes(routes!(batches::peer_prepare))
         .routes(routes!(batches::peer_commit))
+        .routes(routes!(batches::peer_recommit))
         .routes(routes!(batches::peer_abort))
         .layer(DefaultBodyLimit::max(peer_body));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())

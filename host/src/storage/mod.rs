@@ -293,6 +293,18 @@ impl Storage {
         self.backend.read_shares(endpoint, rows).await
     }
 
+    /// The report ids of an endpoint's reports at `rows` (ascending), batched or
+    /// not, in that order: what a decision is made of, sent by id to a follower
+    /// that lost its reservation of it. Fails with
+    /// [`StorageError::ReportUnavailable`] if a row is not the endpoint's.
+    pub async fn report_ids(
+        &self,
+        endpoint: EndpointId,
+        rows: Vec<i64>,
+    ) -> Result<Vec<[u8; 16]>, StorageError> {
+        self.backend.report_ids(endpoint, rows).await
+    }
+
     /// Seals the reports stored at `rows` into a batch with its released share, in
     /// one transaction:
     /// marks them batched, deletes their shares (keeping their ids), stores the

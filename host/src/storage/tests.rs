@@ -620,6 +620,18 @@ async fn a_committed_batch_releases_its_reports_once() {
     assert_eq!(storage.list_batches(steps.id).await.unwrap().len(), 1);
     let batch = storage.get_batch(steps.id, [1; 16]).await.unwrap().unwrap();
     assert_eq!((batch.info.count, batch.share), (3, vec![1; 4]));
+    // Report ids stay readable by row, batched or not (a decision is resent by id).
+    assert_eq!(
+        storage
+            .report_ids(steps.id, vec![all[1].row, all[2].row, all[4].row])
+            .await
+            .unwrap(),
+        [report_id(1), report_id(2), report_id(4)]
+    );
+    assert!(matches!(
+        storage.report_ids(steps.id, vec![all[6].row + 1]).await,
+        Err(StorageError::ReportUnavailable)
+    ));
     // A released report's id stays taken: an identical retry is still told from
     // another share (by the share's digest), and nothing is stored again.
     for (share, expected) in [

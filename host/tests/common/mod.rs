@@ -273,6 +273,12 @@ impl Cluster {
         self.nodes[index].data_dir.join("peer-key")
     }
 
+    /// Server `index`'s database file, for tests that set up a state an older
+    /// version left (with the server stopped).
+    pub fn database(&self, index: usize) -> PathBuf {
+        self.nodes[index].data_dir.join("guardian.sqlite")
+    }
+
     pub fn kill(&mut self, index: usize) {
         if let Some(mut child) = self.nodes[index].child.take() {
             let _ = child.kill();

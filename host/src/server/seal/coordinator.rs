@@ -195,6 +195,10 @@ async fn finish(
 
 /// Sends the decision to every follower; their answers in index order. The
 /// message is encoded at once, so the decision is free again when this returns.
+///
+/// A follower that holds no reservation of the seal (`unknown_seal`: an older
+/// version of it let a late prepare replace the reservation) is sent the
+/// decision by its report ids instead, read from the stored decision.
 fn commit_followers<'a>(
     state: &'a Arc<AppState>,
     live: &'a LiveEndpoint,
@@ -202,16 +206,71 @@ fn commit_followers<'a>(
     deadline: Instant,
 ) -> impl Future<Output = Vec<(u32, Result<Committed, ApiError>)>> + 'a {
     let record = &live.endpoint.record;
+    let count = decision.rows.len() as u64;
+    let (batch_id, seal) = (decision.batch_id, decision.seal_number);
     let commit = Outgoing::json(&Commit {
-        batch_id: hex::encode(decision.batch_id),
-        seal: decision.seal_number,
+        batch_id: hex::encode(batch_id),
+        seal,
         config_hash: hex::encode(record.config_hash),
         agreed: BASE64.encode(&decision.positions),
-        count: decision.rows.len() as u64,
+        count,
     });
+    async move {
+        let mut answers = state
+            .sealer
+            .broadcast::<Committed>(&record.name, "commit", commit, deadline)
+            .await;
+        for (index, answer) in &mut answers {
+            if matches!(answer, Err(e) if e.code == "peer_unknown_seal") {
+                tracing::warn!(server = *index, endpoint = %record.name, batch = %hex::encode(batch_id), "the follower holds no reservation of this decided seal; sending it by report ids");
+                *answer = recommit(state, live, *index, (batch_id, seal, count), deadline).await;
+            }
+        }
+        answers
+    }
+}
+
+/// Sends decided batch `batch_id` of seal `seal` (`count` reports) to follower
+/// `index` by its report ids.
+async fn recommit(
+    state: &Arc<AppState>,
+    live: &LiveEndpoint,
+    index: u32,
+    (batch_id, seal, count): ([u8; 16], u64, u64),
+    deadline: Instant,
+) -> Result<Committed, ApiError> {
+    let endpoint = &live.endpoint;
+    let decision = state
+        .storage
+        .pending_seal(endpoint.id)
+        .await?
+        .filter(|pending| pending.decided && pending.batch_id == batch_id)
+        .ok_or_else(|| {
+            ApiError::unavailable(
+                "seal_in_progress",
+                "the decision was completed meanwhile; retry in a moment",
+            )
+        })?;
+    let mut rows = decision.rows;
+    rows.sort_unstable();
+    let ids = state.storage.report_ids(endpoint.id, rows).await?;
+    let query = format!(
+        "batch_id={}&seal={seal}&config_hash={}&count={count}",
+        hex::encode(batch_id),
+        hex::encode(endpoint.record.config_hash),
+    );
+    let recommit = Outgoing::new(query, "application/octet-stream", ids.concat().into());
     state
         .sealer
-        .broadcast::<Committed>(&record.name, "commit", commit, deadline)
+        .clone()
+        .call(
+            endpoint.record.name.clone(),
+            "recommit",
+            index,
+            Arc::new(recommit),
+            deadline,
+        )
+        .await
 }
 
 /// `Ok` when every follower committed batch `batch_id` with `count` reports.

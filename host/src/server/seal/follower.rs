@@ -12,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::fold::commit_locally;
 use super::{
-    Abort, Aborted, Commit, Committed, Prepare, Prepared, bits, check_config, page_len,
+    Abort, Aborted, Commit, Committed, Prepare, Prepared, Recommit, bits, check_config, page_len,
     parse_batch_id, too_few_users, too_small,
 };
 use crate::server::AppState;
@@ -63,41 +63,12 @@ pub(in crate::server) async fn prepare(
         proposed += 1;
         Ok(())
     };
-    let mut digest = Sha256::new();
-    let mut stream = body.into_data_stream();
-    let mut carry = Vec::with_capacity(16);
-    while let Some(chunk) = std::future::poll_fn(|cx| Pin::new(&mut stream).poll_frame(cx)).await {
-        let chunk = chunk
-            .map_err(|e| ApiError::bad_request("bad_body", format!("reading the proposal: {e}")))?
-            .into_data()
-            .unwrap_or_default();
-        digest.update(&chunk);
-        let mut chunk = &chunk[..];
-        if !carry.is_empty() {
-            let take = (16 - carry.len()).min(chunk.len());
-            carry.extend_from_slice(&chunk[..take]);
-            chunk = &chunk[take..];
-            if carry.len() == 16 {
-                visit(&carry)?;
-                carry.clear();
-            }
-        }
-        let mut ids = chunk.chunks_exact(16);
-        for id in &mut ids {
-            visit(id)?;
-        }
-        carry.extend_from_slice(ids.remainder());
-    }
+    let (digest, whole) = read_ids(body, &mut visit).await?;
     drop(held);
-    peer.verify(state, name, "prepare", &digest.finalize().into())?;
+    peer.verify(state, name, "prepare", &digest)?;
     check_config(live, &query.config_hash)?;
     let batch_id = parse_batch_id(&query.batch_id)?;
-    if !carry.is_empty() {
-        return Err(ApiError::bad_request(
-            "bad_request",
-            "the proposal must be whole 16-byte report ids",
-        ));
-    }
+    whole?;
     let ours = state
         .sealer
         .min_users(state.sealer.needed(live.endpoint.record.min_batch));
@@ -168,6 +139,49 @@ pub(in crate::server) async fn prepare(
     })
 }
 
+/// Reads a body of concatenated 16-byte report ids as it arrives, calling `visit`
+/// with each; returns the SHA-256 of the body (for the signature), and whether
+/// it was whole ids, to be checked once the signature is.
+async fn read_ids(
+    body: Body,
+    visit: &mut impl FnMut(&[u8]) -> Result<(), ApiError>,
+) -> Result<([u8; 32], Result<(), ApiError>), ApiError> {
+    let mut digest = Sha256::new();
+    let mut stream = body.into_data_stream();
+    let mut carry = Vec::with_capacity(16);
+    while let Some(chunk) = std::future::poll_fn(|cx| Pin::new(&mut stream).poll_frame(cx)).await {
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request("bad_body", format!("reading the report ids: {e}")))?
+            .into_data()
+            .unwrap_or_default();
+        digest.update(&chunk);
+        let mut chunk = &chunk[..];
+        if !carry.is_empty() {
+            let take = (16 - carry.len()).min(chunk.len());
+            carry.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if carry.len() == 16 {
+                visit(&carry)?;
+                carry.clear();
+            }
+        }
+        let mut ids = chunk.chunks_exact(16);
+        for id in &mut ids {
+            visit(id)?;
+        }
+        carry.extend_from_slice(ids.remainder());
+    }
+    let whole = if carry.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "bad_request",
+            "the body must be whole 16-byte report ids",
+        ))
+    };
+    Ok((digest.finalize().into(), whole))
+}
+
 /// A prepare older than (or as old as) the seal this follower already took part in.
 fn stale_seal(query: &Prepare, newer: u64) -> ApiError {
     ApiError::conflict(
@@ -203,10 +217,6 @@ pub(in crate::server) async fn commit(
     let endpoint = live.endpoint.id;
     let lock = state.sealer.lock(endpoint);
     let _sealing = lock.lock().await;
-    let committed = |info: BatchInfo| Committed {
-        batch_id: hex::encode(info.batch_id),
-        count: info.count,
-    };
     if let Some(batch) = state.storage.get_batch(endpoint, batch_id).await? {
         return Ok(committed(batch.info));
     }
@@ -258,22 +268,107 @@ pub(in crate::server) async fn commit(
         }
     }
     drop(reservation);
-    if rows.len() as u64 != body.count {
-        return Err(mismatch(format!(
-            "the decision says {} reports but sets {} bits",
-            body.count,
-            rows.len()
-        )));
+    commit_decided(state, live, batch_id, rows, body.count).await
+}
+
+/// Follower: commits a decided batch given by its report ids, for a follower
+/// that holds no reservation of it (`unknown_seal` to its commit): the
+/// reservation was replaced by an older version of this server (which let a late
+/// prepare replace it) or lost. Every report must be held here unbatched, and the
+/// batch passes the same checks as a commit.
+pub(in crate::server) async fn recommit(
+    state: &Arc<AppState>,
+    live: &Arc<LiveEndpoint>,
+    peer: Peer,
+    query: Recommit,
+    body: Body,
+) -> Result<Committed, ApiError> {
+    follower_only(state)?;
+    let max = state.sealer.max_batch;
+    let mut ids = Vec::new();
+    let mut visit = |id: &[u8]| {
+        if ids.len() == 16 * max {
+            return Err(ApiError::bad_request(
+                "too_many_reports",
+                format!("a batch has at most {max} reports (endpoints.max_batch)"),
+            ));
+        }
+        ids.extend_from_slice(id);
+        Ok(())
+    };
+    let (digest, whole) = read_ids(body, &mut visit).await?;
+    peer.verify(state, &live.endpoint.record.name, "recommit", &digest)?;
+    check_config(live, &query.config_hash)?;
+    let batch_id = parse_batch_id(&query.batch_id)?;
+    whole?;
+    let endpoint = live.endpoint.id;
+    let lock = state.sealer.lock(endpoint);
+    let _sealing = lock.lock().await;
+    if let Some(batch) = state.storage.get_batch(endpoint, batch_id).await? {
+        return Ok(committed(batch.info));
+    }
+    let mut held = state
+        .storage
+        .unbatched_reports(endpoint, 0, usize::MAX)
+        .await?;
+    held.sort_unstable_by_key(|report| report.report_id);
+    let mut rows = Vec::with_capacity(ids.len() / 16);
+    let mut missing = 0u64;
+    for id in ids.chunks_exact(16) {
+        match held.binary_search_by(|report| report.report_id.as_slice().cmp(id)) {
+            Ok(at) => rows.push(held[at].row),
+            Err(_) => missing += 1,
+        }
+    }
+    drop((held, ids));
+    if missing > 0 {
+        return Err(ApiError::conflict(
+            "seal_mismatch",
+            format!(
+                "batch {}: {missing} of its reports are not held unbatched here",
+                query.batch_id
+            ),
+        ));
+    }
+    tracing::warn!(endpoint = %live.endpoint.record.name, batch = %query.batch_id, seal = query.seal, "committing a decided batch by its report ids: the reservation of it was gone");
+    commit_decided(state, live, batch_id, rows, query.count).await
+}
+
+fn committed(info: BatchInfo) -> Committed {
+    Committed {
+        batch_id: hex::encode(info.batch_id),
+        count: info.count,
+    }
+}
+
+/// The checks a follower makes of a decided batch on its own (the count the
+/// coordinator states, `min_batch` and its distinct users), then its commit.
+async fn commit_decided(
+    state: &Arc<AppState>,
+    live: &Arc<LiveEndpoint>,
+    batch_id: [u8; 16],
+    rows: Vec<i64>,
+    count: u64,
+) -> Result<Committed, ApiError> {
+    if rows.len() as u64 != count {
+        return Err(ApiError::conflict(
+            "seal_mismatch",
+            format!(
+                "batch {}: the decision says {count} reports but names {}",
+                hex::encode(batch_id),
+                rows.len()
+            ),
+        ));
     }
     let needed = state.sealer.needed(live.endpoint.record.min_batch);
-    if (rows.len() as u64) < needed {
-        return Err(too_small(rows.len() as u64, needed));
+    if count < needed {
+        return Err(too_small(count, needed));
     }
     let min_users = state.sealer.min_users(needed);
     if min_users > 0 {
         let users = state
             .storage
-            .distinct_posters(endpoint, rows.clone(), min_users)
+            .distinct_posters(live.endpoint.id, rows.clone(), min_users)
             .await?;
         if users < min_users {
             return Err(too_few_users(users, min_users));

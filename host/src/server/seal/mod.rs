@@ -61,7 +61,7 @@ mod follower;
 
 pub(super) use self::coordinator::{retry_decided, seal};
 pub(super) use self::expiry::expire_reports;
-pub(super) use self::follower::{abort, commit, prepare};
+pub(super) use self::follower::{abort, commit, prepare, recommit};
 
 /// How often the coordinator retries the decided seals that did not complete.
 const RETRY_EVERY: Duration = Duration::from_secs(2);
@@ -161,6 +161,24 @@ pub(super) struct Commit {
     #[schema(format = Byte)]
     agreed: String,
     /// How many bits are set: the batch's count.
+    count: u64,
+}
+
+/// The query of `POST /peer/v1/endpoints/{name}/recommit`: a decided batch sent
+/// by its report ids (the body: 16 bytes each, concatenated) to a follower that
+/// answered its commit with `unknown_seal`.
+#[derive(Debug, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct Recommit {
+    /// The batch's id.
+    #[param(pattern = "^[0-9a-fA-F]{32}$")]
+    batch_id: String,
+    /// The seal's number, as in its prepare.
+    seal: u64,
+    /// The endpoint's `config_hash` on the coordinator.
+    #[param(pattern = "^[0-9a-fA-F]{64}$")]
+    config_hash: String,
+    /// How many report ids the body holds: the batch's count.
     count: u64,
 }
 
@@ -495,6 +513,8 @@ fn peer_refusal(index: u32, code: &str, message: &str) -> ApiError {
         | "no_peer_keys"
         | "unknown_peer"
         | "bad_peer_signature" => (StatusCode::BAD_GATEWAY, "peer_credential_refused"),
+        // The coordinator then sends the decision by report ids.
+        "unknown_seal" => (StatusCode::BAD_GATEWAY, "peer_unknown_seal"),
         _ => (StatusCode::BAD_GATEWAY, "peer_refused"),
     };
     ApiError::new(

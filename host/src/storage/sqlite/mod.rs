@@ -473,6 +473,16 @@ impl SqliteBackend {
             .await
     }
 
+    /// See [`crate::storage::Storage::report_ids`].
+    pub(crate) async fn report_ids(
+        &self,
+        endpoint: EndpointId,
+        rows: Vec<i64>,
+    ) -> Result<Vec<[u8; 16]>, StorageError> {
+        self.read_with(move |conn| sql::report_ids(conn, endpoint, &rows))
+            .await
+    }
+
     /// See [`crate::storage::Storage::commit_batch`].
     pub(crate) async fn commit_batch(
         &self,

@@ -640,6 +640,22 @@ pub(crate) fn read_shares(
     Ok((data, ends))
 }
 
+/// The report ids of the endpoint's reports at `rows` (ascending), batched or not.
+pub(crate) fn report_ids(
+    conn: &Connection,
+    endpoint: EndpointId,
+    rows: &[i64],
+) -> Result<Vec<[u8; 16]>, StorageError> {
+    let mut ids = Vec::with_capacity(rows.len());
+    visit_rows(conn, endpoint, rows, "report_id", |id| {
+        let id = <[u8; 16]>::try_from(id.as_blob().map_err(rusqlite::Error::from)?)
+            .map_err(|_| StorageError::OutOfRange("a report id"))?;
+        ids.push(id);
+        Ok(true)
+    })?;
+    Ok(ids)
+}
+
 const BATCH_COLUMNS: &str = "batch_id, count, sealed_at";
 
 fn batch_info(row: &Row<'_>) -> rusqlite::Result<BatchInfo> {
