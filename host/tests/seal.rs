@@ -583,6 +583,38 @@ async fn an_endpoint_jammed_by_an_older_version_completes_its_decided_seal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_survives_a_kept_alive_connection_the_follower_closed() {
+    // Servers close connections idle for 1.5 s; the link takes 1 s each way, so
+    // the commit, sent on the connection prepare used as soon as its answer came,
+    // reaches server 1 after it closed that connection, and the close reaches
+    // server 0 only after the commit went.
+    let mut cluster = Cluster::start_with(2, |_| {
+        vec![(
+            "GUARDIAN_LIMITS_HEADER_READ_TIMEOUT_MS".into(),
+            "1500".into(),
+        )]
+    })
+    .await;
+    let _link = cluster.slow_link_to_follower(Duration::from_secs(1)).await;
+    cluster
+        .create_endpoint("steps", "sum", json!({"length": 1}), 2)
+        .await;
+    let sharder = Sharder::new("sum", &json!({"length": 1}));
+    for value in [2, 3] {
+        sharder
+            .submit(&cluster, "steps", &json!([value]), &[0, 1])
+            .await;
+    }
+    let (status, sealed) = cluster.seal("steps").await;
+    assert_eq!(status, StatusCode::CREATED, "{sealed}");
+    let batch_id = sealed["batch_id"].as_str().unwrap();
+    let (count, shares) = cluster
+        .shares(&format!("/api/v1/endpoints/steps/batches/{batch_id}"))
+        .await;
+    assert_eq!((count, sharder.unshard(&shares, count)), (2, json!([5])));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seal_answers_before_its_request_times_out_and_retries_do_not_block_it() {
     // Requests time out at 4 s; peer calls may take as long.
     let mut cluster = Cluster::start_with(2, |_| {

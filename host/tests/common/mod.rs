@@ -233,13 +233,25 @@ impl Cluster {
     /// restarted with the proxy as server 1's URL.
     pub async fn proxy_follower(&mut self) -> proxy::PeerProxy {
         let proxy = proxy::PeerProxy::start(self.base(1)).await;
+        self.reach_follower_at(&proxy.url).await;
+        proxy
+    }
+
+    /// Puts a link of `latency` each way between the coordinator and server 1.
+    pub async fn slow_link_to_follower(&mut self, latency: Duration) -> proxy::SlowLink {
+        let link = proxy::SlowLink::start(self.nodes[1].addr.to_string(), latency).await;
+        self.reach_follower_at(&link.url).await;
+        link
+    }
+
+    /// Restarts server 0 with `url` as server 1's URL.
+    async fn reach_follower_at(&mut self, url: &str) {
         let mut peers: Vec<String> = (0..self.n()).map(|index| self.base(index)).collect();
-        peers[1] = proxy.url.clone();
+        peers[1] = url.to_owned();
         let peers = peers.join(",");
         self.kill(0);
         self.launch(0, &[("GUARDIAN_SERVER_PEERS", peers.as_str())])
             .await;
-        proxy
     }
 
     /// Waits (up to 30 s) until server `index` lists a batch of `endpoint`; returns

@@ -151,3 +151,85 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
     }
     response
 }
+
+/// A TCP relay that delays everything (bytes and the close) by `latency` in each
+/// direction: a long link between servers, over which a connection one side
+/// closed still looks open to the other for `latency`.
+pub struct SlowLink {
+    /// Where to send requests meant for the target.
+    pub url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowLink {
+    /// Starts a relay on loopback port 0 to `target` (host:port).
+    pub async fn start(target: String, latency: Duration) -> SlowLink {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            while let Ok((near, _)) = listener.accept().await {
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(far) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (near_read, near_write) = near.into_split();
+                    let (far_read, far_write) = far.into_split();
+                    tokio::join!(
+                        delayed(near_read, far_write, latency),
+                        delayed(far_read, near_write, latency)
+                    );
+                });
+            }
+        });
+        SlowLink { url, task }
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to`, each chunk and the end `latency` after it was read.
+async fn delayed(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    latency: Duration,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    let read = async move {
+        let mut buffer = vec![0; 64 << 10];
+        loop {
+            let chunk = match from.read(&mut buffer).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => Some(buffer[..n].to_vec()),
+            };
+            let end = chunk.is_none();
+            if sender
+                .send((tokio::time::Instant::now() + latency, chunk))
+                .is_err()
+                || end
+            {
+                return;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((due, chunk)) = receiver.recv().await {
+            tokio::time::sleep_until(due).await;
+            match chunk {
+                Some(chunk) if to.write_all(&chunk).await.is_ok() => {}
+                _ => {
+                    let _ = to.shutdown().await;
+                    return;
+                }
+            }
+        }
+    };
+    tokio::join!(read, write);
+}
