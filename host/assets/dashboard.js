@@ -15,10 +15,19 @@ class ApiError extends Error {
   }
 }
 
+// The dashboard acts only on changes that carry this token (written into the
+// page by the process that served it) as JSON, from this page's own origin.
+const TOKEN = document.querySelector('meta[name="guardian-dashboard-token"]').content;
+
 async function api(method, path) {
+  const request = { method, cache: "no-store" };
+  if (method !== "GET") {
+    request.headers = { "Content-Type": "application/json", "X-Dashboard-Token": TOKEN };
+    request.body = "{}";
+  }
   let response;
   try {
-    response = await fetch(path, { method, cache: "no-store" });
+    response = await fetch(path, request);
   } catch (e) {
     throw new ApiError({ code: "dashboard_down", message: "The dashboard process does not answer (was it stopped?): " + e });
   }

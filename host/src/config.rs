@@ -210,6 +210,19 @@ pub struct LimitsConfig {
     /// so the default is the number of CPUs; see [`LimitsConfig::plugin_concurrency`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plugin_concurrency: Option<usize>,
+    /// Plugin uploads compiled at once; more wait their turn (an upload of a
+    /// component being compiled waits for that compilation). Default 1.
+    pub plugin_compile_concurrency: usize,
+    /// Longest a plugin upload may take to compile: a component that takes longer
+    /// is refused (422 `plugin_too_complex`) and nothing of it is kept. Default
+    /// 20 000 ms.
+    pub plugin_compile_timeout_ms: u64,
+    /// Most endpoints this server holds (409 `too_many_endpoints` beyond).
+    /// Default 1000.
+    pub max_endpoints: usize,
+    /// Largest `params` of an endpoint, as JSON (413 `params_too_large` beyond).
+    /// Default 64 KiB.
+    pub max_params_bytes: usize,
     /// Largest request head (request line and headers) accepted, in bytes; hyper
     /// answers 431 beyond. Must leave room for the longest token
     /// (`auth.max_token_bytes`). Default 16 KiB.
@@ -249,6 +262,10 @@ impl Default for LimitsConfig {
             plugin_memory_bytes: 128 << 20,
             plugin_output_bytes: 16 << 20,
             plugin_concurrency: None,
+            plugin_compile_concurrency: 1,
+            plugin_compile_timeout_ms: 20_000,
+            max_endpoints: 1000,
+            max_params_bytes: 64 << 10,
             max_header_bytes: 16 << 10,
             header_read_timeout_ms: 10_000,
             reports_per_second_per_user: 1000,
@@ -269,6 +286,11 @@ impl LimitsConfig {
     /// `plugin_deadline_ms` as a duration.
     pub fn plugin_deadline(&self) -> Duration {
         Duration::from_millis(self.plugin_deadline_ms)
+    }
+
+    /// `plugin_compile_timeout_ms` as a duration.
+    pub fn plugin_compile_timeout(&self) -> Duration {
+        Duration::from_millis(self.plugin_compile_timeout_ms)
     }
 
     /// `header_read_timeout_ms` as a duration.
@@ -477,6 +499,12 @@ pub struct AuthConfig {
     /// A local JWKS (or PEM public key) file instead of fetching keys. Default unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<PathBuf>,
+    /// A PEM bundle of certificate authorities trusted on top of the compiled-in web
+    /// roots and the system's store (`SSL_CERT_FILE`), for an issuer (or peers)
+    /// behind a private CA. Read at start: unreadable or without a certificate, the
+    /// server does not start. Default unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// Signature algorithms accepted; asymmetric only (`none` and `HS*` are refused
     /// when the configuration is read). Default `RS256`, `PS256`, `ES256`, `EdDSA`.
     pub algorithms: Vec<Algorithm>,
@@ -521,6 +549,7 @@ impl Default for AuthConfig {
             audiences: Vec::new(),
             jwks_url: None,
             jwks_file: None,
+            ca_file: None,
             algorithms: vec![
                 Algorithm::Rs256,
                 Algorithm::Ps256,

@@ -9,3 +9,4 @@ pub mod fuzz_targets;
 pub mod runtime;
 pub mod server;
 pub mod storage;
+pub mod tls;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use guardian::client::terminal::clean;
 use guardian::client::{Cluster, admin, collect, dashboard, submit};
 use guardian::config::{self, Environment, LogFormat};
 use guardian::dev::{Dev, DevOptions};
@@ -289,7 +290,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", clean(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -384,10 +385,10 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
             let wasm = std::fs::read(&file)
                 .with_context(|| format!("reading the plugin {}", file.display()))?;
             let upload = admin::upload_plugin(&cluster, wasm).await;
-            print!("{}", upload.report.render());
+            print!("{}", clean(&upload.report.render()));
             upload.report.check()?;
-            println!("{} is on every server", upload.report.what);
-            print!("{}", upload.approval());
+            println!("{} is on every server", clean(&upload.report.what));
+            print!("{}", clean(&upload.approval()));
             Ok(())
         }
         PluginCommand::List { client } => {
@@ -418,9 +419,9 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
                 max_reports_per_user,
             };
             let report = admin::create_endpoint(&cluster, &new).await;
-            print!("{}", report.render());
+            print!("{}", clean(&report.render()));
             report.check()?;
-            println!("{} is on every server", report.what);
+            println!("{} is on every server", clean(&report.what));
             Ok(())
         }
         EndpointCommand::List { client } => {
@@ -431,13 +432,13 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
 }
 
 fn print_listing(listing: admin::Listing) -> anyhow::Result<()> {
-    print!("{}", listing.table);
+    print!("{}", clean(&listing.table));
     if listing.warnings.is_empty() {
         return Ok(());
     }
     anyhow::bail!(
         "not every server agrees:\n  {}",
-        listing.warnings.join("\n  ")
+        clean(&listing.warnings.join("\n  "))
     )
 }
 
@@ -472,7 +473,7 @@ async fn submit(
         submit::SubmitOptions::default(),
     )
     .await?;
-    print!("{}", summary.render());
+    print!("{}", clean(&summary.render()));
     match summary.failed_total() {
         0 => Ok(()),
         n => anyhow::bail!("{n} of {} reports failed", summary.sent),
@@ -483,9 +484,9 @@ async fn collect(name: String, total: bool, json: bool, client: ClientArgs) -> a
     let cluster = client.cluster()?;
     let collected = collect::collect(&cluster, &name, total).await?;
     if json {
-        println!("{}", collected.to_json());
+        println!("{}", clean(&collected.to_json()));
     } else {
-        print!("{}", collected.render());
+        print!("{}", clean(&collected.render()));
     }
     Ok(())
 }

@@ -451,7 +451,15 @@ fn client_errors_are_clear(dev: &Dev, developer: &str, user: &str, scientist: &s
     // A measurement the plugin rejects never leaves the machine.
     let error = fails(&dev.client(user, &["submit", "colors", "--value", r#""purple""#]));
     contains(&error, "invalid_measurement");
-    contains(&error, "purple");
+    contains(
+        &error,
+        r#"unknown bucket "purple": expected a bucket label ("red", "green", "blue", "yellow")"#,
+    );
+    // Said once, in the plugin's words (no Rust type, no repeated code).
+    assert_eq!(error.matches("invalid_measurement").count(), 1, "{error}");
+    let error = fails(&dev.client(user, &["submit", "colors", "--value", "[2]"]));
+    contains(&error, "expected a bucket label");
+    contains(&error, "got [2]");
 
     // A file with one bad line: the rest is posted, the summary counts by reason.
     let file = write_lines(
@@ -553,4 +561,61 @@ fn client_errors_are_clear(dev: &Dev, developer: &str, user: &str, scientist: &s
     let list = ok(&dev.client(developer, &["plugin", "list"]));
     contains(&list, "histogram");
     contains(&list, "uploaded");
+}
+
+/// A server that answers listings with terminal escapes in every word (as a
+/// compromised server, or one holding a plugin stored before uploads were
+/// checked, would): the command line prints them as visible text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_cannot_drive_the_operators_terminal() {
+    const ESCAPES: &str = "\u{1b}[2K\r\u{1b}]0;owned\u{7}\u{9b}31m";
+    let plugins = json!({"plugins": [{
+        "digest": "ab".repeat(32), "name": format!("sum{ESCAPES}"),
+        "version": ESCAPES, "description": ESCAPES, "builtin": false,
+        "approved": true, "size": 1,
+    }], "next": null});
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/plugins",
+            axum::routing::get(move || async move { axum::Json(plugins) }),
+        )
+        .route(
+            "/api/v1/endpoints",
+            axum::routing::get(|| async {
+                (
+                    axum::http::StatusCode::CONFLICT,
+                    axum::Json(json!({"error": {"code": "x", "message": format!("bad{ESCAPES}")}})),
+                )
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let (listed, failed) = tokio::task::spawn_blocking(move || {
+        let env = [("GUARDIAN_SERVERS", url.as_str())];
+        (
+            run(&path, &["plugin", "list"], &env),
+            run(&path, &["endpoint", "list"], &env),
+        )
+    })
+    .await
+    .unwrap();
+    server.abort();
+    let listed = ok(&listed);
+    contains(
+        &listed,
+        "sum\\u001b[2K\\u000d\\u001b]0;owned\\u0007\\u009b31m",
+    );
+    let failed = fails(&failed);
+    contains(&failed, "bad\\u001b[2K");
+    for printed in [&listed, &failed] {
+        assert!(
+            !printed
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{printed:?}"
+        );
+    }
 }

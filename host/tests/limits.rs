@@ -504,3 +504,261 @@ async fn storage_that_cannot_write_is_unready_and_answers_503() {
     assert!(message.contains("syncing"), "{message}");
     server.shutdown().await.unwrap();
 }
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(std::path::Path::new(env!("GUARDIAN_FIXTURES_DIR")).join(format!("{name}.wasm")))
+        .unwrap()
+}
+
+fn gauge(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} not in the metrics:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+/// A server of its own and a developer's token for it.
+struct Developer {
+    dir: tempfile::TempDir,
+    _server: Server,
+    base: String,
+    token: String,
+    http: Client,
+}
+
+impl Developer {
+    async fn start(extra: &[(&str, &str)]) -> Developer {
+        let dir = tempfile::tempdir().unwrap();
+        let extra: Vec<(&str, String)> = extra.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        let server = start(dir.path(), &extra).await;
+        Developer {
+            base: url(&server),
+            token: token(dir.path(), Role::Developer, "dev"),
+            http: Client::new(),
+            dir,
+            _server: server,
+        }
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Option<String>, Value) {
+        send(
+            self.http
+                .get(format!("{}{path}", self.base))
+                .bearer_auth(&self.token),
+        )
+        .await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Option<String>, Value) {
+        send(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(&self.token)
+                .json(&body),
+        )
+        .await
+    }
+
+    async fn upload(&self, wasm: Vec<u8>) -> (StatusCode, Option<String>, Value) {
+        send(
+            self.http
+                .post(format!("{}/api/v1/plugins", self.base))
+                .bearer_auth(&self.token)
+                .body(wasm),
+        )
+        .await
+    }
+
+    async fn compiled(&self) -> u64 {
+        gauge(
+            &metrics(&self.http, &self.base).await,
+            "guardian_plugins_compiled",
+        )
+    }
+
+    /// The compiled artifacts in the server's cache (`{data_dir}/plugins`).
+    fn artifacts(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path().join("data").join("plugins"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".cwasm"))
+            .collect()
+    }
+}
+
+fn digest(wasm: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(wasm))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_of_one_component_at_once_compile_it_once() {
+    let developer = std::sync::Arc::new(Developer::start(&[]).await);
+    let before = developer.compiled().await;
+    let wasm = fixture("fixture_hostile");
+    let uploads: Vec<_> = (0..4)
+        .map(|_| {
+            let (developer, wasm) = (developer.clone(), wasm.clone());
+            tokio::spawn(async move { developer.upload(wasm).await })
+        })
+        .collect();
+    for upload in uploads {
+        let (status, _, body) = upload.await.unwrap();
+        assert!(status.is_success(), "{status} {body}");
+        assert_eq!(body["name"], "hostile", "{body}");
+    }
+    let after = developer.compiled().await;
+    assert_eq!(after - before, 1, "four uploads at once, one compilation");
+}
+
+#[tokio::test]
+async fn a_refused_component_leaves_nothing_compiled_behind() {
+    let developer = Developer::start(&[]).await;
+    let cached = developer.artifacts();
+    // A component, but of another world: it compiles, then fails the type check.
+    let (status, _, body) = developer.upload(fixture("fixture_other_world")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_plugin");
+    assert_eq!(developer.artifacts(), cached);
+}
+
+#[tokio::test]
+async fn an_upload_over_the_compile_budget_is_refused_and_not_kept() {
+    let developer = Developer::start(&[("GUARDIAN_LIMITS_PLUGIN_COMPILE_TIMEOUT_MS", "1")]).await;
+    let cached = developer.artifacts();
+    let compiled = developer.compiled().await;
+    let wasm = fixture("fixture_hostile");
+    let digest = digest(&wasm);
+    let (status, _, body) = developer.upload(wasm).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "plugin_too_complex");
+    // The compilation runs to its end in the background; then nothing of it stays.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while developer.compiled().await == compiled {
+        assert!(Instant::now() < deadline, "the compilation never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while developer.artifacts() != cached {
+        assert!(Instant::now() < deadline, "{:?}", developer.artifacts());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _, _) = developer.get(&format!("/api/v1/plugins/{digest}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_plugin_whose_words_hold_terminal_escapes_is_refused() {
+    let developer = Developer::start(&[]).await;
+    let cached = developer.artifacts();
+    let wasm = fixture("fixture_disguised");
+    let digest = digest(&wasm);
+    let (status, _, body) = developer.upload(wasm).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_plugin_info");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("description holds the control character U+001B"),
+        "{body}"
+    );
+    let (status, _, _) = developer.get(&format!("/api/v1/plugins/{digest}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(developer.artifacts(), cached);
+}
+
+#[tokio::test]
+async fn endpoints_are_capped_in_number_size_and_depth() {
+    let developer = Developer::start(&[
+        ("GUARDIAN_LIMITS_MAX_ENDPOINTS", "3"),
+        ("GUARDIAN_LIMITS_MAX_PARAMS_BYTES", "2048"),
+    ])
+    .await;
+    let create = async |name: &str, params: Value| {
+        developer
+            .post(
+                "/api/v1/endpoints",
+                json!({"name": name, "plugin": "sum", "params": params}),
+            )
+            .await
+    };
+    // Nested 126 deep: once accepted, then no listing could be read back.
+    let mut deep = json!(1);
+    for _ in 0..126 {
+        deep = json!([deep]);
+    }
+    let (status, _, body) = create("deep", deep).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "params_too_deep");
+    let (status, _, body) = create("bulky", json!({"length": 1, "note": "x".repeat(4096)})).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "params_too_large");
+    for name in ["a", "b", "c"] {
+        let (status, _, body) = create(name, json!({"length": 1})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, _, body) = create("d", json!({"length": 1})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_endpoints");
+    // Creating an existing one again is still answered as before.
+    let (status, _, body) = create("a", json!({"length": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Every listing still reads back.
+    let (status, _, listed) = developer.get("/api/v1/endpoints").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed["endpoints"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn listings_come_in_pages_without_bulky_fields() {
+    let developer = Developer::start(&[]).await;
+    let labels: Vec<String> = (0..300).map(|i| format!("bucket-{i}")).collect();
+    for i in 0..7 {
+        let (plugin, params) = if i == 3 {
+            ("histogram", json!({"buckets": labels}))
+        } else {
+            ("sum", json!({"length": 1}))
+        };
+        let body = json!({"name": format!("e{i}"), "plugin": plugin, "params": params});
+        let (status, _, body) = developer.post("/api/v1/endpoints", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let mut names = Vec::new();
+    let mut path = "/api/v1/endpoints?limit=3".to_owned();
+    loop {
+        let (status, _, page) = developer.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let items = page["endpoints"].as_array().unwrap();
+        assert!(items.len() <= 3);
+        for item in items {
+            let name = item["name"].as_str().unwrap().to_owned();
+            // The bulky params are left out of the list, not of the endpoint.
+            assert_eq!(item.get("params").is_none(), name == "e3", "{item}");
+            names.push(name);
+        }
+        match page["next"].as_str() {
+            Some(next) => path = format!("/api/v1/endpoints?limit=3&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["e0", "e1", "e2", "e3", "e4", "e5", "e6"]);
+    let (_, _, one) = developer.get("/api/v1/endpoints/e3").await;
+    assert_eq!(one["params"]["buckets"], json!(labels));
+    for limit in ["0", "1001", "x"] {
+        let (status, _, body) = developer
+            .get(&format!("/api/v1/endpoints?limit={limit}"))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{limit}: {body}");
+    }
+    // Plugins too: a page of two, then the rest.
+    let (status, _, page) = developer.get("/api/v1/plugins?limit=2").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["plugins"].as_array().unwrap().len(), 2);
+    let next = page["next"].as_str().unwrap();
+    let (_, _, rest) = developer
+        .get(&format!("/api/v1/plugins?after={next}"))
+        .await;
+    assert!(!rest["plugins"].as_array().unwrap().is_empty());
+    assert!(rest["next"].is_null());
+}

@@ -9,7 +9,7 @@
 //! `https://guardian.test/roles` under the provider's own names, which the server's
 //! role source maps onto app roles.
 //!
-//! The provider must be installed (`npm ci --prefix tests/oidc`, which `.ci/run`
+//! The provider must be installed (`npm ci --prefix tests/oidc`, which `cargo xtask test`
 //! does). Without Node or the package the tests fail and say so: they never skip.
 //! Every wait has a deadline, and nothing waits by sleeping: the key-refetch cooldown
 //! is passed by moving an injected clock.
@@ -26,10 +26,9 @@ use std::time::Duration;
 use axum::http::request::Parts;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use guardian::auth::{Clock, JwtAuthenticator, SystemClock};
+use guardian::auth::{AuthFuture, Authenticator, Clock, JwtAuthenticator, SystemClock};
 use guardian::config::{Config, Environment, load};
 use guardian::server::Server;
-use guardian::server::auth::{AuthFuture, Authenticator};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -73,8 +72,8 @@ impl Provider {
         assert!(
             dir.join("node_modules/oidc-provider/package.json")
                 .is_file(),
-            "oidc-provider is not installed in {}: run `npm ci --prefix tests/oidc` \
-             (needs Node.js 20 or later). This test never skips.",
+            "oidc-provider is not installed in {}: `cargo xtask test` installs it \
+             (npm ci, needs Node.js 20 or later), then runs every test. This test never skips.",
             dir.display()
         );
         let stderr = std::fs::File::create(&log).unwrap();

@@ -175,10 +175,12 @@ async fn the_document_describes_every_route_the_server_serves() {
                     path.contains(&format!("{{{name}}}")),
                     "{method} {path}: {name}"
                 ),
-                // Only the peers' binary bodies of report ids carry their
-                // metadata in the query.
+                // The peers' binary bodies of report ids carry their metadata
+                // in the query; listings take their page there.
                 Some("query") => assert!(
-                    path.ends_with("/prepare") || path.ends_with("/recommit"),
+                    path.ends_with("/prepare")
+                        || path.ends_with("/recommit")
+                        || (method == "get" && ["limit", "after"].contains(&name)),
                     "{method} {path}: {name}"
                 ),
                 other => panic!("{method} {path}: {name} in {other:?}"),

@@ -85,6 +85,24 @@ async fn agreement_for(n: usize) {
     assert_eq!(count, 45);
     assert_eq!(client.unshard(&shares, count), plain_sum(&measurements));
 
+    // The batches come a page at a time, oldest first, on every server.
+    for index in 0..n {
+        let path = "/api/v1/endpoints/steps/batches";
+        let (_, first) = cluster.get(index, &format!("{path}?limit=1")).await;
+        assert_eq!(first["batches"][0]["batch_id"], batch_id, "{first}");
+        assert_eq!(first["next"], batch_id, "{first}");
+        let (_, rest) = cluster
+            .get(index, &format!("{path}?limit=1&after={batch_id}"))
+            .await;
+        assert_eq!(rest["batches"][0]["batch_id"], second["batch_id"], "{rest}");
+        assert!(rest["next"].is_null(), "{rest}");
+        let (status, error) = cluster
+            .get(index, &format!("{path}?after={}", "00".repeat(16)))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+        assert_eq!(error["error"]["code"], "unknown_batch");
+    }
+
     let metrics = cluster
         .http
         .get(format!("{}/metrics", cluster.base(0)))

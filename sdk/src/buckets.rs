@@ -60,6 +60,25 @@ pub fn labels(buckets: Buckets) -> Result<Vec<String>, Error> {
     Ok(labels)
 }
 
+/// What a measurement over `labels` looks like, in words (for
+/// [`crate::Plugin::expected_measurement`]): a label, or an index.
+pub fn expected(labels: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut shown: Vec<String> = labels
+        .iter()
+        .take(SHOWN)
+        .map(|l| format!("{l:?}"))
+        .collect();
+    if labels.len() > SHOWN {
+        shown.push("…".to_owned());
+    }
+    format!(
+        "a bucket label ({}) or a bucket index from 0 to {}",
+        shown.join(", "),
+        labels.len().saturating_sub(1)
+    )
+}
+
 /// The one-hot vector of a measurement over `labels`.
 pub fn one_hot(labels: &[String], m: Measurement) -> Result<Vec<u64>, Error> {
     let index = match m {
@@ -70,10 +89,12 @@ pub fn one_hot(labels: &[String], m: Measurement) -> Result<Vec<u64>, Error> {
                 labels.len()
             )));
         }
-        Measurement::Label(label) => labels
-            .iter()
-            .position(|b| *b == label)
-            .ok_or_else(|| Error::invalid_measurement(format!("unknown bucket {label:?}")))?,
+        Measurement::Label(label) => labels.iter().position(|b| *b == label).ok_or_else(|| {
+            Error::invalid_measurement(format!(
+                "unknown bucket {label:?}: expected {}",
+                expected(labels)
+            ))
+        })?,
     };
     let mut one_hot = vec![0u64; labels.len()];
     one_hot[index] = 1;

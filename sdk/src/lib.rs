@@ -176,6 +176,15 @@ pub trait Plugin: 'static {
     /// [`params`] decodes a `deny_unknown_fields` struct with such messages.
     fn configure(params: serde_json::Value) -> Result<Self::Config, Error>;
 
+    /// What a measurement of an endpoint with `config` looks like, in words
+    /// for people who write one (e.g. `a list of 3 integers`): a measurement
+    /// that does not decode is refused with `expected …, got …` in these
+    /// words. `None` (the default) says what was expected in JSON's terms.
+    fn expected_measurement(config: &Self::Config) -> Option<String> {
+        let _ = config;
+        None
+    }
+
     /// Splits a measurement into `servers` additive shares (client side).
     /// Any `servers - 1` of them must be uniformly random.
     fn shard(

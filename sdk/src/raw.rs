@@ -56,7 +56,7 @@ pub fn shard<P: Plugin>(
     }
     let config = decode_config::<P>(config)?;
     let measurement: P::Measurement = serde_json::from_str(measurement)
-        .map_err(|e| Error::invalid_measurement(format!("invalid measurement: {e}")))?;
+        .map_err(|e| undecodable_measurement(P::expected_measurement(&config), measurement, &e))?;
     let mut rng = Rng::from_seed_bytes(seed)?;
     let shares = P::shard(&config, measurement, servers, &mut rng)?;
     if shares.len() != servers as usize {
@@ -66,6 +66,51 @@ pub fn shard<P: Plugin>(
         )));
     }
     Ok(shares.iter().map(Codec::encode).collect())
+}
+
+/// Longest part of a refused measurement quoted back.
+const QUOTED: usize = 60;
+
+/// The error for a measurement that does not decode: what was expected, in the
+/// plugin's words when it gives them (else in JSON's), and what came.
+fn undecodable_measurement(
+    expected: Option<String>,
+    measurement: &str,
+    error: &serde_json::Error,
+) -> Error {
+    let got: String = measurement.trim().chars().take(QUOTED).collect();
+    let got = if got.len() < measurement.trim().len() {
+        format!("{got}…")
+    } else {
+        got
+    };
+    if error.is_syntax() || error.is_eof() {
+        return Error::invalid_measurement(format!("not JSON ({error}): {got}"));
+    }
+    let expected = expected.unwrap_or_else(|| json_words(&error.to_string()));
+    Error::invalid_measurement(format!("expected {expected}, got {got}"))
+}
+
+/// What serde expected, said without Rust's type names (`u64` is "a
+/// non-negative integer", an untagged enum "another kind of value").
+fn json_words(message: &str) -> String {
+    let expected = message
+        .split(", expected ")
+        .nth(1)
+        .map(|rest| rest.split(" at line ").next().unwrap_or(rest))
+        .unwrap_or("another kind of value");
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a non-negative integer".to_owned(),
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer".to_owned(),
+        "f32" | "f64" => "a number".to_owned(),
+        "a boolean" | "bool" => "true or false".to_owned(),
+        "a sequence" => "a list".to_owned(),
+        "a map" => "an object".to_owned(),
+        other if other.starts_with("struct ") || other.starts_with("enum ") => {
+            "another kind of value".to_owned()
+        }
+        other => other.to_owned(),
+    }
 }
 
 /// `validate`.
@@ -178,4 +223,41 @@ fn decode_config<P: Plugin>(bytes: &[u8]) -> Result<Rc<P::Config>, Error> {
     );
     LAST_CONFIG.set(Some((TypeId::of::<P>(), bytes.to_vec(), config.clone())));
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_words;
+
+    #[test]
+    fn serde_expectations_are_said_in_json_terms() {
+        for (message, words) in [
+            (
+                "invalid type: string \"x\", expected u64 at line 1 column 3",
+                "a non-negative integer",
+            ),
+            (
+                "invalid type: string \"x\", expected i32 at line 1 column 3",
+                "an integer",
+            ),
+            (
+                "invalid type: map, expected a sequence at line 1 column 1",
+                "a list",
+            ),
+            (
+                "invalid type: integer `1`, expected a boolean at line 1 column 1",
+                "true or false",
+            ),
+            (
+                "invalid type: integer `1`, expected struct Point at line 1 column 1",
+                "another kind of value",
+            ),
+            (
+                "data did not match any variant of untagged enum Measurement",
+                "another kind of value",
+            ),
+        ] {
+            assert_eq!(json_words(message), words, "{message}");
+        }
+    }
 }

@@ -103,6 +103,18 @@ pub fn bounded_measurement_to_ring(
     Ok(values.into_iter().map(Value::to_ring).collect())
 }
 
+/// What a measurement of `length` integers looks like, in words (for
+/// [`crate::Plugin::expected_measurement`]); with `bound`, each between
+/// `-bound` and `bound`.
+pub fn expected(length: u32, bound: Option<u64>) -> String {
+    let range = bound.map_or_else(String::new, |b| format!(" between -{b} and {b}"));
+    if length == 1 {
+        format!("an integer{range} (or a list of one)")
+    } else {
+        format!("a list of {length} integers{range}")
+    }
+}
+
 /// The measurement's values, checked to number `length`.
 fn values(m: Measurement, length: u32) -> Result<Vec<Value>, Error> {
     let values = match m {

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-use crate::server::auth::Principal;
+use super::authenticator::Principal;
 
 /// Default bound of the token cache.
 pub const TOKEN_CACHE_CAPACITY: usize = 10_000;

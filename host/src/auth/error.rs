@@ -1,9 +1,7 @@
 //! Why a request's credentials were refused, each reason with a stable code.
-
-use axum::http::StatusCode;
-
-use crate::server::ApiError;
-use crate::server::auth::unauthorized;
+//!
+//! A refusal is a value, not an HTTP answer: `server::auth` turns it into one (401
+//! with `WWW-Authenticate`, or 503 when [`TokenError::is_unavailable`]).
 
 /// Longest piece of client input (a `kid`) repeated in a message.
 const ECHO_LIMIT: usize = 64;
@@ -73,9 +71,24 @@ pub enum TokenError {
     /// A required claim (`exp`, `sub`) is missing, or a time claim is not a number.
     #[error("the token's {0} claim is missing or not of the right type")]
     InvalidClaim(&'static str),
+    /// The claims name a key twice (the path to it, shortened). Parsers disagree on
+    /// which one counts (the last, the first, an error), so `{"roles": ["user"],
+    /// "roles": ["admin"]}` could grant one role here and another elsewhere.
+    #[error("the token's claims name {0} more than once; each key may appear only once")]
+    DuplicateClaim(String),
     /// No key could be loaded from the issuer yet (answered 503, not 401).
     #[error("this server cannot reach its token issuer's keys right now; retry later")]
     KeysUnavailable,
+    /// The server has no key source at all (`auth` configures none): every token is
+    /// refused.
+    #[error("this server has no token verification keys configured")]
+    NoKeySource,
+    /// The peer transport credential (`auth.peer_token`) presented is not this
+    /// deployment's.
+    #[error(
+        "the peer credential is not this deployment's (auth.peer_token must be the same on every server)"
+    )]
+    BadPeerCredential,
 }
 
 impl TokenError {
@@ -95,8 +108,18 @@ impl TokenError {
             TokenError::WrongIssuer { .. } => "wrong_issuer",
             TokenError::WrongAudience { .. } => "wrong_audience",
             TokenError::InvalidClaim(_) => "invalid_claim",
+            TokenError::DuplicateClaim(_) => "duplicate_claim",
             TokenError::KeysUnavailable => "keys_unavailable",
+            TokenError::NoKeySource => "no_key_source",
+            TokenError::BadPeerCredential => "bad_peer_credential",
         }
+    }
+
+    /// Whether the refusal is not the client's fault and retrying later may work
+    /// (the issuer's keys cannot be fetched now); every other refusal is final for
+    /// these credentials.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, TokenError::KeysUnavailable)
     }
 
     /// An unknown `kid` (shown shortened, as the client's own input).
@@ -105,20 +128,6 @@ impl TokenError {
             "the token names a key (kid {:?}) that the issuer does not publish",
             echo(kid)
         ))
-    }
-}
-
-impl From<TokenError> for ApiError {
-    fn from(error: TokenError) -> Self {
-        match error {
-            // Not the client's fault: retrying later may work.
-            TokenError::KeysUnavailable => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                error.code(),
-                error.to_string(),
-            ),
-            _ => unauthorized(error.code(), error.to_string()),
-        }
     }
 }
 

@@ -8,12 +8,14 @@
 //!    expired is answered from there;
 //! 3. three base64url parts, the header parses and its `alg` is in the allow-list (never `none` nor `HS*`,
 //!    whatever their casing);
-//! 4. the key its `kid` names exists (one refetch within the cooldown) and is of the
+//! 4. the claims name no key twice, at any depth ([`super::claims`]): a token
+//!    holding `roles` twice is refused, not read as whichever one a parser keeps;
+//! 5. the key its `kid` names exists (one refetch within the cooldown) and is of the
 //!    type `alg` needs;
-//! 5. `jsonwebtoken` checks the signature, then `exp` and `nbf` (with leeway), `iss`
+//! 6. `jsonwebtoken` checks the signature, then `exp` and `nbf` (with leeway), `iss`
 //!    and `aud`; `exp`, `iss`, `aud` and `sub` are required, and `iss` must also be
 //!    one string equal to the configured issuer (not a list that contains it);
-//! 6. roles come from the claims through `auth.role_sources`.
+//! 7. roles come from the claims through `auth.role_sources`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,17 +28,19 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Validation;
 use jsonwebtoken::errors::ErrorKind;
-use serde_json::{Map, Value};
+use serde::de::IgnoredAny;
+use serde_json::Value;
 
+use super::authenticator::{AuthFuture, Authenticator, Principal};
 use super::cache::{TokenCache, token_hash};
+use super::claims;
 use super::dev_issuer::{DEV_AUDIENCE, DEV_ISSUER, DevIssuer};
 use super::error::{TokenError, echo};
 use super::keys::{Keys, KeysOptions, Source};
 use super::roles::roles_from_claims;
 use super::{Clock, SystemClock};
 use crate::config::{Algorithm, AuthConfig, KeySource, RoleSource};
-use crate::server::ApiError;
-use crate::server::auth::{AuthFuture, Authenticator, Principal};
+use crate::tls::ExtraRoots;
 
 /// Verifies JWT access tokens against the configured issuer; see the module
 /// documentation for the checks.
@@ -107,11 +111,17 @@ impl JwtAuthenticator {
         };
         audiences.sort();
         audiences.dedup();
+        let ca_file = config.ca_file.clone();
+        let roots =
+            tokio::task::spawn_blocking(move || ExtraRoots::from_config(ca_file.as_deref()))
+                .await
+                .context("reading auth.ca_file")??;
         let keys = Keys::new(
             Source::from(source),
             KeysOptions {
                 ttl: config.jwks_ttl(),
                 cooldown: config.jwks_refetch_cooldown(),
+                roots,
             },
             clock.clone(),
         )?;
@@ -173,12 +183,21 @@ impl JwtAuthenticator {
             .find(|(alg, _)| jwt_alg(*alg) == header.alg)
             // Debug names are the `alg` names (`HS256`, `EdDSA`).
             .ok_or_else(|| self.not_allowed(&format!("{:?}", header.alg)))?;
+        // A key named twice is refused at once, before any key lookup or fetch.
+        // Claims that are not a JSON object at all are refused as before, after the
+        // signature: `jsonwebtoken` finds that first.
+        let claims = claims::parse(token);
+        if let Err(duplicate @ TokenError::DuplicateClaim(_)) = claims {
+            return Err(duplicate);
+        }
         let key = self.keys.find(header.kid.as_deref(), *alg).await?;
 
         self.signature_checks.fetch_add(1, Ordering::Relaxed);
-        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
-            .map_err(|error| self.refusal(error))?
-            .claims;
+        // The signature and registered claims of the same payload `claims` was parsed
+        // from; its own copy of the claims is not needed.
+        jsonwebtoken::decode::<IgnoredAny>(token, &key.key, validation)
+            .map_err(|error| self.refusal(error))?;
+        let claims = claims?;
 
         // jsonwebtoken also accepts an `iss` list that merely contains the issuer.
         if claims.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str()) {
@@ -308,9 +327,8 @@ impl Authenticator for JwtAuthenticator {
                 Ok(token) => self.verify(token).await,
                 Err(error) => Err(error),
             };
-            result.map_err(|error| {
+            result.inspect_err(|error| {
                 tracing::debug!(code = error.code(), "credentials refused: {error}");
-                ApiError::from(error)
             })
         })
     }

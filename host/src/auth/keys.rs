@@ -32,6 +32,7 @@ use serde_json::Value;
 use super::Clock;
 use super::error::TokenError;
 use crate::config::{Algorithm, KeySource};
+use crate::tls::{self, ExtraRoots};
 
 /// Largest JWKS, discovery document or key file read (real ones are a few KiB).
 pub const MAX_DOCUMENT_BYTES: usize = 256 << 10;
@@ -65,7 +66,8 @@ pub enum KeysError {
         /// What went wrong.
         message: String,
     },
-    /// The HTTP client could not be built (TLS setup).
+    /// The HTTP client could not be built (TLS setup, e.g. a system CA store that
+    /// holds no usable certificate).
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
     /// A document was larger than [`MAX_DOCUMENT_BYTES`].
@@ -436,6 +438,9 @@ pub struct KeysOptions {
     pub ttl: Duration,
     /// Least time between two loads on demand (stale set or unknown `kid`).
     pub cooldown: Duration,
+    /// Certificate authorities trusted besides the built-in and system ones
+    /// (`auth.ca_file`), for an issuer behind a private CA.
+    pub roots: ExtraRoots,
 }
 
 /// The issuer's keys, loaded on demand; see the module documentation.
@@ -478,7 +483,7 @@ impl Keys {
         options: KeysOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Keys, KeysError> {
-        let client = reqwest::Client::builder()
+        let client = tls::client_builder(&options.roots)
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .redirect(reqwest::redirect::Policy::custom(|attempt| {
@@ -494,7 +499,7 @@ impl Keys {
             }))
             .user_agent(concat!("guardian/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| KeysError::Client(e.to_string()))?;
+            .map_err(|e| KeysError::Client(tls::error_chain(&e)))?;
         Ok(Keys {
             source,
             options,

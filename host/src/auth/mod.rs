@@ -1,8 +1,12 @@
 //! Token verification: who is calling, from a JWT access token or a peer credential.
 //!
-//! This module owns everything behind the [`Authenticator`] hook of
-//! `server::auth`; no handler knows about tokens.
+//! This module owns the [`Authenticator`] hook the server's role extractor
+//! (`server::auth`) calls and everything behind it; no handler knows about tokens,
+//! and nothing here knows about HTTP answers: refusals are [`TokenError`]s, which
+//! the server maps to 401/503.
 //!
+//! - [`authenticator`]: [`Authenticator`], [`Principal`], and the two trivial
+//!   authenticators [`Disabled`] (`auth.disabled`) and [`NoKeys`] (no key source).
 //! - [`jwt`]: [`JwtAuthenticator`] reads `Authorization: Bearer …`, checks the token with
 //!   `jsonwebtoken` (signature, exact `iss`, `aud`, `exp`/`nbf` with leeway, algorithm
 //!   allow-list, key type matching the algorithm) and maps its claims to roles.
@@ -11,6 +15,7 @@
 //!   and under a cooldown, when a token names an unknown `kid`.
 //! - [`cache`]: [`TokenCache`], verified tokens by SHA-256, so a reused token skips
 //!   the signature check; never used past the token's `exp`.
+//! - [`claims`]: the token's claims as JSON, refusing a key named twice at any depth.
 //! - [`roles`]: claims → app roles ([`roles_from_claims`]).
 //! - [`dev_issuer`]: [`DevIssuer`], the local key pair behind `auth.dev_issuer`.
 //! - [`peer`]: [`PeerAuth`], the optional shared transport secret of the `/peer/v1/…`
@@ -24,7 +29,9 @@
 
 #![warn(missing_docs)]
 
+pub mod authenticator;
 pub mod cache;
+mod claims;
 pub mod crypto;
 pub mod dev_issuer;
 mod error;
@@ -38,6 +45,7 @@ mod tests;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use self::authenticator::{AuthFuture, Authenticator, Disabled, NoKeys, Principal};
 pub use self::cache::TokenCache;
 pub use self::dev_issuer::{DEV_AUDIENCE, DEV_ISSUER, DevIssuer, DevIssuerError};
 pub use self::error::TokenError;
@@ -47,7 +55,6 @@ pub use self::keys::{Keys, KeysError};
 pub use self::peer::PeerAuth;
 pub use self::roles::roles_from_claims;
 use crate::config::AuthConfig;
-use crate::server::auth::{Authenticator, Disabled, NoKeys};
 
 /// The authenticator `config` asks for: [`Disabled`] when `auth.disabled`, [`NoKeys`]
 /// (refuses every token) when there is no key source, a [`JwtAuthenticator`] otherwise.
@@ -58,7 +65,8 @@ use crate::server::auth::{Authenticator, Disabled, NoKeys};
 ///
 /// # Errors
 /// The development issuer cannot be created or loaded, the key file cannot be read or
-/// holds no usable key, or the HTTP client cannot be built.
+/// holds no usable key, `auth.ca_file` cannot be read or holds no certificate, or the
+/// HTTP client cannot be built.
 pub async fn authenticator_from_config(
     config: &AuthConfig,
 ) -> anyhow::Result<Box<dyn Authenticator>> {

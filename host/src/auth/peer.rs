@@ -18,10 +18,9 @@ use anyhow::Context as _;
 use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 
+use super::error::TokenError;
 use super::jwt::bearer_token;
 use crate::config::AuthConfig;
-use crate::server::ApiError;
-use crate::server::auth::unauthorized;
 
 /// Longest peer credential read from a request.
 const MAX_PEER_TOKEN_BYTES: usize = 4096;
@@ -65,25 +64,20 @@ impl PeerAuth {
         self.expected.is_some()
     }
 
-    /// `Ok` when no credential is configured or the request carries it; a 401
+    /// `Ok` when no credential is configured or the request carries it; why not
     /// otherwise.
     ///
     /// # Errors
     /// `missing_token`, `invalid_authorization`, `token_too_large`,
     /// `bad_peer_credential`.
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), TokenError> {
         let Some(expected) = &self.expected else {
             return Ok(());
         };
-        let presented = bearer_token(headers, MAX_PEER_TOKEN_BYTES).map_err(ApiError::from)?;
+        let presented = bearer_token(headers, MAX_PEER_TOKEN_BYTES)?;
         let digest = Sha256::digest(presented.as_bytes());
-        match aws_lc_rs::constant_time::verify_slices_are_equal(&digest, expected) {
-            Ok(()) => Ok(()),
-            Err(_) => Err(unauthorized(
-                "bad_peer_credential",
-                "the peer credential is not this deployment's (auth.peer_token must be the same on every server)",
-            )),
-        }
+        aws_lc_rs::constant_time::verify_slices_are_equal(&digest, expected)
+            .map_err(|_| TokenError::BadPeerCredential)
     }
 }
 

@@ -29,7 +29,6 @@ use tempfile::TempDir;
 use super::keys::{KeySet, Keys, KeysError, KeysOptions, Source};
 use super::*;
 use crate::config::{AuthConfig, ClaimFormat, Role, RoleSource, Secret};
-use crate::server::auth::{Authenticator, Principal};
 
 // ------------------------------------------------------------------ helpers
 
@@ -418,16 +417,10 @@ async fn the_authenticator_answers_through_the_hook() {
         );
     }
 
+    // How these become 401 answers (status, `WWW-Authenticate`) is tested with
+    // the mapping, in `server::auth`.
     let error = f.auth.authenticate(&parts(&[])).await.unwrap_err();
-    assert_eq!(
-        (error.status, error.code),
-        (StatusCode::UNAUTHORIZED, "missing_token")
-    );
-    // RFC 6750 section 3.1: no credentials, no error code.
-    assert_eq!(
-        error.www_authenticate.as_deref(),
-        Some("Bearer realm=\"guardian\"")
-    );
+    assert_eq!(error, TokenError::MissingToken);
 
     for bad in [
         format!("Basic {token}"),
@@ -437,7 +430,7 @@ async fn the_authenticator_answers_through_the_hook() {
         token.clone(),
     ] {
         let error = f.auth.authenticate(&parts(&[&bad])).await.unwrap_err();
-        assert_eq!(error.code, "invalid_authorization", "{bad}");
+        assert_eq!(error.code(), "invalid_authorization", "{bad}");
     }
     let twice = format!("Bearer {token}");
     let error = f
@@ -445,7 +438,7 @@ async fn the_authenticator_answers_through_the_hook() {
         .authenticate(&parts(&[&twice, &twice]))
         .await
         .unwrap_err();
-    assert_eq!(error.code, "invalid_authorization");
+    assert_eq!(error.code(), "invalid_authorization");
 
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -455,11 +448,11 @@ async fn the_authenticator_answers_through_the_hook() {
     let mut request = parts(&[]);
     request.headers = headers;
     let error = f.auth.authenticate(&request).await.unwrap_err();
-    assert_eq!(error.code, "invalid_authorization");
+    assert_eq!(error.code(), "invalid_authorization");
 
     let huge = format!("Bearer {}", "a".repeat(100_000));
     let error = f.auth.authenticate(&parts(&[&huge])).await.unwrap_err();
-    assert_eq!(error.code, "token_too_large");
+    assert_eq!(error.code(), "token_too_large");
     assert_eq!(f.auth.signature_checks(), 1, "one token, checked once");
 }
 
@@ -1042,6 +1035,86 @@ async fn a_token_without_roles_authenticates_with_none() {
     );
 }
 
+// ------------------------------------------------------------------ duplicate claims
+
+/// A token signed by `key` over exactly these claim bytes: JSON that a `Value`
+/// cannot hold, such as a key given twice.
+fn sign_raw_claims(key: &TestKey, claims: &str) -> String {
+    let header = serde_json::to_vec(&header(key.alg, Some(key.kid))).unwrap();
+    let message = format!("{}.{}", b64(&header), b64(claims.as_bytes()));
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key.encoding, key.alg).unwrap();
+    format!("{message}.{signature}")
+}
+
+/// The claims of a valid token without roles, with the raw `members` put first.
+fn claims_with(members: &str) -> String {
+    let base = claims(json!({"roles": null})).to_string();
+    format!("{{{members},{}", &base[1..])
+}
+
+#[tokio::test]
+async fn a_key_given_twice_anywhere_in_the_claims_is_refused() {
+    let f = standard_fixture().await;
+    let k = &*KEYS;
+    // Signed the same way, one `roles` is read as usual.
+    let token = sign_raw_claims(&k.rsa, &claims_with(r#""roles":["admin"]"#));
+    assert_eq!(f.auth.verify(&token).await.unwrap().roles, Role::ALL);
+    // The same key in different objects is not a duplicate.
+    let token = sign_raw_claims(
+        &k.ec,
+        &claims_with(r#""a":{"x":1},"b":{"x":2},"c":[{"x":1},{"x":2}]"#),
+    );
+    assert!(f.auth.verify(&token).await.is_ok());
+    let checked = f.auth.signature_checks();
+
+    for (members, path) in [
+        // serde_json keeps the last one: this was an admin token.
+        (r#""roles":["user"],"roles":["admin"]"#, "roles"),
+        (r#""roles":["admin"],"roles":["user"]"#, "roles"),
+        // Escapes spell the same key.
+        (r#""roles":["user"],"roles":["admin"]"#, "roles"),
+        // Registered claims too (the base claims hold these already).
+        (r#""sub":"mallory""#, "sub"),
+        (r#""iss":"https://evil.example/""#, "iss"),
+        (r#""exp":99999999999"#, "exp"),
+        (r#""aud":"guardian-api""#, "aud"),
+        // At any depth, in objects and in arrays.
+        (
+            r#""realm_access":{"roles":["user"],"roles":["admin"]}"#,
+            "realm_access.roles",
+        ),
+        (
+            r#""https://guardian.test/roles":{"a":{"b":[1,{"c":0,"c":1}]}}"#,
+            "https://guardian.test/roles.a.b[1].c",
+        ),
+        (r#""groups":[[],[{"x":1,"x":1}]]"#, "groups[1][0].x"),
+    ] {
+        for key in [&k.rsa, &k.ec, &k.ed] {
+            let token = sign_raw_claims(key, &claims_with(members));
+            let error = f.auth.verify(&token).await.unwrap_err();
+            assert_eq!(
+                error,
+                TokenError::DuplicateClaim(format!("{path:?}")),
+                "{members}"
+            );
+            assert_eq!(error.code(), "duplicate_claim");
+            assert!(error.to_string().contains(path), "{error}");
+        }
+    }
+    // Refused before any signature check (and any key fetch).
+    assert_eq!(f.auth.signature_checks(), checked);
+
+    // Not JSON objects at all stay malformed tokens.
+    for claims in ["[]", "1", r#"{"a":1} x"#, r#"{"a":1"#] {
+        let token = sign_raw_claims(&k.rsa, claims);
+        assert_eq!(
+            code_of(&f.auth, &token).await,
+            "malformed_token",
+            "{claims}"
+        );
+    }
+}
+
 // ------------------------------------------------------------------ token cache
 
 #[tokio::test]
@@ -1126,6 +1199,7 @@ async fn keys_from_a_jwks_url_and_from_discovery() {
         KeysOptions {
             ttl: TTL,
             cooldown: COOLDOWN,
+            roots: crate::tls::ExtraRoots::default(),
         },
         f.clock.clone(),
     )
@@ -1299,8 +1373,8 @@ async fn an_issuer_down_at_start_answers_503_until_it_is_back() {
         .await
         .unwrap_err();
     assert_eq!(
-        (error.status, error.code),
-        (StatusCode::SERVICE_UNAVAILABLE, "keys_unavailable")
+        (error.is_unavailable(), error.code()),
+        (true, "keys_unavailable")
     );
     provider.failing.store(false, Ordering::SeqCst);
     clock.advance(Duration::from_secs(config.jwks_refetch_cooldown_secs));
@@ -1315,6 +1389,7 @@ async fn oversized_documents_are_refused() {
         KeysOptions {
             ttl: TTL,
             cooldown: COOLDOWN,
+            roots: crate::tls::ExtraRoots::default(),
         },
         f.clock.clone(),
     )
@@ -1421,7 +1496,7 @@ async fn the_constructor_follows_the_configuration() {
         .authenticate(&request)
         .await
         .unwrap_err();
-    assert_eq!(error.code, "no_key_source");
+    assert_eq!(error.code(), "no_key_source");
 }
 
 // ------------------------------------------------------------------ dev issuer
@@ -1485,7 +1560,7 @@ async fn the_development_issuer_mints_tokens_its_servers_accept() {
         .authenticate(&parts(&[&format!("Bearer {token}")]))
         .await
         .unwrap_err();
-    assert_eq!(error.code, "bad_signature");
+    assert_eq!(error.code(), "bad_signature");
 }
 
 #[tokio::test]
@@ -1539,14 +1614,13 @@ async fn the_peer_credential_and_user_tokens_are_not_interchangeable() {
     for (value, code) in cases {
         let error = peer.check(&headers(&value)).unwrap_err();
         assert_eq!(
-            (error.status, error.code),
-            (StatusCode::UNAUTHORIZED, code),
+            (error.is_unavailable(), error.code()),
+            (false, code),
             "{value}"
         );
-        assert!(error.www_authenticate.is_some());
     }
     assert_eq!(
-        peer.check(&parts(&[]).headers).unwrap_err().code,
+        peer.check(&parts(&[]).headers).unwrap_err().code(),
         "missing_token"
     );
     // Unconfigured, the transport credential is not asked for: the signature is.
@@ -1560,7 +1634,7 @@ async fn the_peer_credential_and_user_tokens_are_not_interchangeable() {
         .authenticate(&parts(&[&format!("Bearer {secret}")]))
         .await
         .unwrap_err();
-    assert_eq!(error.code, "malformed_token");
+    assert_eq!(error.code(), "malformed_token");
     assert_eq!(f.auth.signature_checks(), 0);
 }
 

@@ -14,7 +14,7 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use super::endpoint::{EndpointInfo, short};
-use super::http::{Answer, Cluster, ServerError};
+use super::http::{Answer, Cluster, Paged, ServerError};
 use super::table;
 
 /// What one server did with an upload or a creation.
@@ -274,16 +274,41 @@ pub struct Listing {
     pub warnings: Vec<String>,
 }
 
+/// `GET /api/v1/plugins`, every page.
 #[derive(Deserialize)]
 struct Plugins {
     plugins: Vec<PluginView>,
+    #[serde(default)]
+    next: Option<String>,
 }
 
-/// `GET /api/v1/endpoints`.
+/// `GET /api/v1/endpoints`, every page.
 #[derive(Deserialize)]
 pub(crate) struct Endpoints {
     /// Every endpoint of the server.
     pub endpoints: Vec<EndpointInfo>,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+impl Paged for Plugins {
+    fn next(&self) -> Option<String> {
+        self.next.clone()
+    }
+
+    fn append(&mut self, page: Self) {
+        self.plugins.extend(page.plugins);
+    }
+}
+
+impl Paged for Endpoints {
+    fn next(&self) -> Option<String> {
+        self.next.clone()
+    }
+
+    fn append(&mut self, page: Self) {
+        self.endpoints.extend(page.endpoints);
+    }
 }
 
 /// Which servers hold an entry: `all`, or their indexes.
@@ -299,14 +324,14 @@ fn presence(held: &[usize], servers: usize) -> String {
 }
 
 /// Fetches `segments` from every server: the answers and the failures.
-pub(crate) async fn from_every_server<T: serde::de::DeserializeOwned>(
+pub(crate) async fn from_every_server<T: serde::de::DeserializeOwned + Paged>(
     cluster: &Cluster,
     segments: &[&str],
 ) -> (Vec<(usize, T)>, Vec<ServerError>) {
     let mut answers = Vec::new();
     let mut warnings = Vec::new();
     for index in 0..cluster.len() {
-        match cluster.get_json(index, segments).await {
+        match cluster.get_pages(index, segments).await {
             Ok(answer) => answers.push((index, answer)),
             Err(e) => warnings.push(e),
         }
@@ -480,12 +505,14 @@ mod tests {
                 0,
                 Endpoints {
                     endpoints: vec![endpoint("a", "h1", 5), endpoint("b", "h2", 1)],
+                    next: None,
                 },
             ),
             (
                 1,
                 Endpoints {
                     endpoints: vec![endpoint("a", "h1", 4)],
+                    next: None,
                 },
             ),
         ];
@@ -506,12 +533,14 @@ mod tests {
                 0,
                 Endpoints {
                     endpoints: vec![endpoint("a", "h1", 0)],
+                    next: None,
                 },
             ),
             (
                 1,
                 Endpoints {
                     endpoints: vec![endpoint("a", "h2", 0)],
+                    next: None,
                 },
             ),
         ];
@@ -536,12 +565,14 @@ mod tests {
                 0,
                 Plugins {
                     plugins: vec![plugin("sum", "d1", true), plugin("mine", "d2", false)],
+                    next: None,
                 },
             ),
             (
                 1,
                 Plugins {
                     plugins: vec![plugin("sum", "d1", true)],
+                    next: None,
                 },
             ),
         ];

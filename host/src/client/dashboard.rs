@@ -16,15 +16,23 @@
 //! /api/endpoints/{name}/seal` seals a batch on server 0. Failures are JSON
 //! `{"error": {"code", "message", …}}` whose message is the sentence the CLI
 //! would print, so the page can show it in place of a chart.
+//!
+//! Since this process acts with the scientist's token, [`guard`] refuses
+//! every request not addressed to it by name (DNS rebinding) and every change
+//! that does not come from its own page (CSRF): see there.
+
+mod guard;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
@@ -34,8 +42,13 @@ use super::admin::{self, Endpoints};
 use super::collect::{self, Collected};
 use super::endpoint::{self, LocalEndpoint};
 use super::http::{Cluster, ServerError};
+use guard::Guard;
+
+pub use guard::TOKEN_HEADER;
 
 const PAGE: &str = include_str!("../../assets/dashboard.html");
+/// What the page holds in place of its token (a `<meta>` its script reads).
+const TOKEN_SLOT: &str = "{{dashboard_token}}";
 const SCRIPT: &str = include_str!("../../assets/dashboard.js");
 const STYLE: &str = include_str!("../../assets/dashboard.css");
 /// Chart.js 4.5.1, vendored unmodified (see `host/assets/README.md`).
@@ -43,6 +56,8 @@ const CHART_JS: &str = include_str!("../../assets/chart.umd.min.js");
 
 /// What the handlers share.
 struct Dashboard {
+    /// The page, with this process's token in it.
+    page: String,
     /// The share servers, in index order, with the scientist's token.
     cluster: Cluster,
     /// Endpoints whose plugin is loaded here, by name. Compiling a plugin takes
@@ -59,23 +74,25 @@ pub async fn run(
     cluster: Cluster,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(cluster))
+    let listen = listener.local_addr()?;
+    axum::serve(listener, router(cluster, listen))
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
 }
 
-/// The dashboard's routes, for `cluster`.
-pub fn router(cluster: Cluster) -> Router {
+/// The dashboard's routes, for `cluster`, when it listens on `listen` (which
+/// the `Host` of every request must name: see [`guard`]). Each call draws a new
+/// page token.
+pub fn router(cluster: Cluster, listen: SocketAddr) -> Router {
+    let guard = Arc::new(Guard::new(listen, hex::encode(rand::random::<[u8; 32]>())));
     let state = Arc::new(Dashboard {
+        page: PAGE.replace(TOKEN_SLOT, guard.token()),
         cluster,
         opened: tokio::sync::Mutex::new(HashMap::new()),
     });
     Router::new()
-        .route(
-            "/",
-            get(|| async { asset("text/html; charset=utf-8", PAGE) }),
-        )
+        .route("/", get(page))
         .route(
             "/assets/dashboard.js",
             get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
@@ -91,7 +108,49 @@ pub fn router(cluster: Cluster) -> Router {
         .route("/api/endpoints", get(overview))
         .route("/api/endpoints/{name}/total", get(total))
         .route("/api/endpoints/{name}/seal", post(seal))
+        .fallback(not_found)
         .with_state(state)
+        .layer(middleware::from_fn_with_state(guard, admit))
+}
+
+/// Answers only what [`Guard::admit`] lets through, and tells the browser
+/// never to show any answer inside another site's frame (where a click on
+/// "Seal a batch now" could be stolen).
+async fn admit(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    let mut response = match guard.admit(request.method(), request.uri(), request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(problem) => problem.into_response(),
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+async fn not_found() -> Problem {
+    Problem::refused(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "The dashboard has no such page or route.".to_owned(),
+    )
+}
+
+async fn page(State(state): State<Arc<Dashboard>>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        state.page.clone(),
+    )
+        .into_response()
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -313,7 +372,8 @@ fn flatten(label: &str, value: &Value, items: &mut Vec<(String, Value)>) {
 #[derive(Debug, Serialize)]
 struct Problem {
     /// `unreachable`, the server's code (`batch_too_small`, `invalid_token`, …),
-    /// or `error` for a failure of this process.
+    /// `error` for a failure of this process, or this process's refusal of a
+    /// request (`bad_host`, `cross_origin`, …: see [`guard`]).
     code: String,
     /// For people.
     message: String,
@@ -331,6 +391,18 @@ struct Problem {
 }
 
 impl Problem {
+    /// A refusal by this process itself, not relayed from a server.
+    fn refused(status: StatusCode, code: &str, message: String) -> Problem {
+        Problem {
+            code: code.to_owned(),
+            message,
+            server: None,
+            agreed: None,
+            needed: None,
+            status,
+        }
+    }
+
     fn from_server(error: &ServerError) -> Problem {
         Problem {
             code: error.code().to_owned(),

@@ -29,7 +29,9 @@ pub struct EndpointInfo {
     /// server does not say (one older than approvals), which counts as no.
     #[serde(default)]
     pub approved: Option<bool>,
-    /// The parameters the endpoint was created with.
+    /// The parameters the endpoint was created with (null in a listing when
+    /// they are bulky: fetch the endpoint for them).
+    #[serde(default)]
     pub params: Value,
     /// Fewest reports in a batch.
     pub min_batch: u64,

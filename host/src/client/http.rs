@@ -101,7 +101,9 @@ impl Cluster {
         retry: RetryPolicy,
     ) -> anyhow::Result<Self> {
         let servers = parse_servers(urls)?;
-        let http = reqwest::Client::builder()
+        // Servers over https: the built-in roots and the system's store, or
+        // `SSL_CERT_FILE` for a private CA (crate::tls).
+        let http = crate::tls::client_builder(&crate::tls::ExtraRoots::default())
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("guardian/", env!("CARGO_PKG_VERSION")))
@@ -162,6 +164,26 @@ impl Cluster {
         }
     }
 
+    /// GET every page of a paged listing (`?after=` the previous page's `next`)
+    /// and join them, retrying transient failures.
+    pub(crate) async fn get_pages<T: DeserializeOwned + Paged>(
+        &self,
+        index: usize,
+        segments: &[&str],
+    ) -> Result<T, ServerError> {
+        let mut all: T = self.get_json(index, segments).await?;
+        let mut after = all.next();
+        while let Some(cursor) = after.take() {
+            let mut request = self.request(index, Method::GET, segments);
+            request.url.query_pairs_mut().append_pair("after", &cursor);
+            let page: T = request.send().await?.json()?;
+            // Cursors only go forward: a server that repeats one is not followed.
+            after = page.next().filter(|next| *next > cursor);
+            all.append(page);
+        }
+        Ok(all)
+    }
+
     /// GET a JSON document, retrying transient failures.
     pub(crate) async fn get_json<T: DeserializeOwned>(
         &self,
@@ -173,6 +195,14 @@ impl Cluster {
             .await?
             .json()
     }
+}
+
+/// A page of a listing: where the next one starts, and how to join them.
+pub(crate) trait Paged {
+    /// The cursor of the next page; `None` after the last.
+    fn next(&self) -> Option<String>;
+    /// Adds the items of a later page.
+    fn append(&mut self, page: Self);
 }
 
 fn parse_servers(urls: &[String]) -> anyhow::Result<Vec<Url>> {

@@ -13,8 +13,11 @@
 //! - [`dashboard`]: `guardian dashboard`, a local web page that charts what
 //!   [`collect`] combines.
 //!
+//! - [`terminal`]: what is printed of the servers' words never drives the
+//!   terminal.
+//!
 //! Functions return values with a `render` for people; printing is left to
-//! `main`, so output formats are unit-tested here.
+//! `main` (through [`terminal::clean`]), so output formats are unit-tested here.
 
 pub mod admin;
 pub mod collect;
@@ -23,6 +26,7 @@ mod endpoint;
 mod http;
 pub mod submit;
 mod table;
+pub mod terminal;
 
 pub use self::endpoint::{EndpointInfo, ReportCounts};
 pub use self::http::{Cluster, ErrorKind, RetryPolicy, ServerError};

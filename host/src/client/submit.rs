@@ -207,7 +207,14 @@ fn shard(endpoint: &LocalEndpoint, servers: usize, m: &Measurement) -> Result<Re
         .shard(&endpoint.config, &m.json, n, &seed)
         .map_err(|e| Outcome::Failed {
             reason: e.code().to_owned(),
-            message: format!("line {}: the plugin refused {}: {e}", m.line, m.json),
+            // The plugin's own words (what it expected, what came); the code
+            // goes beside it once.
+            message: match &e {
+                crate::runtime::CallError::Rejected(refusal) => {
+                    format!("line {}: {}", m.line, refusal.message())
+                }
+                other => format!("line {}: the plugin failed on {}: {other}", m.line, m.json),
+            },
         })?;
     if shares.len() != servers {
         return Err(Outcome::Failed {

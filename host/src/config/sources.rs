@@ -306,6 +306,18 @@ pub(super) static KEYS: &[Key] = &[
         limits.plugin_concurrency,
         optional::<usize>
     ),
+    key!(
+        "limits.plugin_compile_concurrency",
+        limits.plugin_compile_concurrency,
+        number
+    ),
+    key!(
+        "limits.plugin_compile_timeout_ms",
+        limits.plugin_compile_timeout_ms,
+        number
+    ),
+    key!("limits.max_endpoints", limits.max_endpoints, number),
+    key!("limits.max_params_bytes", limits.max_params_bytes, number),
     key!("limits.max_header_bytes", limits.max_header_bytes, number),
     key!(
         "limits.header_read_timeout_ms",
@@ -374,6 +386,7 @@ pub(super) static KEYS: &[Key] = &[
     key!("auth.audiences", auth.audiences, list),
     key!("auth.jwks_url", auth.jwks_url, optional::<String>),
     key!("auth.jwks_file", auth.jwks_file, optional::<PathBuf>),
+    key!("auth.ca_file", auth.ca_file, optional::<PathBuf>),
     key!("auth.algorithms", auth.algorithms, list_of::<Algorithm>),
     key!("auth.leeway_secs", auth.leeway_secs, number),
     key!("auth.max_token_bytes", auth.max_token_bytes, number),
@@ -454,15 +467,16 @@ pub(super) static LEGACY: &[Legacy] = &[
     },
     Legacy {
         // The old server fetched `https://{domain}/.well-known/jwks.json` and required
-        // `iss` to be exactly `https://{domain}/` (Auth0's form).
+        // `iss` to be exactly `https://{domain}/` (Auth0's form). A port may follow
+        // the host (`id.example.org:8443`, e.g. a Keycloak or a custom domain).
         var: "OAUTH2_PROVIDER_DOMAIN",
         keys: &["auth.issuer", "auth.jwks_url"],
         set: |config, value| {
-            if value.contains('/') || value.contains(':') || value.chars().any(char::is_whitespace)
-            {
+            if !is_host_and_port(value) {
                 return Err(format!(
-                    "expected a bare host name such as tenant.eu.auth0.com, got {value:?}; \
-                     for a full issuer URL set GUARDIAN_AUTH_ISSUER"
+                    "expected a bare host name such as tenant.eu.auth0.com, optionally with \
+                     a port (id.example.org:8443), got {value:?}; for a full issuer URL set \
+                     GUARDIAN_AUTH_ISSUER"
                 ));
             }
             config.auth.issuer = Some(format!("https://{value}/"));
@@ -479,6 +493,23 @@ pub(super) static LEGACY: &[Legacy] = &[
         },
     },
 ];
+
+/// Whether `value` is `host` or `host:port` (a port from 1 to 65535): no scheme,
+/// path, user or IPv6 brackets, so that `https://{value}/` is the URL it looks like.
+fn is_host_and_port(value: &str) -> bool {
+    let (host, port) = match value.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (value, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    let port_ok = port.is_none_or(|port| {
+        port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0)
+    });
+    host_ok && port_ok
+}
 
 /// The permissions the old server checked in Auth0's `permissions` claim, and the
 /// role each one stands for. Used when `OAUTH2_PROVIDER_DOMAIN` configures the issuer

@@ -299,6 +299,10 @@ fn every_key_can_be_set_from_the_environment() {
         ("GUARDIAN_LIMITS_PLUGIN_MEMORY_BYTES", "5000000"),
         ("GUARDIAN_LIMITS_PLUGIN_OUTPUT_BYTES", "6000"),
         ("GUARDIAN_LIMITS_PLUGIN_CONCURRENCY", "7"),
+        ("GUARDIAN_LIMITS_PLUGIN_COMPILE_CONCURRENCY", "2"),
+        ("GUARDIAN_LIMITS_PLUGIN_COMPILE_TIMEOUT_MS", "9000"),
+        ("GUARDIAN_LIMITS_MAX_ENDPOINTS", "12"),
+        ("GUARDIAN_LIMITS_MAX_PARAMS_BYTES", "4096"),
         ("GUARDIAN_LIMITS_MAX_HEADER_BYTES", "32768"),
         ("GUARDIAN_LIMITS_HEADER_READ_TIMEOUT_MS", "71"),
         ("GUARDIAN_LIMITS_REPORTS_PER_SECOND_PER_USER", "72"),
@@ -326,6 +330,7 @@ fn every_key_can_be_set_from_the_environment() {
         ("GUARDIAN_AUTH_AUDIENCES", "guardian,account"),
         ("GUARDIAN_AUTH_JWKS_URL", "https://sso.example/certs"),
         ("GUARDIAN_AUTH_JWKS_FILE", ""),
+        ("GUARDIAN_AUTH_CA_FILE", "/etc/guardian/ca.pem"),
         ("GUARDIAN_AUTH_ALGORITHMS", "RS256,ES384"),
         ("GUARDIAN_AUTH_LEEWAY_SECS", "5"),
         ("GUARDIAN_AUTH_MAX_TOKEN_BYTES", "4096"),
@@ -384,6 +389,15 @@ fn every_key_can_be_set_from_the_environment() {
     );
     assert_eq!(limits.plugin_concurrency(), 7);
     assert_eq!(
+        (
+            limits.plugin_compile_concurrency,
+            limits.plugin_compile_timeout_ms,
+            limits.max_endpoints,
+            limits.max_params_bytes
+        ),
+        (2, 9000, 12, 4096)
+    );
+    assert_eq!(
         (limits.max_header_bytes, limits.header_read_timeout_ms),
         (32768, 71)
     );
@@ -425,6 +439,10 @@ fn every_key_can_be_set_from_the_environment() {
     assert_eq!(
         a.key_source(),
         Some(KeySource::Url("https://sso.example/certs"))
+    );
+    assert_eq!(
+        a.ca_file.as_deref(),
+        Some(Path::new("/etc/guardian/ca.pem"))
     );
     assert_eq!(a.algorithms, [Algorithm::Rs256, Algorithm::Es384]);
     assert_eq!((a.leeway_secs, a.max_token_bytes), (5, 4096));
@@ -559,6 +577,36 @@ fn oauth2_variables_configure_the_issuer_as_the_old_server_did() {
 
     env(&[("OAUTH2_PROVIDER_DOMAIN", "https://tenant.auth0.com/")])
         .error(&["OAUTH2_PROVIDER_DOMAIN", "bare host name"]);
+    // A host with a port (a Keycloak, a custom domain) keeps the port in both URLs.
+    let auth = env(&[
+        ("OAUTH2_PROVIDER_DOMAIN", "id.example.org:8443"),
+        ("OAUTH2_PROVIDER_AUDIENCE", "api"),
+    ])
+    .ok()
+    .config
+    .auth;
+    assert_eq!(auth.issuer.as_deref(), Some("https://id.example.org:8443/"));
+    assert_eq!(
+        auth.key_source(),
+        Some(KeySource::Url(
+            "https://id.example.org:8443/.well-known/jwks.json"
+        ))
+    );
+    for bad in [
+        "id.example.org:",
+        "id.example.org:0",
+        "id.example.org:65536",
+        "id.example.org:+443",
+        ":443",
+        "a:1:2",
+        "user@id.example.org",
+        "id.example.org/realms/x",
+        "[::1]:443",
+        "id example.org",
+    ] {
+        env(&[("OAUTH2_PROVIDER_DOMAIN", bad)])
+            .error(&["OAUTH2_PROVIDER_DOMAIN", "bare host name"]);
+    }
     // The old audience is required along with the domain.
     env(&[("OAUTH2_PROVIDER_DOMAIN", "tenant.auth0.com")])
         .invalid("auth.audiences", &["is empty", "OAUTH2_PROVIDER_AUDIENCE"]);
@@ -751,6 +799,10 @@ fn validation_of_limits() {
         "plugin_output_bytes",
         "plugin_concurrency",
         "header_read_timeout_ms",
+        "plugin_compile_concurrency",
+        "plugin_compile_timeout_ms",
+        "max_endpoints",
+        "max_params_bytes",
     ] {
         let var = format!("GUARDIAN_LIMITS_{}", key.to_ascii_uppercase());
         let path = format!("limits.{key}");
@@ -890,6 +942,8 @@ fn validation_of_auth() {
     ))
     .invalid("auth.jwks_url", &["both set"]);
     file("[auth]\njwks_file = \"k.json\"\n").invalid("auth.jwks_file", &["auth.issuer is not"]);
+    // Checked with token checks off too: peers are called with the same trust.
+    file("[auth]\ndisabled = true\nca_file = \"\"\n").invalid("auth.ca_file", &["empty path"]);
     file(&format!("{PROVIDER}dev_issuer = true\n")).invalid(
         "auth.issuer",
         &["auth.dev_issuer = true", "one or the other"],

@@ -310,6 +310,16 @@ fn limits(c: &mut Checker<'_>, l: &LimitsConfig) {
         c.positive("limits.plugin_concurrency", n as u64);
     }
     c.positive("limits.header_read_timeout_ms", l.header_read_timeout_ms);
+    c.positive(
+        "limits.plugin_compile_concurrency",
+        l.plugin_compile_concurrency as u64,
+    );
+    c.positive(
+        "limits.plugin_compile_timeout_ms",
+        l.plugin_compile_timeout_ms,
+    );
+    c.positive("limits.max_endpoints", l.max_endpoints as u64);
+    c.positive("limits.max_params_bytes", l.max_params_bytes as u64);
     if l.plugin_memory_bytes < MIN_PLUGIN_MEMORY {
         let at = c.at("limits.plugin_memory_bytes", l.plugin_memory_bytes);
         c.fail(
@@ -446,6 +456,8 @@ fn auth(c: &mut Checker<'_>, a: &AuthConfig) {
         _ => {}
     }
     c.non_empty_path("auth.peer_token_file", a.peer_token_file.as_deref());
+    // Peer clients use it too, so it matters with token checks off.
+    c.non_empty_path("auth.ca_file", a.ca_file.as_deref());
     if a.disabled {
         return;
     }

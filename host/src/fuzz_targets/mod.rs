@@ -27,11 +27,12 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderValue, Request, StatusCode};
 use guardian_sdk::Codec as _;
 
-use crate::auth::{Clock, DEV_AUDIENCE, DEV_ISSUER, JwtAuthenticator};
+use crate::auth::{
+    Authenticator as _, Clock, DEV_AUDIENCE, DEV_ISSUER, JwtAuthenticator, Principal,
+};
 use crate::config::AuthConfig;
 use crate::runtime::{CallError, Plugin, Runtime, RuntimeOptions};
 use crate::server::ApiError;
-use crate::server::auth::{Authenticator as _, Principal};
 
 /// A fuzz target: runs one input, panics on a bug.
 pub type Target = fn(&[u8]);
@@ -202,7 +203,8 @@ pub fn jwt_header(data: &[u8]) {
     }
 }
 
-/// What [`jwt_header`]'s verifier answers to an `Authorization` header value;
+/// What [`jwt_header`]'s verifier answers to an `Authorization` header value, as the
+/// server answers it (status and code);
 /// `None` for bytes that are not a header value (HTTP parsing refuses them
 /// before the server sees them). The corpus test uses it to check that the valid
 /// seed tokens get past the signature check.
@@ -214,7 +216,11 @@ pub fn authenticate(data: &[u8]) -> Option<Result<Principal, ApiError>> {
         .expect("request")
         .into_parts();
     let (runtime, verifier) = &*VERIFIER;
-    Some(runtime.block_on(verifier.authenticate(&parts)))
+    Some(
+        runtime
+            .block_on(verifier.authenticate(&parts))
+            .map_err(ApiError::from),
+    )
 }
 
 /// The runtime uploads are loaded into.

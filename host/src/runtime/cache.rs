@@ -55,6 +55,16 @@ impl ArtifactCache {
         }
     }
 
+    /// Removes the compiled form of `digest` (a missing file is fine).
+    pub(super) fn remove(&self, digest: &[u8; 32]) {
+        let path = self.path(digest);
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a compiled plugin");
+        }
+    }
+
     /// Stores the compiled form of `digest`, atomically.
     pub(super) fn put(&self, digest: &[u8; 32], component: &Component) -> wasmtime::Result<()> {
         let bytes = component.serialize()?;

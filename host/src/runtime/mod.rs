@@ -236,6 +236,14 @@ impl Runtime {
         self.load(wasm)
     }
 
+    /// Removes the cached compiled form of the component with `digest`, if any:
+    /// for a plugin that is refused after it loaded.
+    pub fn forget_compiled(&self, digest: &[u8; 32]) {
+        if let Some(cache) = &self.cache {
+            cache.remove(digest);
+        }
+    }
+
     /// Compiles (or reads back from the cache), type-checks and describes a
     /// component. Compilation is expensive: never call this on a request path
     /// for a plugin that is already loaded.
@@ -247,11 +255,12 @@ impl Runtime {
                     .into(),
             ));
         }
-        let component = match self
+        let cached = self
             .cache
             .as_ref()
-            .and_then(|c| c.get(&self.engine.wasmtime, &digest))
-        {
+            .and_then(|c| c.get(&self.engine.wasmtime, &digest));
+        let compiled = cached.is_none();
+        let component = match cached {
             Some(component) => {
                 self.stats.from_cache.fetch_add(1, Ordering::Relaxed);
                 component
@@ -260,9 +269,6 @@ impl Runtime {
                 let component = wasmtime::component::Component::new(&self.engine.wasmtime, wasm)
                     .map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
                 self.stats.compiled.fetch_add(1, Ordering::Relaxed);
-                if let Some(Err(e)) = self.cache.as_ref().map(|c| c.put(&digest, &component)) {
-                    tracing::warn!(error = %e, "could not cache a compiled plugin");
-                }
                 component
             }
         };
@@ -274,6 +280,11 @@ impl Runtime {
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let pool = Pool::new(pre, self.options.clone(), self.stats.clone());
         let info = call_info(&pool).map_err(LoadError::Info)?;
+        // Cached only once it is known to be a plugin: a refused component leaves
+        // nothing behind.
+        if compiled && let Some(Err(e)) = self.cache.as_ref().map(|c| c.put(&digest, &component)) {
+            tracing::warn!(error = %e, "could not cache a compiled plugin");
+        }
         Ok(Plugin {
             inner: Arc::new(PluginInner { digest, pool, info }),
         })

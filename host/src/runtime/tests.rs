@@ -82,6 +82,60 @@ fn plugin_errors_come_back_with_the_plugins_message() {
 }
 
 #[test]
+fn a_measurement_that_does_not_decode_is_refused_in_the_plugins_words() {
+    let runtime = runtime();
+    // (plugin, params, measurement, the whole message)
+    let cases = [
+        (
+            "count",
+            "{}",
+            r#""maybe""#,
+            r#"expected true, false, 1 or 0, got "maybe""#,
+        ),
+        (
+            "sum",
+            r#"{"length": 3}"#,
+            r#"{"a": 1}"#,
+            r#"expected a list of 3 integers, got {"a": 1}"#,
+        ),
+        (
+            "sum",
+            "{}",
+            "1.5",
+            "expected an integer (or a list of one), got 1.5",
+        ),
+        (
+            "histogram",
+            r#"{"buckets": ["red", "green"]}"#,
+            "[1]",
+            r#"expected a bucket label ("red", "green") or a bucket index from 0 to 1, got [1]"#,
+        ),
+        (
+            "dp-sum",
+            r#"{"length": 2, "bound": 10, "epsilon": 1.0}"#,
+            "true",
+            "expected a list of 2 integers between -10 and 10, got true",
+        ),
+        (
+            "count",
+            "{}",
+            "[1,",
+            "not JSON (EOF while parsing a value at line 1 column 3): [1,",
+        ),
+    ];
+    for (name, params, measurement, expected) in cases {
+        let plugin = runtime.load(builtin(name)).unwrap();
+        let config = plugin.configure(params).unwrap();
+        let err = plugin.shard(&config, measurement, 2, &[7; 32]).unwrap_err();
+        assert_eq!(err.code(), "invalid_measurement", "{name} {measurement}");
+        let CallError::Rejected(refusal) = err else {
+            panic!("{name}: not a refusal")
+        };
+        assert_eq!(refusal.message(), expected, "{name} {measurement}");
+    }
+}
+
+#[test]
 fn instances_are_reused_between_calls() {
     let runtime = runtime();
     let plugin = runtime.load(builtin("count")).unwrap();

@@ -1,14 +1,14 @@
-//! The one place routes state the role they need.
+//! The one place routes state the role they need, and where refused credentials
+//! become HTTP answers.
 //!
 //! Every handler takes a [`Caller<R>`] whose marker `R` names the roles allowed
 //! (for example [`need::Developer`]); the extractor asks the server's
-//! [`Authenticator`] who is calling and refuses with 401/403 before the handler
-//! runs. Token verification plugs in as another [`Authenticator`] without
-//! touching any handler.
+//! [`Authenticator`] (from [`crate::auth`]) who is calling and refuses with
+//! 401/403/503 before the handler runs. Token verification plugs in as another
+//! [`Authenticator`] without touching any handler. `auth` answers plain
+//! [`TokenError`]s; their status and `WWW-Authenticate` header are decided here.
 
-use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
@@ -17,60 +17,18 @@ use axum::http::request::Parts;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::auth::identity;
+pub use crate::auth::{AuthFuture, Authenticator, Principal};
+use crate::auth::{TokenError, identity};
 use crate::config::Role;
 
-/// Who is calling, once authenticated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// The token's subject.
-    pub sub: String,
-    /// App roles granted (already expanded: `admin` implies the others).
-    pub roles: Vec<Role>,
-}
-
-impl Principal {
-    /// Whether the caller holds `role` (directly or through `admin`).
-    pub fn has(&self, role: Role) -> bool {
-        self.roles.contains(&role) || self.roles.contains(&Role::Admin)
-    }
-}
-
-/// Future returned by [`Authenticator::authenticate`].
-pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Principal, ApiError>> + Send + 'a>>;
-
-/// Decides who sent a request (from its headers). 401 errors come from here.
-pub trait Authenticator: Send + Sync + 'static {
-    /// The caller, or a 401 saying what is wrong with the credentials.
-    fn authenticate<'a>(&'a self, parts: &'a Parts) -> AuthFuture<'a>;
-}
-
-/// Authentication turned off (`auth.disabled`): every caller has every role.
-/// For benchmarks and tests only.
-pub struct Disabled;
-
-impl Authenticator for Disabled {
-    fn authenticate<'a>(&'a self, _parts: &'a Parts) -> AuthFuture<'a> {
-        Box::pin(async {
-            Ok(Principal {
-                sub: "anonymous".into(),
-                roles: Role::ALL.to_vec(),
-            })
-        })
-    }
-}
-
-/// Refuses everyone: the server has no way to verify tokens (no key source).
-pub struct NoKeys;
-
-impl Authenticator for NoKeys {
-    fn authenticate<'a>(&'a self, _parts: &'a Parts) -> AuthFuture<'a> {
-        Box::pin(async {
-            Err(unauthorized(
-                "no_key_source",
-                "this server has no token verification keys configured",
-            ))
-        })
+impl From<TokenError> for ApiError {
+    fn from(error: TokenError) -> Self {
+        if error.is_unavailable() {
+            // Not the client's fault: retrying later may work.
+            ApiError::unavailable(error.code(), error.to_string())
+        } else {
+            unauthorized(error.code(), error.to_string())
+        }
     }
 }
 
@@ -247,5 +205,63 @@ impl Peer {
         identity
             .verify(&message, &self.signature)
             .map_err(|refusal| unauthorized(refusal.code, refusal.message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `error` is answered with `status` and exactly this `WWW-Authenticate`.
+    fn check(error: TokenError, status: StatusCode, challenge: Option<&str>) {
+        let code = error.code();
+        let answer = ApiError::from(error);
+        assert_eq!(
+            (
+                answer.status,
+                answer.code,
+                answer.www_authenticate.as_deref()
+            ),
+            (status, code, challenge),
+        );
+    }
+
+    #[test]
+    fn refused_credentials_become_401_with_a_challenge_or_503() {
+        // RFC 6750 section 3.1: no credentials, no error code.
+        check(
+            TokenError::MissingToken,
+            StatusCode::UNAUTHORIZED,
+            Some("Bearer realm=\"guardian\""),
+        );
+        check(
+            TokenError::BadSignature,
+            StatusCode::UNAUTHORIZED,
+            Some(
+                "Bearer realm=\"guardian\", error=\"invalid_token\", \
+                 error_description=\"the token's signature is not valid\"",
+            ),
+        );
+        // Quotes in a message cannot break out of the header's quoted string.
+        check(
+            TokenError::DuplicateClaim("\"roles\"".to_owned()),
+            StatusCode::UNAUTHORIZED,
+            Some(
+                "Bearer realm=\"guardian\", error=\"invalid_token\", \
+                 error_description=\"the token's claims name 'roles' more than once; \
+                 each key may appear only once\"",
+            ),
+        );
+        for error in [TokenError::NoKeySource, TokenError::BadPeerCredential] {
+            let answer = ApiError::from(error);
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+            assert!(answer.www_authenticate.is_some());
+        }
+        // The issuer cannot be reached: not the client's fault, no challenge.
+        check(
+            TokenError::KeysUnavailable,
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+        );
     }
 }

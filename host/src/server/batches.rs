@@ -16,6 +16,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{Body, Path, Query};
 use super::metrics::RejectLabels;
 use super::openapi::{PeerAuthErrors, RoleErrors, STORAGE_500, STORAGE_503};
+use super::paging::{PageQuery, cut};
 use super::registry::LiveEndpoint;
 use super::routes::{Answer, json, timestamp, unknown_endpoint};
 use super::{AppState, seal};
@@ -44,8 +45,11 @@ pub(super) struct BatchView {
 /// Answer of `GET /api/v1/endpoints/{name}/batches`.
 #[derive(Serialize, ToSchema)]
 pub(super) struct BatchList {
-    /// The endpoint's sealed batches, oldest first.
+    /// A page of the endpoint's sealed batches, oldest first.
     batches: Vec<BatchView>,
+    /// The `after` of the next page (the last batch id of this one); null after
+    /// the last.
+    next: Option<String>,
 }
 
 /// Answer of `GET /api/v1/endpoints/{name}/batches/{batch_id}`.
@@ -149,13 +153,16 @@ pub(super) async fn seal_batch(
     json(StatusCode::CREATED, BatchView::from(sealed?))
 }
 
-/// Lists the endpoint's sealed batches.
+/// Lists the endpoint's sealed batches, oldest first, a page at a time.
 #[utoipa::path(get, path = "/endpoints/{name}/batches", tag = "batches",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "The endpoint's name.", example = "demo")),
+    params(("name" = String, Path, description = "The endpoint's name.", example = "demo"),
+        PageQuery),
     responses(
-        (status = 200, description = "The batches.", body = BatchList),
-        (status = 400, description = "Undecodable path: `invalid_path`.", body = ErrorBody),
+        (status = 200, description = "A page of the batches.", body = BatchList),
+        (status = 400, description = "Undecodable path: `invalid_path`; `bad_query`, \
+            `bad_limit`, `bad_batch_id` (the cursor), `unknown_batch` (a cursor that is \
+            no batch of the endpoint).", body = ErrorBody),
         RoleErrors,
         (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
         (status = 500, description = STORAGE_500, body = ErrorBody),
@@ -165,16 +172,32 @@ pub(super) async fn list_batches(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::Scientist>,
     Path(name): Path<String>,
+    query: Result<Query<PageQuery>, ApiError>,
 ) -> Answer {
     let live = live(&state, &name)?;
-    let batches: Vec<BatchView> = state
-        .storage
-        .list_batches(live.endpoint.id)
-        .await?
-        .into_iter()
-        .map(BatchView::from)
-        .collect();
-    json(StatusCode::OK, BatchList { batches })
+    let Query(query) = query?;
+    let limit = query.limit()?;
+    let mut batches = state.storage.list_batches(live.endpoint.id).await?;
+    // Oldest first, so the cursor is a position: just after the batch it names.
+    let start = match query.after() {
+        None => 0,
+        Some(after) => {
+            let after = seal::parse_batch_id(after)?;
+            1 + batches
+                .iter()
+                .position(|batch| batch.batch_id == after)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "unknown_batch",
+                        "after names no batch of this endpoint: pass the next of the previous page",
+                    )
+                })?
+        }
+    };
+    let mut page: Vec<_> = batches.drain(start..).take(limit + 1).collect();
+    let (page, next) = cut(&mut page, limit, |batch| hex::encode(batch.batch_id));
+    let batches = page.into_iter().map(BatchView::from).collect();
+    json(StatusCode::OK, BatchList { batches, next })
 }
 
 /// This server's released share of one batch.

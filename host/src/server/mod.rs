@@ -24,10 +24,12 @@ mod error;
 mod extract;
 mod metrics;
 mod openapi;
+mod paging;
 mod rate_limit;
 mod registry;
 mod routes;
 mod seal;
+mod uploads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -122,6 +124,10 @@ impl Server {
             Arc::new(runtime),
             &storage,
             config.limits.plugin_concurrency(),
+            (
+                config.limits.plugin_compile_concurrency,
+                config.limits.plugin_compile_timeout(),
+            ),
             &config.plugins.approved_digests(),
             metrics.clone(),
         )

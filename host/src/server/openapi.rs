@@ -103,7 +103,7 @@ pub(super) fn error_response(description: &str, www_authenticate: bool) -> Respo
 const UNAUTHORIZED: &str = "The token is missing or not valid: `missing_token`, \
 `invalid_authorization`, `token_too_large`, `malformed_token`, `algorithm_not_allowed`, \
 `unknown_key`, `key_mismatch`, `bad_signature`, `token_expired`, `token_not_yet_valid`, \
-`wrong_issuer`, `wrong_audience`, `invalid_claim`, `no_key_source`.";
+`wrong_issuer`, `wrong_audience`, `invalid_claim`, `duplicate_claim`, `no_key_source`.";
 
 /// 401 of a route open to any valid token.
 pub(super) struct AuthErrors;

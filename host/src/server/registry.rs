@@ -11,14 +11,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
 use super::error::{ApiError, plugin_failure};
 use super::metrics::{CallLabel, Metrics};
+use super::uploads::{Plugins, Uploads, record};
 use crate::runtime::{CallError, LoadError, Plugin, Runtime, builtins::BUILTINS};
-use crate::storage::{Endpoint, PluginRecord, PutPluginOutcome, Storage};
+use crate::storage::{Endpoint, Storage};
 
 /// An endpoint with its plugin, ready for the report path.
 pub(super) struct LiveEndpoint {
@@ -68,7 +69,8 @@ const INLINE_BUDGET: Duration = Duration::from_millis(2);
 
 pub(super) struct Registry {
     runtime: Arc<Runtime>,
-    plugins: RwLock<HashMap<[u8; 32], Plugin>>,
+    plugins: Plugins,
+    uploads: Arc<Uploads>,
     builtin_names: HashMap<String, [u8; 32]>,
     /// Digests of the plugins that may collect reports here: the built-ins and
     /// `plugins.approved`.
@@ -76,6 +78,8 @@ pub(super) struct Registry {
     endpoints: RwLock<HashMap<String, Arc<LiveEndpoint>>>,
     calls: Semaphore,
     metrics: Arc<Metrics>,
+    /// Held while an endpoint is created: caps are checked and kept at once.
+    creating: tokio::sync::Mutex<()>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -94,6 +98,7 @@ impl Registry {
         runtime: Arc<Runtime>,
         storage: &Storage,
         concurrency: usize,
+        (compile_concurrency, compile_budget): (usize, Duration),
         approved: &[[u8; 32]],
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
@@ -145,14 +150,22 @@ impl Registry {
                 }
             }
         }
+        let plugins: Plugins = Arc::new(RwLock::new(plugins));
         Ok(Self {
+            uploads: Arc::new(Uploads::new(
+                runtime.clone(),
+                plugins.clone(),
+                compile_concurrency,
+                compile_budget,
+            )),
             runtime,
-            plugins: RwLock::new(plugins),
+            plugins,
             builtin_names,
             approved,
             endpoints: RwLock::new(endpoints),
             calls: Semaphore::new(concurrency.max(1)),
             metrics,
+            creating: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -175,8 +188,8 @@ impl Registry {
         self.approved.contains(digest)
     }
 
-    /// Compiles and type-checks an upload, stores it, and makes it callable.
-    /// Returns the plugin and whether it was new.
+    /// Compiles and type-checks an upload, stores it, and makes it callable (see
+    /// [`Uploads`]). Returns the plugin and whether it was new.
     pub(super) async fn upload(
         &self,
         storage: &Storage,
@@ -186,20 +199,12 @@ impl Registry {
         if let Some(plugin) = read(&self.plugins).get(&digest).cloned() {
             return Ok((plugin, false));
         }
-        let plugin = load_blocking(&self.runtime, wasm.clone())
-            .await
-            .map_err(|e| match e {
-                LoadError::Internal(_) => ApiError::internal("compiling a plugin", &e),
-                other => ApiError::new(
-                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_plugin",
-                    other.to_string(),
-                ),
-            })?;
-        let inserted =
-            storage.put_plugin(record(&plugin, wasm, false)).await? == PutPluginOutcome::Inserted;
-        write(&self.plugins).insert(digest, plugin.clone());
-        Ok((plugin, inserted))
+        self.uploads.upload(storage, digest, wasm).await
+    }
+
+    /// The lock under which endpoints are created.
+    pub(super) async fn creating(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.creating.lock().await
     }
 
     pub(super) fn endpoint(&self, name: &str) -> Option<Arc<LiveEndpoint>> {
@@ -325,20 +330,6 @@ async fn load_blocking(runtime: &Arc<Runtime>, wasm: Vec<u8>) -> Result<Plugin, 
     tokio::task::spawn_blocking(move || runtime.load(&wasm))
         .await
         .map_err(|e| LoadError::Internal(e.to_string()))?
-}
-
-fn record(plugin: &Plugin, wasm: Vec<u8>, builtin: bool) -> PluginRecord {
-    let info = plugin.info();
-    PluginRecord {
-        digest: plugin.digest(),
-        name: info.name.clone(),
-        version: info.version.clone(),
-        description: info.description.clone(),
-        params_schema: info.params_schema.clone(),
-        wasm,
-        builtin,
-        created_at: SystemTime::now(),
-    }
 }
 
 /// 64 lower- or upper-case hex digits.

@@ -19,8 +19,9 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::auth::{Caller, need};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Body, Json, Path};
+use super::extract::{Body, Json, Path, Query};
 use super::openapi::{AuthErrors, RoleErrors, STORAGE_500, STORAGE_503};
+use super::paging::{PageQuery, cut, listed_json, page};
 use super::rate_limit::ClientIp;
 use super::registry::{LiveEndpoint, parse_digest};
 use crate::storage::{
@@ -156,7 +157,9 @@ pub(super) struct PluginView {
     /// What the plugin computes, in its own words.
     description: String,
     /// JSON Schema of the plugin's `params` (null if the plugin's is not JSON).
-    params_schema: Value,
+    /// Left out of listings when longer than 1 KiB: fetch the plugin for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params_schema: Option<Value>,
     /// Whether it is one of the plugins built into the server.
     builtin: bool,
     /// Whether this server's operator approves it (`plugins.approved`; built-ins
@@ -172,19 +175,32 @@ pub(super) struct PluginView {
 /// Answer of `GET /api/v1/plugins`.
 #[derive(Serialize, ToSchema)]
 pub(super) struct PluginList {
-    /// Every stored plugin, built-ins included.
+    /// A page of the stored plugins, built-ins included, by digest.
     plugins: Vec<PluginView>,
+    /// The `after` of the next page; null after the last.
+    next: Option<String>,
 }
 
 impl PluginView {
     fn new(info: PluginInfo, state: &AppState) -> Self {
+        let params_schema = Some(serde_json::from_str(&info.params_schema).unwrap_or(Value::Null));
+        Self::with_schema(info, params_schema, state)
+    }
+
+    /// As a list item: without a bulky schema.
+    fn listed(info: PluginInfo, state: &AppState) -> Self {
+        let params_schema = listed_json(&info.params_schema);
+        Self::with_schema(info, params_schema, state)
+    }
+
+    fn with_schema(info: PluginInfo, params_schema: Option<Value>, state: &AppState) -> Self {
         Self {
             approved: state.registry.is_approved(&info.digest),
             digest: hex::encode(info.digest),
             name: info.name,
             version: info.version,
             description: info.description,
-            params_schema: serde_json::from_str(&info.params_schema).unwrap_or(Value::Null),
+            params_schema,
             builtin: info.builtin,
             size: info.wasm_len,
             created_at: timestamp(info.created_at),
@@ -211,7 +227,9 @@ impl PluginView {
         (status = 413, description = "Larger than `limits.max_plugin_bytes`: `body_too_large`.",
             body = ErrorBody),
         (status = 422, description = "Not a plugin this server can run: `invalid_plugin`, with \
-            the reason.", body = ErrorBody),
+            the reason; `invalid_plugin_info` (a control character in its name, version or \
+            description); `plugin_too_complex` (compiling it took longer than \
+            `limits.plugin_compile_timeout_ms`).", body = ErrorBody),
         (status = 500, description = STORAGE_500, body = ErrorBody),
         (status = 503, description = STORAGE_503, body = ErrorBody),
     ))]
@@ -242,10 +260,12 @@ pub(super) async fn upload_plugin(
     json(status, PluginView::new(info, &state))
 }
 
-/// Lists every plugin.
+/// Lists the plugins, a page at a time.
 #[utoipa::path(get, path = "/plugins", tag = "plugins", security(("bearer" = [])),
+    params(PageQuery),
     responses(
-        (status = 200, description = "The plugins.", body = PluginList),
+        (status = 200, description = "A page of the plugins.", body = PluginList),
+        (status = 400, description = "`bad_query`, `bad_limit`.", body = ErrorBody),
         RoleErrors,
         (status = 500, description = STORAGE_500, body = ErrorBody),
         (status = 503, description = STORAGE_503, body = ErrorBody),
@@ -253,15 +273,17 @@ pub(super) async fn upload_plugin(
 pub(super) async fn list_plugins(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::DeveloperOrScientist>,
+    query: Result<Query<PageQuery>, ApiError>,
 ) -> Answer {
-    let plugins: Vec<PluginView> = state
-        .storage
-        .list_plugins()
-        .await?
+    let Query(query) = query?;
+    let mut plugins = state.storage.list_plugins().await?;
+    plugins.sort_unstable_by_key(|info| info.digest);
+    let (plugins, next) = page(plugins, |info| hex::encode(info.digest), &query)?;
+    let plugins = plugins
         .into_iter()
-        .map(|info| PluginView::new(info, &state))
+        .map(|info| PluginView::listed(info, &state))
         .collect();
-    json(StatusCode::OK, PluginList { plugins })
+    json(StatusCode::OK, PluginList { plugins, next })
 }
 
 /// Shows one plugin.
@@ -390,8 +412,10 @@ pub(super) struct EndpointView {
     /// built-ins always). False after an approval was revoked: the endpoint then
     /// refuses reports, and clients refuse to shard for it.
     approved: bool,
-    /// The parameters, as stored (canonical JSON).
-    params: Value,
+    /// The parameters, as stored (canonical JSON). Left out of listings when
+    /// longer than 1 KiB: fetch the endpoint for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params: Option<Value>,
     /// The smallest batch a seal releases.
     min_batch: u64,
     /// Most unsealed reports one user may hold in this endpoint on a server; left
@@ -426,8 +450,10 @@ pub(super) struct ReportCounts {
 /// Answer of `GET /api/v1/endpoints`.
 #[derive(Serialize, ToSchema)]
 pub(super) struct EndpointList {
-    /// Every endpoint, with its report counts.
+    /// A page of the endpoints, by name, with their report counts.
     endpoints: Vec<EndpointView>,
+    /// The `after` of the next page; null after the last.
+    next: Option<String>,
 }
 
 impl EndpointView {
@@ -438,7 +464,7 @@ impl EndpointView {
             plugin: record.plugin_name.clone(),
             plugin_digest: hex::encode(record.plugin_digest),
             approved: state.registry.is_approved(&record.plugin_digest),
-            params: serde_json::from_str(&record.params).unwrap_or(Value::Null),
+            params: Some(serde_json::from_str(&record.params).unwrap_or(Value::Null)),
             min_batch: record.min_batch,
             max_reports_per_user: record.max_reports_per_user,
             config_hash: hex::encode(record.config_hash),
@@ -523,8 +549,9 @@ pub fn config_hash(
         (status = 201, description = "Created.", body = EndpointView),
         (status = 200, description = "An identical endpoint exists.", body = EndpointView),
         (status = 400, description = "Malformed request: `malformed_json`, `bad_body`, \
-            `invalid_endpoint_name`, `invalid_max_reports_per_user`, or `invalid_min_batch` \
-            (below `endpoints.min_batch_floor` or above `endpoints.max_batch`).",
+            `invalid_endpoint_name`, `invalid_max_reports_per_user`, `params_too_deep`, or \
+            `invalid_min_batch` (below `endpoints.min_batch_floor` or above \
+            `endpoints.max_batch`).",
             body = ErrorBody),
         AuthErrors,
         (status = 403, description = "The token lacks the developer role: `missing_role`. Or \
@@ -533,8 +560,10 @@ pub fn config_hash(
             (`plugins.approved`, `GUARDIAN_PLUGINS_APPROVED`).", body = ErrorBody),
         (status = 404, description = "No such plugin: `unknown_plugin`.", body = ErrorBody),
         (status = 409, description = "An endpoint of this name exists with another \
-            definition: `endpoint_conflict`.", body = ErrorBody),
-        (status = 413, description = "Larger than `limits.max_body_bytes`: `body_too_large`.",
+            definition: `endpoint_conflict`; or the server holds `limits.max_endpoints`: \
+            `too_many_endpoints`.", body = ErrorBody),
+        (status = 413, description = "Larger than `limits.max_body_bytes`: `body_too_large`; \
+            params longer than `limits.max_params_bytes`: `params_too_large`.",
             body = ErrorBody),
         (status = 422, description = "The plugin refused the parameters: its own code (e.g. \
             `invalid_params`), `plugin_internal`, or the limit its `configure` hit.",
@@ -604,6 +633,7 @@ pub(super) async fn create_endpoint(
     }
     // serde_json keeps object keys sorted: this text is canonical.
     let params = body.params.to_string();
+    check_params(&body.params, &params, state.config.limits.max_params_bytes)?;
     let config = {
         let (plugin, params) = (plugin.clone(), params.clone());
         state
@@ -627,6 +657,19 @@ pub(super) async fn create_endpoint(
         max_reports_per_user: body.max_reports_per_user,
         created_at: SystemTime::now(),
     };
+    // Counted and created under one lock, so the cap holds with creations at once.
+    let _creating = state.registry.creating().await;
+    let most = state.config.limits.max_endpoints;
+    if state.storage.get_endpoint(&record.name).await?.is_none()
+        && state.storage.endpoint_count().await? >= most as u64
+    {
+        return Err(ApiError::conflict(
+            "too_many_endpoints",
+            format!(
+                "this server holds {most} endpoints, its most (limits.max_endpoints): delete one first"
+            ),
+        ));
+    }
     match state.storage.create_endpoint(record).await? {
         CreateEndpointOutcome::Created(endpoint) => {
             state.registry.set_endpoint(endpoint.clone(), plugin);
@@ -655,10 +698,12 @@ pub(super) async fn create_endpoint(
     }
 }
 
-/// Lists every endpoint with its report counts.
+/// Lists the endpoints with their report counts, a page at a time.
 #[utoipa::path(get, path = "/endpoints", tag = "endpoints", security(("bearer" = [])),
+    params(PageQuery),
     responses(
-        (status = 200, description = "The endpoints.", body = EndpointList),
+        (status = 200, description = "A page of the endpoints.", body = EndpointList),
+        (status = 400, description = "`bad_query`, `bad_limit`.", body = ErrorBody),
         AuthErrors,
         (status = 500, description = STORAGE_500, body = ErrorBody),
         (status = 503, description = STORAGE_503, body = ErrorBody),
@@ -666,13 +711,67 @@ pub(super) async fn create_endpoint(
 pub(super) async fn list_endpoints(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::AnyRole>,
+    query: Result<Query<PageQuery>, ApiError>,
 ) -> Answer {
-    let mut views = Vec::new();
-    for endpoint in state.storage.list_endpoints().await? {
+    let Query(query) = query?;
+    let limit = query.limit()?;
+    let mut endpoints = state
+        .storage
+        .endpoints_after(query.after().map(str::to_owned), limit + 1)
+        .await?;
+    let (endpoints, next) = cut(&mut endpoints, limit, |e| e.record.name.clone());
+    let mut views = Vec::with_capacity(endpoints.len());
+    for endpoint in endpoints {
         let counts = state.storage.endpoint_counts(&endpoint.record.name).await?;
-        views.push(EndpointView::new(&endpoint, counts, &state));
+        let mut view = EndpointView::new(&endpoint, counts, &state);
+        view.params = listed_json(&endpoint.record.params);
+        views.push(view);
     }
-    json(StatusCode::OK, EndpointList { endpoints: views })
+    json(
+        StatusCode::OK,
+        EndpointList {
+            endpoints: views,
+            next,
+        },
+    )
+}
+
+/// Deepest nesting of arrays and objects accepted in an endpoint's `params`:
+/// what every client can parse back (serde_json stops at 128 levels, with the
+/// listing around it).
+const MAX_PARAMS_DEPTH: usize = 32;
+
+/// Refuses params that could not be served back: longer than `max_bytes` as
+/// JSON (413 `params_too_large`) or nested deeper than [`MAX_PARAMS_DEPTH`]
+/// (400 `params_too_deep`).
+fn check_params(params: &Value, text: &str, max_bytes: usize) -> Result<(), ApiError> {
+    if text.len() > max_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "params_too_large",
+            format!(
+                "params are {} bytes as JSON; this server takes at most {max_bytes} (limits.max_params_bytes)",
+                text.len()
+            ),
+        ));
+    }
+    // Iterative: a deep value must not deepen this server's stack.
+    let mut stack = vec![(params, 0usize)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(fields) => Box::new(fields.values()),
+            _ => continue,
+        };
+        if depth + 1 > MAX_PARAMS_DEPTH {
+            return Err(ApiError::bad_request(
+                "params_too_deep",
+                format!("params nest arrays and objects more than {MAX_PARAMS_DEPTH} levels deep"),
+            ));
+        }
+        stack.extend(children.map(|child| (child, depth + 1)));
+    }
+    Ok(())
 }
 
 pub(super) fn unknown_endpoint(name: &str) -> ApiError {

@@ -131,6 +131,21 @@ impl Storage {
         self.backend.list_endpoints().await
     }
 
+    /// At most `limit` endpoints whose names come after `after` (from the first
+    /// when `None`), ordered by name: a page of a listing.
+    pub async fn endpoints_after(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Endpoint>, StorageError> {
+        self.backend.endpoints_after(after, limit).await
+    }
+
+    /// How many endpoints there are.
+    pub async fn endpoint_count(&self) -> Result<u64, StorageError> {
+        self.backend.endpoint_count().await
+    }
+
     /// Deletes the endpoint with this name and all its reports; returns whether it
     /// existed.
     ///

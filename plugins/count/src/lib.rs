@@ -41,6 +41,10 @@ impl Plugin for Count {
         guardian_sdk::params(params)
     }
 
+    fn expected_measurement(_: &Config) -> Option<String> {
+        Some("true, false, 1 or 0".to_owned())
+    }
+
     fn shard(
         _: &Config,
         m: Measurement,

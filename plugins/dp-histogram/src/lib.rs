@@ -73,6 +73,10 @@ impl Plugin for DpHistogram {
         })
     }
 
+    fn expected_measurement(config: &Config) -> Option<String> {
+        Some(guardian_sdk::buckets::expected(&config.buckets))
+    }
+
     fn shard(
         config: &Config,
         m: Measurement,

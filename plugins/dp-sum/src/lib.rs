@@ -146,6 +146,13 @@ impl Plugin for DpSum {
         Ok(config)
     }
 
+    fn expected_measurement(config: &Config) -> Option<String> {
+        Some(guardian_sdk::vector::expected(
+            config.length,
+            Some(config.bound),
+        ))
+    }
+
     fn shard(
         config: &Config,
         m: Measurement,

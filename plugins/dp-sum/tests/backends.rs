@@ -390,8 +390,14 @@ fn measurements_outside_the_bound_are_refused() {
             ),
             ("[1]", "expected 2 integers, got 1"),
             ("[1, 2, 3]", "expected 2 integers, got 3"),
-            ("[1.5, 0]", "invalid measurement"),
-            ("\"a\"", "invalid measurement"),
+            (
+                "[1.5, 0]",
+                "expected a list of 2 integers between -5 and 5, got [1.5, 0]",
+            ),
+            (
+                "\"a\"",
+                "expected a list of 2 integers between -5 and 5, got \"a\"",
+            ),
         ] {
             let result = plugin.shard(&config, measurement, 2, &seed);
             let context = format!("{name} {measurement}");

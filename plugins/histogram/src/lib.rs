@@ -53,6 +53,10 @@ impl Plugin for Histogram {
         Ok(Config { buckets })
     }
 
+    fn expected_measurement(config: &Config) -> Option<String> {
+        Some(guardian_sdk::buckets::expected(&config.buckets))
+    }
+
     fn shard(
         config: &Config,
         m: Measurement,

@@ -46,6 +46,10 @@ impl Plugin for Mean {
         Ok(config)
     }
 
+    fn expected_measurement(config: &Config) -> Option<String> {
+        Some(guardian_sdk::vector::expected(config.length, None))
+    }
+
     fn shard(
         config: &Config,
         m: Measurement,

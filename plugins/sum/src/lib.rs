@@ -58,6 +58,10 @@ impl Plugin for Sum {
         Ok(config)
     }
 
+    fn expected_measurement(config: &Config) -> Option<String> {
+        Some(guardian_sdk::vector::expected(config.length, None))
+    }
+
     fn shard(
         config: &Config,
         m: Measurement,

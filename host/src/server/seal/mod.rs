@@ -266,7 +266,9 @@ mod bits {
 
 impl Sealer {
     pub(super) fn new(config: &crate::config::Config) -> anyhow::Result<Sealer> {
-        let client = reqwest::Client::builder()
+        // Peers over https trust what the issuer's key fetches trust (crate::tls).
+        let roots = crate::tls::ExtraRoots::from_config(config.auth.ca_file.as_deref())?;
+        let client = crate::tls::client_builder(&roots)
             .connect_timeout(Duration::from_secs(3))
             .timeout(config.endpoints.peer_timeout())
             // Idle connections are dropped well before a peer with the same

@@ -396,6 +396,21 @@ impl SqliteBackend {
         self.read(sql::list_endpoints).await
     }
 
+    /// See [`crate::storage::Storage::endpoints_after`].
+    pub(crate) async fn endpoints_after(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Endpoint>, StorageError> {
+        self.read(move |conn| sql::endpoints_after(conn, after.as_deref(), limit))
+            .await
+    }
+
+    /// See [`crate::storage::Storage::endpoint_count`].
+    pub(crate) async fn endpoint_count(&self) -> Result<u64, StorageError> {
+        self.read(sql::endpoint_count).await
+    }
+
     /// See [`crate::storage::Storage::delete_endpoint`].
     pub(crate) async fn delete_endpoint(&self, name: String) -> Result<bool, StorageError> {
         self.write(move |conn| Ok(sql::delete_endpoint(conn, &name)?))

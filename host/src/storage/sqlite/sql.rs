@@ -218,6 +218,28 @@ pub(crate) fn list_endpoints(conn: &Connection) -> rusqlite::Result<Vec<Endpoint
     statement.query_map([], endpoint)?.collect()
 }
 
+/// At most `limit` endpoints named after `after`, ordered by name.
+pub(crate) fn endpoints_after(
+    conn: &Connection,
+    after: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<Vec<Endpoint>> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE ?1 IS NULL OR name > ?1 \
+         ORDER BY name LIMIT ?2"
+    ))?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    statement
+        .query_map(params![after, limit], endpoint)?
+        .collect()
+}
+
+/// How many endpoints there are.
+pub(crate) fn endpoint_count(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT count(*) FROM endpoints")?
+        .query_row([], |row| row.get(0))
+}
+
 /// Deletes an endpoint and its reports; returns whether it existed.
 pub(crate) fn delete_endpoint(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     let Some(id) = conn
