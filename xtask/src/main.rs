@@ -10,8 +10,8 @@
 //!   `tests/oidc/package-lock.json`, when `node_modules` is missing or older
 //!   than the lockfile);
 //! - Chromium and ChromeDriver for `host/tests/dashboard.rs` (Debian's
-//!   `chromium` and `chromium-driver`, with `apt-get` when running as root;
-//!   otherwise the exact command to run);
+//!   `chromium` and `chromium-driver`, with `apt-get` as root or through a
+//!   `sudo` that needs no password; otherwise the exact command to run);
 //! - the `wasm32-wasip2` target the plugins are built for (declared in
 //!   `rust-toolchain.toml`; added with rustup if a toolchain lacks it).
 //!
@@ -99,16 +99,10 @@ fn say(what: &str) {
     eprintln!("xtask: {what}");
 }
 
-/// Runs `program` with `args` (in `dir`, with `env`); an error names the
-/// command.
-fn run(
-    program: &str,
-    args: &[&str],
-    dir: Option<&Path>,
-    env: &[(&str, &str)],
-) -> Result<(), String> {
+/// Runs `program` with `args` (in `dir`); an error names the command.
+fn run(program: &str, args: &[&str], dir: Option<&Path>) -> Result<(), String> {
     let mut command = Command::new(program);
-    command.args(args).envs(env.iter().copied());
+    command.args(args);
     if let Some(dir) = dir {
         command.current_dir(dir);
     }
@@ -145,12 +139,7 @@ fn wasm_target() -> Result<(), String> {
         return Ok(());
     }
     say("adding the wasm32-wasip2 target (the plugins are built for it)");
-    run(
-        "rustup",
-        &["target", "add", "wasm32-wasip2"],
-        Some(&root()),
-        &[],
-    )
+    run("rustup", &["target", "add", "wasm32-wasip2"], Some(&root()))
 }
 
 /// `npm ci` in `dir` when its `node_modules` is missing or older than its
@@ -183,7 +172,6 @@ fn npm_packages(dir: &Path, why: &str) -> Result<(), String> {
             &dir.to_string_lossy(),
         ],
         None,
-        &[],
     )
 }
 
@@ -192,11 +180,19 @@ fn browser() -> Result<(), String> {
         return Ok(());
     }
     let install = format!("apt-get install -y {}", BROWSER_PACKAGES.join(" "));
+    // As root, or through sudo when it needs no password: the packages "when it
+    // may"; otherwise the line to run.
     let root_user = Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
-    if !root_user || !on_path("apt-get") {
+    let sudo = !root_user
+        && on_path("sudo")
+        && Command::new("sudo")
+            .args(["-n", "true"])
+            .status()
+            .is_ok_and(|status| status.success());
+    if !(root_user || sudo) || !on_path("apt-get") {
         return Err(format!(
             "the browser test (host/tests/dashboard.rs) needs Chromium and ChromeDriver: run `sudo apt-get update && sudo {install}` (Debian's packages), then cargo xtask test again"
         ));
@@ -205,9 +201,12 @@ fn browser() -> Result<(), String> {
         "installing Debian's {} (the browser test, host/tests/dashboard.rs, drives a real Chromium)",
         BROWSER_PACKAGES.join(" and ")
     ));
-    let quiet = [("DEBIAN_FRONTEND", "noninteractive")];
-    run("apt-get", &["update"], None, &quiet)?;
-    let mut args = vec!["install", "-y"];
+    // `sudo VAR=value apt-get …` passes the variable through sudo's environment
+    // reset; as root the same arguments run under `env`.
+    let runner = if sudo { "sudo" } else { "env" };
+    let frontend = "DEBIAN_FRONTEND=noninteractive";
+    run(runner, &[frontend, "apt-get", "update"], None)?;
+    let mut args = vec![frontend, "apt-get", "install", "-y"];
     args.extend(BROWSER_PACKAGES);
-    run("apt-get", &args, None, &quiet)
+    run(runner, &args, None)
 }
