@@ -458,13 +458,29 @@ pub(super) struct EndpointList {
 
 impl EndpointView {
     fn new(endpoint: &Endpoint, counts: Option<EndpointCounts>, state: &AppState) -> Self {
+        let params = Some(serde_json::from_str(&endpoint.record.params).unwrap_or(Value::Null));
+        Self::with_params(endpoint, counts, params, state)
+    }
+
+    /// As a list item: without bulky params (parsed only when kept).
+    fn listed(endpoint: &Endpoint, counts: Option<EndpointCounts>, state: &AppState) -> Self {
+        let params = listed_json(&endpoint.record.params);
+        Self::with_params(endpoint, counts, params, state)
+    }
+
+    fn with_params(
+        endpoint: &Endpoint,
+        counts: Option<EndpointCounts>,
+        params: Option<Value>,
+        state: &AppState,
+    ) -> Self {
         let record = &endpoint.record;
         Self {
             name: record.name.clone(),
             plugin: record.plugin_name.clone(),
             plugin_digest: hex::encode(record.plugin_digest),
             approved: state.registry.is_approved(&record.plugin_digest),
-            params: Some(serde_json::from_str(&record.params).unwrap_or(Value::Null)),
+            params,
             min_batch: record.min_batch,
             max_reports_per_user: record.max_reports_per_user,
             config_hash: hex::encode(record.config_hash),
@@ -723,9 +739,7 @@ pub(super) async fn list_endpoints(
     let mut views = Vec::with_capacity(endpoints.len());
     for endpoint in endpoints {
         let counts = state.storage.endpoint_counts(&endpoint.record.name).await?;
-        let mut view = EndpointView::new(&endpoint, counts, &state);
-        view.params = listed_json(&endpoint.record.params);
-        views.push(view);
+        views.push(EndpointView::listed(&endpoint, counts, &state));
     }
     json(
         StatusCode::OK,

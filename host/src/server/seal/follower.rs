@@ -19,7 +19,7 @@ use crate::server::AppState;
 use crate::server::auth::Peer;
 use crate::server::error::ApiError;
 use crate::server::registry::LiveEndpoint;
-use crate::storage::{BatchInfo, Seal};
+use crate::storage::{BatchInfo, EndpointId, Seal, SealReport};
 
 /// Follower: reserves the proposed reports this server holds; `body` is one page
 /// of the proposal's ids, read (and hashed for the signature) as they arrive.
@@ -37,13 +37,7 @@ pub(in crate::server) async fn prepare(
     let name = &live.endpoint.record.name;
     let lock = state.sealer.lock(endpoint);
     let _sealing = lock.lock().await;
-    // Sorted by id and searched, rather than hashed: a third of the memory for
-    // a million reports.
-    let mut held = state
-        .storage
-        .unbatched_reports(endpoint, 0, usize::MAX)
-        .await?;
-    held.sort_unstable_by_key(|report| report.report_id);
+    let held = held_by_id(state, endpoint).await?;
     let max = page_len(state.sealer.max_batch);
     let mut positions = Vec::new();
     // At most every held report, allocated once.
@@ -137,6 +131,17 @@ pub(in crate::server) async fn prepare(
         held: page_bits,
         count,
     })
+}
+
+/// Every unbatched report of `endpoint` held here, sorted by id to be searched
+/// rather than hashed: a third of the memory for a million reports.
+async fn held_by_id(state: &AppState, endpoint: EndpointId) -> Result<Vec<SealReport>, ApiError> {
+    let mut held = state
+        .storage
+        .unbatched_reports(endpoint, 0, usize::MAX)
+        .await?;
+    held.sort_unstable_by_key(|report| report.report_id);
+    Ok(held)
 }
 
 /// Reads a body of concatenated 16-byte report ids as it arrives, calling `visit`
@@ -307,11 +312,7 @@ pub(in crate::server) async fn recommit(
     if let Some(batch) = state.storage.get_batch(endpoint, batch_id).await? {
         return Ok(committed(batch.info));
     }
-    let mut held = state
-        .storage
-        .unbatched_reports(endpoint, 0, usize::MAX)
-        .await?;
-    held.sort_unstable_by_key(|report| report.report_id);
+    let held = held_by_id(state, endpoint).await?;
     let mut rows = Vec::with_capacity(ids.len() / 16);
     let mut missing = 0u64;
     for id in ids.chunks_exact(16) {
