@@ -619,3 +619,51 @@ async fn a_server_cannot_drive_the_operators_terminal() {
         );
     }
 }
+
+/// A server whose endpoints come in pages of one (as any server's do past 100):
+/// `endpoint list` follows `next` to the last page, and stops at a cursor that
+/// does not move forward.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_are_read_to_their_last_page() {
+    let endpoint = |name: &str| {
+        json!({
+            "name": name, "plugin": "sum", "plugin_digest": "ab".repeat(32),
+            "params": {"length": 1}, "min_batch": 2, "config_hash": "cd".repeat(32),
+            "created_at": "", "reports": {"unbatched": 0, "batched": 0, "batches": 0}
+        })
+    };
+    let pages = move |after: Option<&str>| match after {
+        None => json!({"endpoints": [endpoint("first")], "next": "first"}),
+        Some("first") => json!({"endpoints": [endpoint("second")], "next": "second"}),
+        Some("second") => json!({"endpoints": [endpoint("third")], "next": "second"}),
+        Some(other) => panic!("asked for the page after {other}"),
+    };
+    let app = axum::Router::new().route(
+        "/api/v1/endpoints",
+        axum::routing::get(
+            move |axum::extract::Query(query): axum::extract::Query<
+                std::collections::HashMap<String, String>,
+            >| async move { axum::Json(pages(query.get("after").map(String::as_str))) },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let listed = tokio::task::spawn_blocking(move || {
+        run(
+            &path,
+            &["endpoint", "list"],
+            &[("GUARDIAN_SERVERS", url.as_str())],
+        )
+    })
+    .await
+    .unwrap();
+    server.abort();
+    let listed = ok(&listed);
+    for name in ["first", "second", "third"] {
+        contains(&listed, name);
+    }
+    assert_eq!(listed.lines().count(), 4, "{listed}");
+}
