@@ -22,6 +22,99 @@ pub struct RawInfo {
     pub params_schema: String,
 }
 
+/// Many byte strings in one buffer: the WIT `share-batch`. Item `i` is
+/// `data[ends[i-1]..ends[i]]` (with `ends[-1]` = 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// Every item, concatenated.
+    pub data: Vec<u8>,
+    /// Where each item ends in `data`.
+    pub ends: Vec<u32>,
+}
+
+impl Batch {
+    /// Packs `items` in order.
+    pub fn pack<I: AsRef<[u8]>>(items: impl IntoIterator<Item = I>) -> Batch {
+        let mut batch = Batch::default();
+        for item in items {
+            batch.push(item.as_ref());
+        }
+        batch
+    }
+
+    /// Appends one item.
+    pub fn push(&mut self, item: &[u8]) {
+        self.data.extend_from_slice(item);
+        self.ends
+            .push(u32::try_from(self.data.len()).expect("a batch holds less than 4 GiB"));
+    }
+
+    /// How many items it holds.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether it holds no item.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Item `i`, or `None` past the end or where `ends` is malformed.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)? as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.data.get(start..end)
+    }
+
+    /// Every item in order; an [`Error::invalid_state`] for a malformed batch
+    /// (`ends` decreasing or past `data`, or `data` longer than the last end).
+    pub fn items(&self) -> Result<Vec<&[u8]>, Error> {
+        let mut items = Vec::with_capacity(self.ends.len());
+        let mut start = 0usize;
+        for (i, &end) in self.ends.iter().enumerate() {
+            let end = end as usize;
+            items.push(self.data.get(start..end).ok_or_else(|| {
+                Error::invalid_state(format!(
+                    "batch is malformed at item {i}: {start}..{end} of {}",
+                    self.data.len()
+                ))
+            })?);
+            start = end;
+        }
+        if start != self.data.len() {
+            return Err(Error::invalid_state(format!(
+                "batch is malformed: items end at {start} but the buffer holds {} bytes",
+                self.data.len()
+            )));
+        }
+        Ok(items)
+    }
+}
+
+/// A sharded measurement (contract 0.2.0): the public share every server
+/// receives, and share `i` for server `i`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The same bytes for every server; empty when the algorithm has none.
+    pub public_share: Vec<u8>,
+    /// One share per server, in index order.
+    pub shares: Vec<Vec<u8>>,
+}
+
+/// What `verify-init` made of one report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    /// This server's state for the report and its verifier share.
+    Ready {
+        /// Kept by this server until `verify-finish`.
+        state: Vec<u8>,
+        /// Sent to server 0 for `combine`.
+        verifier_share: Vec<u8>,
+    },
+    /// The report cannot be valid; why (no secret data).
+    Invalid(String),
+}
+
 /// `info`.
 pub fn info<P: Plugin>() -> RawInfo {
     let info = P::info();

@@ -47,6 +47,85 @@ pub trait Backend {
     ) -> Result<Vec<u8>, Error>;
     /// `unshard`, returning the JSON text.
     fn unshard(&self, config: &[u8], aggs: &[Vec<u8>], count: u64) -> Result<String, Error>;
+
+    // Contract 0.2.0 (robust plugins). The defaults say the backend runs a
+    // plugin that is not robust.
+
+    /// 0.2 `shard`: with the report id, giving the public share too.
+    fn shard_report(
+        &self,
+        config: &[u8],
+        measurement: &str,
+        servers: u32,
+        report_id: &[u8],
+        seed: &[u8],
+    ) -> Result<raw::Report, Error> {
+        let _ = (config, measurement, servers, report_id, seed);
+        Err(not_robust())
+    }
+    /// 0.2 `validate`: the public share and this server's share.
+    fn validate_report(
+        &self,
+        config: &[u8],
+        public_share: &[u8],
+        share: &[u8],
+        server_index: u32,
+    ) -> Result<(), Error> {
+        let _ = (config, public_share, share, server_index);
+        Err(not_robust())
+    }
+    /// `verify-init`: report `i` is `ids[16 * i..][..16]`, the `i`-th public
+    /// share and the `i`-th share.
+    #[allow(clippy::too_many_arguments)]
+    fn verify_init(
+        &self,
+        config: &[u8],
+        key: &[u8],
+        servers: u32,
+        server_index: u32,
+        ids: &[u8],
+        public_shares: &raw::Batch,
+        shares: &raw::Batch,
+    ) -> Result<Vec<raw::Started>, Error> {
+        let _ = (
+            config,
+            key,
+            servers,
+            server_index,
+            ids,
+            public_shares,
+            shares,
+        );
+        Err(not_robust())
+    }
+    /// `combine`: one batch of verifier shares per server, in index order.
+    fn combine(
+        &self,
+        config: &[u8],
+        public_shares: &raw::Batch,
+        verifier_shares: &[raw::Batch],
+    ) -> Result<Vec<Result<Vec<u8>, String>>, Error> {
+        let _ = (config, public_shares, verifier_shares);
+        Err(not_robust())
+    }
+    /// `verify-finish`: the output shares, as `accumulate` takes them.
+    fn verify_finish(
+        &self,
+        config: &[u8],
+        servers: u32,
+        server_index: u32,
+        states: &raw::Batch,
+        messages: &raw::Batch,
+    ) -> Result<raw::Batch, Error> {
+        let _ = (config, servers, server_index, states, messages);
+        Err(not_robust())
+    }
+}
+
+fn not_robust() -> Error {
+    Error::internal(
+        "this plugin is not robust: it implements guardian:plugin@0.1.0, which has no verification",
+    )
 }
 
 /// Runs a [`Plugin`] natively, through the same byte layer as the wasm glue.
