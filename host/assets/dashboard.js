@@ -134,6 +134,9 @@ function renderTotal(entry, total) {
   text(root, ".error", "");
   root.querySelector(".error").removeAttribute("data-code");
   text(root, ".count", total.count);
+  // Robust endpoints: reports whose validity proofs failed, in no batch.
+  root.dataset.rejected = total.rejected || 0;
+  text(root, ".rejected", total.rejected || 0);
   text(root, ".batches", total.batches);
   const rows =
     total.chart.kind === "bars"
@@ -221,7 +224,8 @@ async function seal(name) {
   try {
     const sealed = await api("POST", `/api/endpoints/${encodeURIComponent(name)}/seal`);
     status.dataset.batch = sealed.batch_id;
-    status.textContent = `Sealed batch ${sealed.batch_id.slice(0, 12)}… of ${sealed.count} report${sealed.count === 1 ? "" : "s"}.`;
+    const rejected = sealed.rejected ? ` (${sealed.rejected} rejected: their proofs failed)` : "";
+    status.textContent = `Sealed batch ${sealed.batch_id.slice(0, 12)}… of ${sealed.count} report${sealed.count === 1 ? "" : "s"}${rejected}.`;
   } catch (e) {
     const problem = e.problem || { code: "error", message: String(e) };
     status.dataset.code = problem.code;

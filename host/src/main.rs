@@ -119,6 +119,24 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Shard one measurement and print the report instead of posting it (user).
+    ///
+    /// Prints `{"report_id": "<32 hex>", "public_share": "<base64>" or null,
+    /// "shares": ["<base64>", …]}`, share i for server i: what `submit` would
+    /// post (as `{"report_id", "share", "public_share"}` to server i), for clients
+    /// in other languages and for tests. The plugin is fetched and checked as
+    /// for `submit`.
+    ///
+    /// Example: guardian shard demo --value '"red"'
+    Shard {
+        /// The endpoint.
+        name: String,
+        /// The measurement, as JSON.
+        #[arg(long, value_name = "JSON")]
+        value: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Seal a batch and combine every server's released share (scientist).
     ///
     /// Asks server 0 to seal a batch of the reports every server holds, fetches
@@ -276,6 +294,15 @@ fn main() -> ExitCode {
             file,
             client: args,
         } => client(submit(name, value, file, args)),
+        Command::Shard {
+            name,
+            value,
+            client: args,
+        } => client(async move {
+            let cluster = args.cluster()?;
+            println!("{}", submit::shard_value(&cluster, &name, &value).await?);
+            Ok(())
+        }),
         Command::Collect {
             name,
             total,

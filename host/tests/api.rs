@@ -382,7 +382,7 @@ async fn bad_inputs_get_their_status_and_code_and_the_server_keeps_serving() {
     let (_, body) = send(http.get(format!("{api}/endpoints/s"))).await;
     assert_eq!(
         body["reports"],
-        json!({"unbatched": 1, "batched": 0, "expired": 0, "batches": 0})
+        json!({"unbatched": 1, "batched": 0, "expired": 0, "rejected": 0, "batches": 0})
     );
 
     let (_, metrics) = (

@@ -13,6 +13,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use rand::Rng as _;
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -419,6 +421,8 @@ fn every_party_uses_the_command_line_end_to_end() {
     contains(&table, "endpoint colors, total of 1 batch: 1000 reports");
     contains(&table, &format!("{:<7}  {:>6}\n", "red", counts[0]));
 
+    robust_endpoints_reject_a_tampered_report(&dev, &developer, &user, &scientist);
+
     // Nothing left to seal: said in words, with the counts.
     let error = fails(&dev.client(&scientist, &["collect", "sum3"]));
     contains(&error, "only 0 reports are held by every server");
@@ -426,6 +430,94 @@ fn every_party_uses_the_command_line_end_to_end() {
 
     client_errors_are_clear(&dev, &developer, &user, &scientist);
     dev.stop();
+}
+
+/// A robust endpoint through the command line: honest reports from a file, one
+/// report printed by `guardian shard`, tampered with and posted by hand; the
+/// collected result is the honest reports', and says one was rejected.
+fn robust_endpoints_reject_a_tampered_report(
+    dev: &Dev,
+    developer: &str,
+    user: &str,
+    scientist: &str,
+) {
+    let buckets = json!({"buckets": COLORS}).to_string();
+    ok(&dev.client(
+        developer,
+        &[
+            "endpoint",
+            "create",
+            "votes",
+            "--plugin",
+            "prio3-histogram",
+            "--params",
+            &buckets,
+            "--min-batch",
+            "3",
+        ],
+    ));
+    let picks = [0, 1, 1, 2, 3, 3, 3];
+    let lines: Vec<String> = picks.iter().map(|&b| format!("{:?}", COLORS[b])).collect();
+    let file = write_lines(dev.dir.path(), "votes.jsonl", &lines);
+    let out = ok(&dev.client(user, &["submit", "votes", "--file", &file]));
+    contains(&out, "sent 7, stored 7, duplicates 0, failed 0");
+
+    let printed = ok(&dev.client(user, &["shard", "votes", "--value", r#""red""#]));
+    let report: Value = serde_json::from_str(printed.trim()).expect("shard prints one JSON object");
+    let (id, public_share) = (&report["report_id"], &report["public_share"]);
+    assert!(id.as_str().is_some_and(|id| id.len() == 32), "{report}");
+    assert!(
+        public_share.is_string(),
+        "a Prio3 histogram has a public share: {report}"
+    );
+    let mut shares: Vec<Vec<u8>> = report["shares"]
+        .as_array()
+        .expect("shares is a list")
+        .iter()
+        .map(|s| {
+            BASE64
+                .decode(s.as_str().unwrap_or_default())
+                .expect("base64 shares")
+        })
+        .collect();
+    assert_eq!(shares.len(), 2, "{report}");
+    shares[1][0] ^= 0x01;
+    let servers: Vec<&str> = dev.servers.split(',').collect();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    for (index, share) in shares.iter().enumerate() {
+        let posted = runtime.block_on(async {
+            reqwest::Client::new()
+                .post(format!("{}/api/v1/endpoints/votes/reports", servers[index]))
+                .bearer_auth(user)
+                .json(&json!({
+                    "report_id": id,
+                    "share": BASE64.encode(share),
+                    "public_share": public_share,
+                }))
+                .send()
+                .await
+                .expect("the server answers")
+                .status()
+        });
+        assert_eq!(posted, reqwest::StatusCode::CREATED, "server {index}");
+    }
+
+    let result = collected(&dev.client(scientist, &["collect", "votes", "--json"]));
+    assert_eq!(result["count"], picks.len(), "{result}");
+    assert_eq!(result["rejected"], 1, "{result}");
+    let mut counts = [0u64; COLORS.len()];
+    for &b in &picks {
+        counts[b] += 1;
+    }
+    assert_eq!(
+        result["result"],
+        json!({"buckets": COLORS, "counts": counts})
+    );
+    let table = ok(&dev.client(scientist, &["collect", "votes", "--total"]));
+    contains(
+        &table,
+        "7 reports (1 more rejected: their validity proofs failed)",
+    );
 }
 
 fn help_shows_examples(dev: &Dev) {

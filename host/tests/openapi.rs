@@ -48,6 +48,8 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("post", "/peer/v1/endpoints/{name}/commit", "peer"),
     ("post", "/peer/v1/endpoints/{name}/recommit", "peer"),
     ("post", "/peer/v1/endpoints/{name}/abort", "peer"),
+    ("post", "/peer/v1/endpoints/{name}/verify", "peer"),
+    ("post", "/peer/v1/endpoints/{name}/messages", "peer"),
 ];
 
 const METHODS: &[&str] = &[
@@ -175,11 +177,13 @@ async fn the_document_describes_every_route_the_server_serves() {
                     path.contains(&format!("{{{name}}}")),
                     "{method} {path}: {name}"
                 ),
-                // The peers' binary bodies of report ids carry their metadata
-                // in the query; listings take their page there.
+                // The peers' binary bodies (report ids, verifier messages)
+                // carry their metadata in the query; listings take their page
+                // there.
                 Some("query") => assert!(
                     path.ends_with("/prepare")
                         || path.ends_with("/recommit")
+                        || path.ends_with("/messages")
                         || (method == "get" && ["limit", "after"].contains(&name)),
                     "{method} {path}: {name}"
                 ),

@@ -131,11 +131,19 @@ async fn a_follower_cannot_drive_another_follower() {
     .unwrap();
     let abort = serde_json::to_vec(&json!({"batch_id": batch, "seal": 99})).unwrap();
     let recommit = format!("batch_id={batch}&seal=99&config_hash={hash}&count=4");
+    let verify = serde_json::to_vec(&json!({
+        "batch_id": batch, "seal": 99, "config_hash": hash, "key": BASE64.encode([7; 32]),
+        "agreed": BASE64.encode([0x0f]), "from": 0, "len": 4,
+    }))
+    .unwrap();
+    let messages = format!("batch_id={batch}&seal=99&from=0");
     let steps = [
         ("prepare", query.as_str(), proposal.clone()),
         ("commit", "", commit),
         ("abort", "", abort),
         ("recommit", recommit.as_str(), proposal),
+        ("verify", "", verify),
+        ("messages", messages.as_str(), vec![0, 0, 0, 0]),
     ];
     let base = cluster.base(2);
     // (signing key of server, claimed sender, receiver, expected status and code)

@@ -81,22 +81,30 @@ pub fn expected(labels: &[String]) -> String {
 
 /// The one-hot vector of a measurement over `labels`.
 pub fn one_hot(labels: &[String], m: Measurement) -> Result<Vec<u64>, Error> {
-    let index = match m {
-        Measurement::Index(i) if (i as usize) < labels.len() => i as usize,
-        Measurement::Index(i) => {
-            return Err(Error::invalid_measurement(format!(
-                "bucket index {i} is out of range: there are {} buckets",
-                labels.len()
-            )));
-        }
+    let mut one_hot = vec![0u64; labels.len()];
+    one_hot[index(labels, m)?] = 1;
+    Ok(one_hot)
+}
+
+/// The index of a measurement's bucket among `labels`; an index out of range
+/// or an unknown label is refused with [`Error::invalid_measurement`].
+pub fn index(labels: &[String], m: Measurement) -> Result<usize, Error> {
+    Ok(match m {
+        // `try_from`, not `as`: on wasm32 `as usize` would wrap 2^32 + 1 to 1.
+        Measurement::Index(i) => usize::try_from(i)
+            .ok()
+            .filter(|&i| i < labels.len())
+            .ok_or_else(|| {
+                Error::invalid_measurement(format!(
+                    "bucket index {i} is out of range: there are {} buckets",
+                    labels.len()
+                ))
+            })?,
         Measurement::Label(label) => labels.iter().position(|b| *b == label).ok_or_else(|| {
             Error::invalid_measurement(format!(
                 "unknown bucket {label:?}: expected {}",
                 expected(labels)
             ))
         })?,
-    };
-    let mut one_hot = vec![0u64; labels.len()];
-    one_hot[index] = 1;
-    Ok(one_hot)
+    })
 }

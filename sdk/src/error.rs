@@ -70,3 +70,10 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// What the verification methods of a plugin that is not robust answer.
+pub(crate) fn not_robust() -> Error {
+    Error::internal(
+        "this plugin is not robust: it implements guardian:plugin@0.1.0, which has no verification",
+    )
+}

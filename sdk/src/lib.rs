@@ -12,10 +12,20 @@
 //! your typed configuration, measurements, shares and aggregates, caching the
 //! decoded configuration between calls, and the WebAssembly glue.
 //!
+//! A *robust* plugin (contract `guardian:plugin@0.2.0`) also proves that
+//! each measurement is valid, and the servers check the proof before
+//! aggregating it: it overrides [`Plugin`]'s verification methods and is
+//! registered with [`export_robust_plugin!`]. With the `prio3` feature, the
+//! `prio3` module does all of that for any Prio3 validity circuit.
+//!
 //! ## Layout
 //!
 //! - [`Plugin`]: the trait you implement. Typed, with defaults for the steps
-//!   most algorithms do not need (`validate`, `release`).
+//!   most algorithms do not need (`validate`, `release`, and verification:
+//!   `shard_report`, `validate_report`, `verify_init`, `combine`,
+//!   `verify_finish`).
+//! - `prio3` (feature `prio3`): robust plugins from Prio3 validity circuits
+//!   (`prio3::Circuit`, `prio3::Prio3Plugin`).
 //! - [`Codec`]: how shares and aggregates become bytes. `Vec<u64>` (the
 //!   wrapping ring used by every built-in) implements it already.
 //! - [`ring`]: wrapping-`u64` vector arithmetic and additive secret sharing.
@@ -23,8 +33,8 @@
 //!   plugin may use.
 //! - [`dp`]: exact discrete Laplace and discrete Gaussian samplers for
 //!   differential privacy.
-//! - [`raw`]: the byte-level contract (what the WIT world exchanges), used by
-//!   the wasm glue and by the native test harness.
+//! - [`raw`]: the byte-level contract (what the WIT worlds exchange, 0.1 and
+//!   0.2), used by the wasm glue and by the native test harness.
 //! - [`buckets`]: bucketed (one-hot) measurements.
 //! - [`vector`]: integer-vector measurements (parsing, length limits,
 //!   bounds).
@@ -105,6 +115,8 @@ pub mod dp;
 mod error;
 #[doc(hidden)]
 pub mod export;
+#[cfg(feature = "prio3")]
+pub mod prio3;
 pub mod raw;
 pub mod ring;
 mod rng;
@@ -151,7 +163,8 @@ impl Info {
 }
 
 /// An aggregation algorithm. Implement it on a unit struct and register it
-/// with [`export_plugin!`].
+/// with [`export_plugin!`] (or, for a robust plugin, which overrides the
+/// verification methods, [`export_robust_plugin!`]).
 ///
 /// Every method is a pure function of its arguments: the host may call them
 /// on any instance, in any order across batches, and keeps all state
@@ -249,7 +262,135 @@ pub trait Plugin: 'static {
         aggs: Vec<Self::Aggregate>,
         count: u64,
     ) -> Result<serde_json::Value, Error>;
+
+    // Robust plugins (contract 0.2.0). The five methods below have defaults
+    // that refuse, which is what a plugin that does not verify wants: it
+    // leaves them alone and is exported with `export_plugin!`.
+
+    /// Splits a measurement into a report bound to `report_id` (client side,
+    /// robust plugins): the public share every server receives alike and one
+    /// input share per server, in server order. Neither the public share nor
+    /// any `servers - 1` input shares may reveal anything about the
+    /// measurement; all randomness comes from `rng`.
+    ///
+    /// What a server stores at ingest is the input share; what
+    /// [`Plugin::accumulate`] folds is the output share
+    /// ([`Plugin::Share`]) that [`Plugin::verify_finish`] makes of it once the
+    /// servers have checked the proof. Input shares, public shares and the
+    /// verification messages are bytes that only the plugin decodes: decoding
+    /// them usually needs the configuration, the number of servers and the
+    /// server's index (a Prio3 leader's share differs from a helper's), which
+    /// a context-free [`Codec`] cannot be given.
+    ///
+    /// A robust plugin overrides this and the four methods after it, and is
+    /// exported with [`export_robust_plugin!`]; its contract-0.1
+    /// [`Plugin::shard`] is never called and should refuse.
+    /// The `prio3` module (feature `prio3`) implements all of it for any Prio3
+    /// validity circuit. The default refuses: the plugin is not robust.
+    fn shard_report(
+        config: &Self::Config,
+        measurement: Self::Measurement,
+        servers: u32,
+        report_id: &ReportId,
+        rng: &mut Rng,
+    ) -> Result<raw::Report, Error> {
+        let _ = (config, measurement, servers, report_id, rng);
+        Err(error::not_robust())
+    }
+
+    /// Checks one report as it arrives at server `server_index` (robust
+    /// plugins): the public share and this server's input share. It runs on
+    /// the report path, so it checks lengths, not proofs: a report that
+    /// passes but proves nothing is rejected by the verification round.
+    /// Refuse with [`Error::invalid_share`]. The default refuses: the plugin
+    /// is not robust.
+    fn validate_report(
+        config: &Self::Config,
+        public_share: &[u8],
+        input_share: &[u8],
+        server_index: u32,
+    ) -> Result<(), Error> {
+        let _ = (config, public_share, input_share, server_index);
+        Err(error::not_robust())
+    }
+
+    /// Starts checking one report's proof on server `server_index` of
+    /// `servers`, under the endpoint's verification `key` (robust plugins):
+    /// [`raw::Started::Ready`] with this server's state (kept until
+    /// [`Plugin::verify_finish`]) and its verifier share (sent to server 0),
+    /// or [`raw::Started::Invalid`] for a report that cannot be valid (its
+    /// shares do not decode), which every server then rejects. An `Err`
+    /// fails the whole batch: keep it for what is wrong with every report
+    /// alike (the configuration, a number of servers the plugin cannot
+    /// serve), never for one user's bytes. Deterministic. The default
+    /// refuses: the plugin is not robust.
+    fn verify_init(
+        config: &Self::Config,
+        key: &VerifyKey,
+        servers: u32,
+        server_index: u32,
+        report_id: &ReportId,
+        public_share: &[u8],
+        input_share: &[u8],
+    ) -> Result<raw::Started, Error> {
+        let _ = (
+            config,
+            key,
+            servers,
+            server_index,
+            report_id,
+            public_share,
+            input_share,
+        );
+        Err(error::not_robust())
+    }
+
+    /// Decides whether one report's proof holds (robust plugins; run once per
+    /// report, by server 0) from every server's verifier share, in server
+    /// order, and the report's public share (the host has checked that every
+    /// server holds the same one): `Ok(Ok(message))` for a valid report,
+    /// where `message` goes to every server's [`Plugin::verify_finish`], or
+    /// `Ok(Err(why))`, in words without secret data. Return a message only
+    /// if `verify_finish` with it succeeds on every server: this is where the
+    /// servers' agreement about a report is decided. An `Err` fails the whole
+    /// batch, as in [`Plugin::verify_init`]. The default refuses: the plugin
+    /// is not robust.
+    fn combine(
+        config: &Self::Config,
+        public_share: &[u8],
+        verifier_shares: &[&[u8]],
+    ) -> Result<Result<Vec<u8>, String>, Error> {
+        let _ = (config, public_share, verifier_shares);
+        Err(error::not_robust())
+    }
+
+    /// Finishes checking one valid report on server `server_index` of
+    /// `servers` (robust plugins): from this server's state of
+    /// [`Plugin::verify_init`] and the message of [`Plugin::combine`], the
+    /// output share that [`Plugin::accumulate`] folds. Fails with
+    /// [`Error::invalid_state`] for a state or message that does not decode
+    /// or does not match. The default refuses: the plugin is not robust.
+    fn verify_finish(
+        config: &Self::Config,
+        servers: u32,
+        server_index: u32,
+        state: &[u8],
+        message: &[u8],
+    ) -> Result<Self::Share, Error> {
+        let _ = (config, servers, server_index, state, message);
+        Err(error::not_robust())
+    }
 }
+
+/// A report's id (contract 0.2): 16 bytes the client draws at random, one per
+/// measurement. Robust plugins bind a report's proof to it, so shares posted
+/// under another report's id fail to verify.
+pub type ReportId = [u8; 16];
+
+/// An endpoint's verification key (contract 0.2): 32 random bytes that the
+/// servers share and clients never see (a client that knew it could craft a
+/// proof that passes).
+pub type VerifyKey = [u8; 32];
 
 /// Decodes endpoint parameters into a typed struct, turning serde's errors
 /// into [`Error::invalid_params`] messages ("unknown field `lenght`, expected

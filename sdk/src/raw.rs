@@ -3,8 +3,14 @@
 //! Each function takes and returns what the matching WIT function does and
 //! drives a typed [`Plugin`]. The wasm glue calls these, and so does the
 //! native test harness, so native and wasm runs execute the same code.
+//!
+//! Contract 0.1.0 (`wit/plugin.wit`) is `info` to `unshard`. Contract 0.2.0
+//! (`wit/0.2.0/plugin.wit`, robust plugins) replaces `shard` and `validate`
+//! with [`shard_report`] and [`validate_report`], adds the `verify`
+//! interface ([`verify_init`], [`combine`], [`verify_finish`]) and keeps the
+//! rest; its `accumulate` folds the output shares of [`verify_finish`].
 
-use crate::{Codec, Error, Plugin, Rng};
+use crate::{Codec, Error, Plugin, ReportId, Rng, VerifyKey};
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -148,8 +154,7 @@ pub fn shard<P: Plugin>(
         )));
     }
     let config = decode_config::<P>(config)?;
-    let measurement: P::Measurement = serde_json::from_str(measurement)
-        .map_err(|e| undecodable_measurement(P::expected_measurement(&config), measurement, &e))?;
+    let measurement = decode_measurement::<P>(&config, measurement)?;
     let mut rng = Rng::from_seed_bytes(seed)?;
     let shares = P::shard(&config, measurement, servers, &mut rng)?;
     if shares.len() != servers as usize {
@@ -159,6 +164,12 @@ pub fn shard<P: Plugin>(
         )));
     }
     Ok(shares.iter().map(Codec::encode).collect())
+}
+
+/// A measurement (JSON text) as the plugin's type.
+fn decode_measurement<P: Plugin>(config: &P::Config, text: &str) -> Result<P::Measurement, Error> {
+    serde_json::from_str(text)
+        .map_err(|e| undecodable_measurement(P::expected_measurement(config), text, &e))
 }
 
 /// Longest part of a refused measurement quoted back.
@@ -284,6 +295,177 @@ pub fn unshard<P: Plugin>(config: &[u8], aggs: &[Vec<u8>], count: u64) -> Result
     Ok(P::unshard(&config, aggs, count)?.to_string())
 }
 
+// Contract 0.2.0: robust plugins. `configure`, `init`, `accumulate` (which
+// folds the output shares of `verify_finish`), `merge`, `release` and
+// `unshard` are the functions above, unchanged.
+
+/// 0.2 `shard`: splits a measurement into a report bound to `report_id` (16
+/// bytes).
+pub fn shard_report<P: Plugin>(
+    config: &[u8],
+    measurement: &str,
+    servers: u32,
+    report_id: &[u8],
+    seed: &[u8],
+) -> Result<Report, Error> {
+    if servers < 2 {
+        return Err(Error::internal(format!(
+            "at least 2 servers are needed, got {servers}"
+        )));
+    }
+    let report_id: ReportId = report_id.try_into().map_err(|_| {
+        Error::internal(format!("a report id is 16 bytes, got {}", report_id.len()))
+    })?;
+    let config = decode_config::<P>(config)?;
+    let measurement = decode_measurement::<P>(&config, measurement)?;
+    let mut rng = Rng::from_seed_bytes(seed)?;
+    let report = P::shard_report(&config, measurement, servers, &report_id, &mut rng)?;
+    if report.shares.len() != servers as usize {
+        return Err(Error::internal(format!(
+            "plugin made {} shares for {servers} servers",
+            report.shares.len()
+        )));
+    }
+    Ok(report)
+}
+
+/// 0.2 `validate`: the public share and this server's share.
+pub fn validate_report<P: Plugin>(
+    config: &[u8],
+    public_share: &[u8],
+    share: &[u8],
+    server_index: u32,
+) -> Result<(), Error> {
+    let config = decode_config::<P>(config)?;
+    P::validate_report(&config, public_share, share, server_index)
+}
+
+/// `verify-init`: report `i` has the id `ids[16 * i..][..16]`, the `i`-th
+/// public share and the `i`-th share. One [`Started`] per report, in order.
+pub fn verify_init<P: Plugin>(
+    config: &[u8],
+    key: &[u8],
+    servers: u32,
+    server_index: u32,
+    ids: &[u8],
+    public_shares: &Batch,
+    shares: &Batch,
+) -> Result<Vec<Started>, Error> {
+    let config = decode_config::<P>(config)?;
+    let key: &VerifyKey = key.try_into().map_err(|_| {
+        Error::invalid_state(format!(
+            "the verification key must be 32 bytes, got {}",
+            key.len()
+        ))
+    })?;
+    check_seat(servers, server_index)?;
+    let public_shares = public_shares.items()?;
+    let shares = shares.items()?;
+    if public_shares.len() != shares.len() || ids.len() != 16 * shares.len() {
+        return Err(Error::invalid_state(format!(
+            "reports are malformed: {} ids ({} bytes), {} public shares, {} shares",
+            ids.len() / 16,
+            ids.len(),
+            public_shares.len(),
+            shares.len()
+        )));
+    }
+    let (ids, _) = ids.as_chunks::<16>();
+    ids.iter()
+        .zip(public_shares)
+        .zip(shares)
+        .map(|((id, public_share), share)| {
+            P::verify_init(&config, key, servers, server_index, id, public_share, share)
+        })
+        .collect()
+}
+
+/// `combine`: `verifier_shares` holds one batch per server, in index order,
+/// with report `i`'s verifier share at position `i`. For each report, the
+/// message for `verify-finish` or why the report is invalid.
+pub fn combine<P: Plugin>(
+    config: &[u8],
+    public_shares: &Batch,
+    verifier_shares: &[Batch],
+) -> Result<Vec<Result<Vec<u8>, String>>, Error> {
+    let config = decode_config::<P>(config)?;
+    if verifier_shares.len() < 2 {
+        return Err(Error::internal(format!(
+            "combine needs the verifier shares of at least 2 servers, got {}",
+            verifier_shares.len()
+        )));
+    }
+    let public_shares = public_shares.items()?;
+    let verifier_shares = verifier_shares
+        .iter()
+        .map(Batch::items)
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some((server, batch)) = verifier_shares
+        .iter()
+        .enumerate()
+        .find(|(_, batch)| batch.len() != public_shares.len())
+    {
+        return Err(Error::invalid_state(format!(
+            "server {server} sent {} verifier shares for {} reports",
+            batch.len(),
+            public_shares.len()
+        )));
+    }
+    let mut report_shares = Vec::with_capacity(verifier_shares.len());
+    public_shares
+        .iter()
+        .enumerate()
+        .map(|(i, public_share)| {
+            report_shares.clear();
+            report_shares.extend(verifier_shares.iter().map(|batch| batch[i]));
+            P::combine(&config, public_share, &report_shares)
+        })
+        .collect()
+}
+
+/// `verify-finish`: this server's output share of each report, packed as
+/// `accumulate` takes them.
+pub fn verify_finish<P: Plugin>(
+    config: &[u8],
+    servers: u32,
+    server_index: u32,
+    states: &Batch,
+    messages: &Batch,
+) -> Result<Batch, Error> {
+    let config = decode_config::<P>(config)?;
+    check_seat(servers, server_index)?;
+    let states = states.items()?;
+    let messages = messages.items()?;
+    if states.len() != messages.len() {
+        return Err(Error::invalid_state(format!(
+            "{} verification states but {} messages",
+            states.len(),
+            messages.len()
+        )));
+    }
+    let mut out = Batch::default();
+    for (state, message) in states.into_iter().zip(messages) {
+        out.push(&P::verify_finish(&config, servers, server_index, state, message)?.encode());
+    }
+    Ok(out)
+}
+
+/// Fails with [`Error::internal`] unless `server_index` is one of at least 2
+/// `servers`: the host's mistake, not a report's.
+fn check_seat(servers: u32, server_index: u32) -> Result<(), Error> {
+    if servers < 2 {
+        return Err(Error::internal(format!(
+            "at least 2 servers are needed, got {servers}"
+        )));
+    }
+    if server_index >= servers {
+        return Err(Error::internal(format!(
+            "server index {server_index} is not one of {servers} servers"
+        )));
+    }
+    Ok(())
+}
+
 fn decode_aggregate<P: Plugin>(bytes: &[u8]) -> Result<P::Aggregate, Error> {
     P::Aggregate::decode(bytes)
         .map_err(|e| Error::invalid_state(format!("aggregate: {}", e.message())))
@@ -321,6 +503,100 @@ fn decode_config<P: Plugin>(bytes: &[u8]) -> Result<Rc<P::Config>, Error> {
 #[cfg(test)]
 mod tests {
     use super::json_words;
+    use crate::testing::{Backend, Native};
+    use crate::{Error, Info, Plugin, Rng, ring};
+
+    /// A plugin that does not verify: it leaves the robust methods alone.
+    struct Plain;
+
+    impl Plugin for Plain {
+        type Config = serde_json::Value;
+        type Measurement = u64;
+        type Share = Vec<u64>;
+        type Aggregate = Vec<u64>;
+        fn info() -> Info {
+            Info::new("plain", "0.0.0", "A test plugin.")
+        }
+        fn configure(params: serde_json::Value) -> Result<serde_json::Value, Error> {
+            Ok(params)
+        }
+        fn shard(
+            _: &Self::Config,
+            m: u64,
+            servers: u32,
+            rng: &mut Rng,
+        ) -> Result<Vec<Vec<u64>>, Error> {
+            Ok(ring::split(&[m], servers, rng))
+        }
+        fn init(_: &Self::Config) -> Vec<u64> {
+            vec![0]
+        }
+        fn accumulate(_: &Self::Config, agg: &mut Vec<u64>, share: &Vec<u64>) -> Result<(), Error> {
+            ring::add_assign(agg, share)
+        }
+        fn unshard(
+            _: &Self::Config,
+            aggs: Vec<Vec<u64>>,
+            _: u64,
+        ) -> Result<serde_json::Value, Error> {
+            Ok(serde_json::json!(ring::sum_all(&aggs, 1)?[0]))
+        }
+    }
+
+    #[test]
+    fn plugins_that_do_not_verify_say_so_at_every_robust_call() {
+        let plain = Native::<Plain>::new();
+        let config = plain.configure("{}").unwrap();
+        let empty = super::Batch::default();
+        let results = [
+            plain
+                .shard_report(&config, "1", 2, &[0; 16], &[0; 32])
+                .map(drop),
+            plain.validate_report(&config, &[], &[0; 8], 0),
+            plain
+                .verify_init(
+                    &config,
+                    &[0; 32],
+                    2,
+                    0,
+                    &[0; 16],
+                    &super::Batch::pack([[]]),
+                    &super::Batch::pack([[0u8; 8]]),
+                )
+                .map(drop),
+            plain
+                .combine(
+                    &config,
+                    &super::Batch::pack([[]]),
+                    &[super::Batch::pack([[1]]), super::Batch::pack([[2]])],
+                )
+                .map(drop),
+            plain
+                .verify_finish(
+                    &config,
+                    2,
+                    0,
+                    &super::Batch::pack([[1]]),
+                    &super::Batch::pack([[2]]),
+                )
+                .map(drop),
+        ];
+        for result in results {
+            let err = result.unwrap_err();
+            assert!(
+                err.kind() == "internal" && err.message().contains("not robust"),
+                "{err}"
+            );
+        }
+        // The 0.1 calls are as they were; an empty round asks nothing of it.
+        assert_eq!(plain.shard(&config, "1", 2, &[0; 32]).unwrap().len(), 2);
+        assert!(
+            plain
+                .verify_finish(&config, 2, 0, &empty, &empty)
+                .unwrap()
+                .is_empty()
+        );
+    }
 
     #[test]
     fn serde_expectations_are_said_in_json_terms() {

@@ -33,17 +33,28 @@ pub struct Collected {
     pub batches: Option<u64>,
     /// Reports in the result.
     pub count: u64,
+    /// Reports the seal rejected because their validity proofs failed (robust
+    /// endpoints; left out when none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rejected: u64,
     /// What the plugin's `unshard` returned.
     pub result: Value,
 }
 
-/// A batch server 0 sealed: `201 {batch_id, count}`.
+/// A batch server 0 sealed: `201 {batch_id, count, rejected}`.
 #[derive(Deserialize)]
 pub(crate) struct Sealed {
     /// The new batch.
     pub batch_id: String,
     /// Reports in it.
     pub count: u64,
+    /// Reports its seal rejected (failed validity proofs).
+    #[serde(default)]
+    pub rejected: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Deserialize)]
@@ -58,6 +69,8 @@ struct BatchShare {
 struct TotalShare {
     batches: u64,
     count: u64,
+    #[serde(default)]
+    rejected: u64,
     server_index: u64,
     share: String,
 }
@@ -183,6 +196,7 @@ async fn fetch_batch(
             batch_id: Some(sealed.batch_id.clone()),
             batches: None,
             count: sealed.count,
+            rejected: sealed.rejected,
             result: Value::Null,
         },
     ))
@@ -196,6 +210,7 @@ pub(crate) async fn fetch_total(
 ) -> anyhow::Result<(Vec<Vec<u8>>, Collected)> {
     let mut shares = Vec::new();
     let mut first: Option<(u64, u64)> = None;
+    let mut rejected = 0;
     for index in 0..cluster.len() {
         let total: TotalShare = cluster
             .get_json(index, &endpoint_path(name, &["total"]))
@@ -203,7 +218,10 @@ pub(crate) async fn fetch_total(
         let who = cluster.describe(index);
         check_index(&who, index, total.server_index)?;
         match first {
-            None => first = Some((total.batches, total.count)),
+            None => {
+                first = Some((total.batches, total.count));
+                rejected = total.rejected;
+            }
             Some((batches, count)) if (batches, count) != (total.batches, total.count) => bail!(
                 "the servers' totals differ: server 0 has {batches} batches with {count} reports, {who} has {} with {}; a seal may still be completing, collect again in a moment",
                 total.batches,
@@ -221,6 +239,7 @@ pub(crate) async fn fetch_total(
             batch_id: None,
             batches: Some(batches),
             count,
+            rejected,
             result: Value::Null,
         },
     ))
@@ -257,8 +276,12 @@ impl Collected {
             (None, None) => format!("endpoint {}", self.endpoint),
         };
         let reports = if self.count == 1 { "report" } else { "reports" };
+        let rejected = match self.rejected {
+            0 => String::new(),
+            n => format!(" ({n} more rejected: their validity proofs failed)"),
+        };
         format!(
-            "{heading}: {} {reports}\n\n{}",
+            "{heading}: {} {reports}{rejected}\n\n{}",
             self.count,
             render_result(&self.result)
         )
@@ -404,6 +427,7 @@ mod tests {
             batch_id: Some("ab".repeat(16)),
             batches: None,
             count: 3,
+            rejected: 0,
             result: json!([1, 2, 3]),
         };
         let value: Value = serde_json::from_str(&batch.to_json()).unwrap();
@@ -422,6 +446,13 @@ mod tests {
             value,
             json!({"endpoint": "sum3", "batches": 2, "count": 3, "result": [1, 2, 3]})
         );
+        // Reports a robust seal rejected are said when there are some.
+        let robust = Collected {
+            rejected: 2,
+            ..total
+        };
+        let value: Value = serde_json::from_str(&robust.to_json()).unwrap();
+        assert_eq!(value["rejected"], 2, "{value}");
     }
 
     #[test]
@@ -431,11 +462,20 @@ mod tests {
             batch_id: None,
             batches: Some(1),
             count: 1,
+            rejected: 0,
             result: json!(7),
         };
         assert_eq!(
             collected.render(),
             "endpoint colors, total of 1 batch: 1 report\n\nresult: 7\n"
+        );
+        let robust = Collected {
+            rejected: 1,
+            ..collected
+        };
+        assert_eq!(
+            robust.render(),
+            "endpoint colors, total of 1 batch: 1 report (1 more rejected: their validity proofs failed)\n\nresult: 7\n"
         );
     }
 

@@ -254,7 +254,7 @@ async fn seal(
         .await
         .map_err(Problem::from_seal)?;
     Ok(Json(
-        json!({"batch_id": sealed.batch_id, "count": sealed.count}),
+        json!({"batch_id": sealed.batch_id, "count": sealed.count, "rejected": sealed.rejected}),
     ))
 }
 

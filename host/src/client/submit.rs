@@ -194,6 +194,8 @@ struct Report {
     line: usize,
     /// 16 random bytes, hex.
     id: String,
+    /// Base64 of the public share (robust plugins; `None` when empty).
+    public_share: Option<String>,
     /// Base64 of share i, for server i.
     shares: Vec<String>,
 }
@@ -201,10 +203,11 @@ struct Report {
 /// Shards `measurement` into one share per server under a fresh report id.
 fn shard(endpoint: &LocalEndpoint, servers: usize, m: &Measurement) -> Result<Report, Outcome> {
     let seed: [u8; 32] = rand::random();
+    let id: [u8; 16] = rand::random();
     let n = u32::try_from(servers).unwrap_or(u32::MAX);
-    let shares = endpoint
+    let report = endpoint
         .plugin
-        .shard(&endpoint.config, &m.json, n, &seed)
+        .shard_report(&endpoint.config, &m.json, n, &id, &seed)
         .map_err(|e| Outcome::Failed {
             reason: e.code().to_owned(),
             // The plugin's own words (what it expected, what came); the code
@@ -216,21 +219,57 @@ fn shard(endpoint: &LocalEndpoint, servers: usize, m: &Measurement) -> Result<Re
                 other => format!("line {}: the plugin failed on {}: {other}", m.line, m.json),
             },
         })?;
-    if shares.len() != servers {
+    if report.shares.len() != servers {
         return Err(Outcome::Failed {
             reason: "plugin_bad_shard".to_owned(),
             message: format!(
                 "line {}: the plugin made {} shares for {servers} servers",
                 m.line,
-                shares.len()
+                report.shares.len()
             ),
         });
     }
     Ok(Report {
         line: m.line,
-        id: hex::encode(rand::random::<[u8; 16]>()),
-        shares: shares.iter().map(|s| BASE64.encode(s)).collect(),
+        id: hex::encode(id),
+        public_share: (!report.public_share.is_empty())
+            .then(|| BASE64.encode(&report.public_share)),
+        shares: report.shares.iter().map(|s| BASE64.encode(s)).collect(),
     })
+}
+
+/// `guardian shard NAME --value JSON`: the report `submit` would post, as JSON,
+/// without posting it: `{"report_id", "public_share" (base64 or null), "shares"
+/// (base64, share i for server i)}`.
+pub async fn shard_value(cluster: &Cluster, name: &str, json: &str) -> anyhow::Result<String> {
+    let endpoint = Arc::new(endpoint::open_to_shard(cluster, name).await?);
+    let measurement = Measurement {
+        line: 1,
+        json: json.trim().to_owned(),
+    };
+    let servers = cluster.len();
+    let report = tokio::task::spawn_blocking(move || shard(&endpoint, servers, &measurement))
+        .await
+        .context("the sharding thread stopped")?;
+    let report = sharded(report)?;
+    Ok(serde_json::json!({
+        "report_id": report.id,
+        "public_share": report.public_share,
+        "shares": report.shares,
+    })
+    .to_string())
+}
+
+/// The report of the one measurement of `--value`, or why it was refused.
+fn sharded(report: Result<Report, Outcome>) -> anyhow::Result<Report> {
+    match report {
+        Ok(report) => Ok(report),
+        Err(Outcome::Failed { reason, message }) => {
+            let message = message.trim_start_matches("line 1: ");
+            bail!("{message} ({reason})")
+        }
+        Err(_) => bail!("the measurement could not be sharded"),
+    }
 }
 
 /// Posts share i of `report` to server i, in index order; stops at the first
@@ -239,7 +278,14 @@ async fn post(cluster: &Cluster, name: &str, report: &Report) -> Result<bool, Se
     let mut duplicate = false;
     let path = endpoint_path(name, &["reports"]);
     for (index, share) in report.shares.iter().enumerate() {
-        let body = serde_json::json!({"report_id": report.id, "share": share});
+        let body = match &report.public_share {
+            Some(public_share) => serde_json::json!({
+                "report_id": report.id,
+                "share": share,
+                "public_share": public_share,
+            }),
+            None => serde_json::json!({"report_id": report.id, "share": share}),
+        };
         let answer = cluster
             .request(index, Method::POST, &path)
             .json(&body)
@@ -277,14 +323,7 @@ pub async fn submit_value(cluster: &Cluster, name: &str, json: &str) -> anyhow::
             .await
             .context("the sharding thread stopped")?
     };
-    let report = match report {
-        Ok(report) => report,
-        Err(Outcome::Failed { reason, message }) => {
-            let message = message.trim_start_matches("line 1: ");
-            bail!("{message} ({reason})")
-        }
-        Err(_) => bail!("the measurement could not be sharded"),
-    };
+    let report = sharded(report)?;
     post(cluster, name, &report).await.map_err(|e| {
         let partial = if e.server > 0 {
             " The servers before it hold the report, which is never counted on its own: submitting again is safe."

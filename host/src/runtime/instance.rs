@@ -4,6 +4,10 @@
 //! Instantiating costs microseconds while a small call costs a fraction of one,
 //! so an instance that finished a call normally goes back to the pool. One that
 //! trapped, timed out or hit a limit is dropped: its memory may be half-written.
+//!
+//! A [`Pool`] serves one world ([`World`]: 0.1 or 0.2). It is generic rather
+//! than an enum of instance kinds so that a call into a 0.1 plugin compiles to
+//! the same code it always did; [`super::Plugin`] picks the pool once per call.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -14,9 +18,8 @@ use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::exports::guardian::plugin::algorithm::{Error as GuestError, Guest};
-use super::bindings::{Plugin as Bindings, PluginPre};
 use super::engine::TICK;
+use super::worlds::World;
 use super::{CallError, RuntimeOptions, Stats};
 
 /// Bytes of a plugin's stderr kept to explain a trap (panic messages land there).
@@ -110,25 +113,25 @@ fn host_state(options: &RuntimeOptions) -> HostState {
     }
 }
 
-struct Instance {
+struct Instance<W: World> {
     store: Store<HostState>,
-    bindings: Bindings,
+    bindings: W::Bindings,
 }
 
 /// Idle instances of one plugin, and how to make more.
-pub(super) struct Pool {
-    pre: PluginPre<HostState>,
-    idle: Mutex<Vec<Instance>>,
+pub(super) struct Pool<W: World> {
+    /// The type-checked component, ready to instantiate.
+    pre: W::Pre,
+    /// Instances that finished their last call normally, ready for the next.
+    idle: Mutex<Vec<Instance<W>>>,
+    /// Deadline, memory and output caps, and how many instances to keep.
     options: RuntimeOptions,
+    /// The runtime's counters (instances created).
     stats: Arc<Stats>,
 }
 
-impl Pool {
-    pub(super) fn new(
-        pre: PluginPre<HostState>,
-        options: RuntimeOptions,
-        stats: Arc<Stats>,
-    ) -> Self {
+impl<W: World> Pool<W> {
+    pub(super) fn new(pre: W::Pre, options: RuntimeOptions, stats: Arc<Stats>) -> Self {
         Self {
             pre,
             idle: Mutex::new(Vec::new()),
@@ -137,12 +140,12 @@ impl Pool {
         }
     }
 
-    fn instantiate(&self) -> Result<Instance, CallError> {
-        let mut store = Store::new(self.pre.engine(), host_state(&self.options));
+    fn instantiate(&self) -> Result<Instance<W>, CallError> {
+        let mut store = Store::new(W::engine(&self.pre), host_state(&self.options));
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(deadline_ticks(self.options.deadline));
         store.epoch_deadline_trap();
-        let bindings = self.pre.instantiate(&mut store).map_err(|e| {
+        let bindings = W::instantiate(&self.pre, &mut store).map_err(|e| {
             let error = classify(&store, e, self.options.deadline, &self.options);
             match error {
                 CallError::Trap(m) => CallError::Instantiate(m),
@@ -160,22 +163,24 @@ impl Pool {
     }
 
     /// Returns a healthy instance to the idle list, or drops it if full.
-    fn keep(&self, instance: Instance) {
+    fn keep(&self, instance: Instance<W>) {
         let mut idle = self.idle();
         if idle.len() < self.options.idle_instances {
             idle.push(instance);
         }
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<Instance>> {
+    fn idle(&self) -> MutexGuard<'_, Vec<Instance<W>>> {
         // The list stays consistent even if a holder panicked.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs one export call on an idle (or new) instance under the deadline.
+    /// The plugin's own refusals (the world's `error`) become
+    /// [`CallError::Rejected`].
     pub(super) fn call<T>(
         &self,
-        f: impl FnOnce(&Guest, &mut Store<HostState>) -> wasmtime::Result<Result<T, GuestError>>,
+        f: impl FnOnce(&W::Bindings, &mut Store<HostState>) -> wasmtime::Result<Result<T, W::Error>>,
     ) -> Result<T, CallError> {
         let idle = self.idle().pop();
         let mut instance = match idle {
@@ -187,11 +192,10 @@ impl Pool {
             .set_epoch_deadline(deadline_ticks(self.options.deadline));
         instance.store.data_mut().limits.memory_hit = false;
         let started = Instant::now();
-        let guest = instance.bindings.guardian_plugin_algorithm();
-        match f(guest, &mut instance.store) {
+        match f(&instance.bindings, &mut instance.store) {
             Ok(result) => {
                 self.keep(instance);
-                result.map_err(super::rejected)
+                result.map_err(W::rejected)
             }
             Err(e) => {
                 tracing::debug!(elapsed = ?started.elapsed(), error = %e, "plugin call failed");

@@ -1,5 +1,6 @@
 use std::time::{Duration, Instant};
 
+use guardian_sdk::raw::{Batch, Started};
 use guardian_sdk::testing::{RunOptions, run_with};
 
 use super::builtins::BUILTINS;
@@ -22,6 +23,16 @@ fn runtime() -> Runtime {
     Runtime::new(RuntimeOptions::default()).unwrap()
 }
 
+/// The built-ins of contract 0.1.0, which must keep working as they did.
+const NOT_ROBUST: [&str; 6] = [
+    "count",
+    "dp-histogram",
+    "dp-sum",
+    "histogram",
+    "mean",
+    "sum",
+];
+
 #[test]
 fn every_builtin_loads_and_names_itself() {
     let runtime = runtime();
@@ -37,6 +48,14 @@ fn every_builtin_loads_and_names_itself() {
         serde_json::from_str::<serde_json::Value>(&plugin.info().params_schema)
             .unwrap_or_else(|e| panic!("{name}: params schema is not JSON: {e}"));
         assert_eq!(plugin.digest(), <[u8; 32]>::from(Sha256::digest(wasm)));
+        // The robust built-ins are the Prio3 ones; the others implement 0.1.0.
+        assert_eq!(plugin.robust(), name.starts_with("prio3-"), "{name}");
+    }
+    for name in NOT_ROBUST {
+        assert!(
+            BUILTINS.iter().any(|(n, _)| *n == name),
+            "{name} is built in"
+        );
     }
 }
 
@@ -168,10 +187,111 @@ fn bytes_that_are_not_a_component_are_refused_with_a_reason() {
 fn a_component_of_another_world_is_refused_naming_what_is_missing() {
     let err = runtime().load(&fixture("fixture_other_world")).unwrap_err();
     assert!(matches!(err, LoadError::WrongWorld(_)), "{err}");
-    assert!(
-        err.to_string().contains("guardian:plugin/algorithm"),
-        "{err}"
-    );
+    let message = err.to_string();
+    for needle in [
+        // Both accepted worlds, and what each found missing.
+        "guardian:plugin/plugin@0.1.0",
+        "guardian:plugin/plugin@0.2.0",
+        "guardian:plugin/algorithm@0.1.0",
+        "guardian:plugin/algorithm@0.2.0",
+    ] {
+        assert!(message.contains(needle), "{needle}: {message}");
+    }
+}
+
+#[test]
+fn a_plugin_of_contract_0_1_keeps_its_behaviour_under_the_0_2_calls() {
+    let runtime = runtime();
+    // (plugin, params, measurement)
+    let cases = [
+        ("count", "{}", "1"),
+        (
+            "dp-histogram",
+            r#"{"buckets": ["a", "b", "c"], "epsilon": 1.0}"#,
+            r#""b""#,
+        ),
+        (
+            "dp-sum",
+            r#"{"length": 2, "bound": 10, "epsilon": 1.0}"#,
+            "[3, -4]",
+        ),
+        (
+            "histogram",
+            r#"{"buckets": ["red", "green"]}"#,
+            r#""green""#,
+        ),
+        ("mean", r#"{"length": 1}"#, "[42]"),
+        ("sum", r#"{"length": 3}"#, "[1, 2, 3]"),
+    ];
+    assert_eq!(cases.map(|c| c.0), NOT_ROBUST);
+    for (name, params, measurement) in cases {
+        let plugin = runtime.load(builtin(name)).unwrap();
+        assert!(!plugin.robust(), "{name}");
+        let config = plugin
+            .configure(params)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let seed = [7; 32];
+        let shares = plugin.shard(&config, measurement, 3, &seed).unwrap();
+        // 0.2's shard: the same shares (the report id is not used), and no
+        // public share.
+        let report = plugin
+            .shard_report(&config, measurement, 3, &[1; 16], &seed)
+            .unwrap();
+        assert_eq!(report.shares, shares, "{name}");
+        assert!(report.public_share.is_empty(), "{name}");
+        for (server, share) in shares.iter().enumerate() {
+            let server = server as u32;
+            plugin.validate(&config, share, server).unwrap();
+            plugin.validate_report(&config, &[], share, server).unwrap();
+            // A 0.1 plugin takes no public share: one is refused, not dropped.
+            let err = plugin
+                .validate_report(&config, &[0], share, server)
+                .unwrap_err();
+            assert_eq!(err.code(), "invalid_share", "{name}: {err}");
+            assert!(
+                err.to_string()
+                    .contains("this plugin takes no public share"),
+                "{name}: {err}"
+            );
+        }
+        // Refusals the plugin makes are its own, whichever call is used.
+        let validate = plugin.validate(&config, &[0; 3], 0).unwrap_err();
+        let validate_report = plugin
+            .validate_report(&config, &[], &[0; 3], 0)
+            .unwrap_err();
+        assert_eq!(validate.to_string(), validate_report.to_string(), "{name}");
+
+        // The verification round is not for a plugin without proofs.
+        let batch = Batch::pack(&shares[..1]);
+        let refusals = [
+            plugin
+                .verify_init(
+                    &config,
+                    &[0; 32],
+                    3,
+                    0,
+                    &[1; 16],
+                    &Batch::pack([[]; 1]),
+                    &batch,
+                )
+                .map(drop),
+            plugin
+                .combine(
+                    &config,
+                    &Batch::pack([[]; 1]),
+                    &[batch.clone(), batch.clone()],
+                )
+                .map(drop),
+            plugin
+                .verify_finish(&config, 3, 0, &batch, &batch)
+                .map(drop),
+        ];
+        for refusal in refusals {
+            let err = refusal.unwrap_err();
+            assert_eq!(err.code(), "internal", "{name}: {err}");
+            assert!(err.to_string().contains("not robust"), "{name}: {err}");
+        }
+    }
 }
 
 #[test]
@@ -291,4 +411,276 @@ fn plugins_see_no_environment_files_clock_or_network() {
             "tcp_connect": false,
         })
     );
+}
+
+/// How one report fared in [`robust_run`]'s verification round.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Its proof held: it was aggregated.
+    Valid,
+    /// `verify-init` found it undecodable on some server.
+    Invalid,
+    /// `combine` found its proof false.
+    Rejected,
+}
+
+/// The life of one batch of a robust plugin through wasm, as the servers
+/// live it: shard every measurement into a report (its id is its index),
+/// optionally `tamper` with one report's share for one server after sharding,
+/// validate each share at its server, `verify-init` on every server, `combine`
+/// on server 0, `verify-finish` on every server for the valid reports,
+/// accumulate, release and unshard. Returns each report's verdict and the
+/// result over the valid ones.
+fn robust_run(
+    plugin: &Plugin,
+    config: &[u8],
+    measurements: &[&str],
+    servers: u32,
+    tamper: Option<(usize, u32)>,
+) -> (Vec<Verdict>, serde_json::Value) {
+    let key = [9; 32];
+    let ids: Vec<u8> = (0..measurements.len())
+        .flat_map(|i| [i as u8 + 1; 16])
+        .collect();
+    let mut publics = Batch::default();
+    let mut per_server = vec![Batch::default(); servers as usize];
+    for (i, measurement) in measurements.iter().enumerate() {
+        let mut report = plugin
+            .shard_report(
+                config,
+                measurement,
+                servers,
+                &ids[16 * i..][..16],
+                &[i as u8; 32],
+            )
+            .unwrap();
+        assert_eq!(report.shares.len(), servers as usize);
+        if let Some((report_index, server)) = tamper
+            && report_index == i
+        {
+            report.shares[server as usize][0] ^= 1;
+        }
+        for (server, share) in report.shares.iter().enumerate() {
+            // Validation checks lengths, not proofs: a tampered share passes.
+            plugin
+                .validate_report(config, &report.public_share, share, server as u32)
+                .unwrap();
+            per_server[server].push(share);
+        }
+        publics.push(&report.public_share);
+    }
+
+    // verify-init on every server, on its own shares.
+    let started: Vec<Vec<Started>> = (0..servers)
+        .map(|server| {
+            plugin
+                .verify_init(
+                    config,
+                    &key,
+                    servers,
+                    server,
+                    &ids,
+                    &publics,
+                    &per_server[server as usize],
+                )
+                .unwrap()
+        })
+        .collect();
+    let mut verdicts: Vec<Verdict> = (0..measurements.len())
+        .map(|i| {
+            if started
+                .iter()
+                .all(|s| matches!(s[i], Started::Ready { .. }))
+            {
+                Verdict::Valid
+            } else {
+                Verdict::Invalid
+            }
+        })
+        .collect();
+    let candidates: Vec<usize> = (0..measurements.len())
+        .filter(|&i| verdicts[i] == Verdict::Valid)
+        .collect();
+    let part = |server: usize, state: bool| {
+        Batch::pack(candidates.iter().map(|&i| match &started[server][i] {
+            Started::Ready {
+                state: s,
+                verifier_share,
+            } => {
+                if state {
+                    s.clone()
+                } else {
+                    verifier_share.clone()
+                }
+            }
+            Started::Invalid(_) => unreachable!("only candidates"),
+        }))
+    };
+
+    // combine on server 0, over every server's verifier shares.
+    let verifier_shares: Vec<Batch> = (0..servers as usize).map(|s| part(s, false)).collect();
+    let candidate_publics = Batch::pack(candidates.iter().map(|&i| publics.get(i).unwrap()));
+    let combined = plugin
+        .combine(config, &candidate_publics, &verifier_shares)
+        .unwrap();
+    assert_eq!(combined.len(), candidates.len());
+    let mut valid = Vec::new();
+    let mut messages = Batch::default();
+    for (&i, outcome) in candidates.iter().zip(&combined) {
+        match outcome {
+            Ok(message) => {
+                valid.push(i);
+                messages.push(message);
+            }
+            Err(why) => {
+                assert!(!why.is_empty(), "report {i} is rejected with a reason");
+                verdicts[i] = Verdict::Rejected;
+            }
+        }
+    }
+
+    // verify-finish on every server for the valid reports, then the 0.1 fold.
+    let count = valid.len() as u64;
+    let released: Vec<Vec<u8>> = (0..servers)
+        .map(|server| {
+            let states = part(server as usize, true);
+            let states = Batch::pack(
+                candidates
+                    .iter()
+                    .zip(states.items().unwrap())
+                    .filter(|(i, _)| valid.contains(i))
+                    .map(|(_, state)| state),
+            );
+            let output = plugin
+                .verify_finish(config, servers, server, &states, &messages)
+                .unwrap();
+            assert_eq!(output.len(), valid.len());
+            let agg = plugin.init(config).unwrap();
+            let agg = plugin
+                .accumulate(config, &agg, &output.data, &output.ends)
+                .unwrap();
+            plugin
+                .release(config, &agg, count, server, &[server as u8; 32])
+                .unwrap()
+        })
+        .collect();
+    let result = plugin.unshard(config, &released, count).unwrap();
+    (verdicts, serde_json::from_str(&result).unwrap())
+}
+
+/// The robust built-in the flow tests run, its params and measurements, and
+/// the exact sum of those.
+const ROBUST: &str = "prio3-sum";
+const ROBUST_PARAMS: &str = r#"{"max_measurement": 1000}"#;
+const ROBUST_MEASUREMENTS: [&str; 5] = ["1", "20", "300", "1000", "0"];
+const ROBUST_SUM: u64 = 1321;
+
+#[test]
+fn a_robust_builtin_verifies_and_sums_exactly_through_wasm() {
+    let runtime = runtime();
+    let plugin = runtime.load(builtin(ROBUST)).unwrap();
+    assert!(plugin.robust(), "{plugin:?}");
+    let config = plugin.configure(ROBUST_PARAMS).unwrap();
+    for servers in [2, 3] {
+        let (verdicts, result) = robust_run(&plugin, &config, &ROBUST_MEASUREMENTS, servers, None);
+        assert!(
+            verdicts.iter().all(|v| *v == Verdict::Valid),
+            "{servers} servers: {verdicts:?}"
+        );
+        assert_eq!(result, serde_json::json!(ROBUST_SUM), "{servers} servers");
+    }
+    // The run reused its instances: rejections and verification calls are
+    // normal returns.
+    assert_eq!(runtime.stats().instantiated, 1, "{:?}", runtime.stats());
+}
+
+#[test]
+fn a_tampered_share_is_rejected_by_combine_and_left_out() {
+    let plugin = runtime().load(builtin(ROBUST)).unwrap();
+    let config = plugin.configure(ROBUST_PARAMS).unwrap();
+    // Report 2 (300) has one server's share altered after sharding: the
+    // share still has the right length, so only the proof can tell.
+    for server in [0, 1] {
+        let (verdicts, result) =
+            robust_run(&plugin, &config, &ROBUST_MEASUREMENTS, 2, Some((2, server)));
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::Valid,
+                Verdict::Valid,
+                Verdict::Rejected,
+                Verdict::Valid,
+                Verdict::Valid
+            ],
+            "share of server {server}"
+        );
+        assert_eq!(
+            result,
+            serde_json::json!(ROBUST_SUM - 300),
+            "share of server {server}"
+        );
+    }
+}
+
+#[test]
+fn a_robust_plugin_refuses_the_0_1_shard_and_validates_without_public_share() {
+    let plugin = runtime().load(builtin(ROBUST)).unwrap();
+    let config = plugin.configure(ROBUST_PARAMS).unwrap();
+    let err = plugin.shard(&config, "1", 2, &[7; 32]).unwrap_err();
+    assert_eq!(err.code(), "internal", "{err}");
+    assert!(err.to_string().contains("use shard_report"), "{err}");
+    // `validate` is 0.2's with an empty public share: whatever the plugin
+    // says of that, it says through `validate_report` too.
+    let report = plugin
+        .shard_report(&config, "1", 2, &[1; 16], &[7; 32])
+        .unwrap();
+    let direct = plugin.validate(&config, &report.shares[0], 0);
+    let via = plugin.validate_report(&config, &[], &report.shares[0], 0);
+    assert_eq!(
+        direct.map_err(|e| e.to_string()),
+        via.map_err(|e| e.to_string())
+    );
+}
+
+#[test]
+fn verification_outputs_are_capped() {
+    let plugin = runtime().load(builtin(ROBUST)).unwrap();
+    let config = plugin.configure(ROBUST_PARAMS).unwrap();
+    let reports = 64;
+    let ids: Vec<u8> = (0..reports).flat_map(|i| [i as u8; 16]).collect();
+    let mut publics = Batch::default();
+    let mut shares = Batch::default();
+    for i in 0..reports {
+        let report = plugin
+            .shard_report(&config, "7", 2, &ids[16 * i..][..16], &[i as u8; 32])
+            .unwrap();
+        publics.push(&report.public_share);
+        shares.push(&report.shares[0]);
+    }
+    let started = plugin
+        .verify_init(&config, &[9; 32], 2, 0, &ids, &publics, &shares)
+        .unwrap();
+    let bytes: usize = started
+        .iter()
+        .map(|s| match s {
+            Started::Ready {
+                state,
+                verifier_share,
+            } => state.len() + verifier_share.len(),
+            Started::Invalid(why) => why.len(),
+        })
+        .sum();
+
+    // The same call on a runtime whose cap is one byte short of the answer.
+    let capped = Runtime::new(RuntimeOptions {
+        output_bytes: bytes - 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let capped = capped.load(builtin(ROBUST)).unwrap();
+    let err = capped
+        .verify_init(&config, &[9; 32], 2, 0, &ids, &publics, &shares)
+        .unwrap_err();
+    assert_eq!(err.code(), "plugin_output_too_large", "{err}");
+    assert!(err.to_string().contains(&format!("{bytes} bytes")), "{err}");
 }

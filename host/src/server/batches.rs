@@ -38,6 +38,9 @@ pub(super) struct BatchView {
     batch_id: String,
     /// How many reports it folds.
     count: u64,
+    /// How many reports the seal that made it rejected because their validity
+    /// proofs failed (robust endpoints; 0 otherwise).
+    rejected: u64,
     /// When this server committed it (RFC 3339).
     sealed_at: String,
 }
@@ -60,6 +63,8 @@ pub(super) struct BatchShare {
     batch_id: String,
     /// How many reports it folds.
     count: u64,
+    /// How many reports its seal rejected (failed validity proofs).
+    rejected: u64,
     /// When this server committed it (RFC 3339).
     sealed_at: String,
     /// This server's index: add the shares of every index with the plugin's `unshard`.
@@ -76,6 +81,8 @@ pub(super) struct Total {
     batches: u64,
     /// How many reports they fold.
     count: u64,
+    /// How many reports their seals rejected (failed validity proofs).
+    rejected: u64,
     /// This server's index.
     server_index: u32,
     /// The merge of this server's released shares of every batch, base64.
@@ -88,6 +95,7 @@ impl From<BatchInfo> for BatchView {
         Self {
             batch_id: hex::encode(info.batch_id),
             count: info.count,
+            rejected: info.rejected,
             sealed_at: timestamp(info.sealed_at),
         }
     }
@@ -240,6 +248,7 @@ pub(super) async fn get_batch(
         BatchShare {
             batch_id: hex::encode(batch.info.batch_id),
             count: batch.info.count,
+            rejected: batch.info.rejected,
             sealed_at: timestamp(batch.info.sealed_at),
             server_index: state.config.server.index,
             share: BASE64.encode(&batch.share),
@@ -270,6 +279,7 @@ pub(super) async fn total(
     let live = live(&state, &name)?;
     let batches = state.storage.all_batches(live.endpoint.id).await?;
     let count: u64 = batches.iter().map(|b| b.info.count).sum();
+    let rejected: u64 = batches.iter().map(|b| b.info.rejected).sum();
     let n = batches.len() as u64;
     let call_live = live.clone();
     let share = state
@@ -289,6 +299,7 @@ pub(super) async fn total(
         Total {
             batches: n,
             count,
+            rejected,
             server_index: state.config.server.index,
             share: BASE64.encode(share),
         },
@@ -350,7 +361,8 @@ pub(super) async fn peer_prepare(
         (status = 409, description = "`coordinator`, `config_mismatch`, `unknown_seal`, \
             `seal_mismatch`, `batch_too_small` (with `agreed` and `needed`), \
             `too_few_users` (with `users` and `needed`), `seal_pending`, \
-            `report_unavailable`.", body = ErrorBody),
+            `report_unavailable`, `messages_missing` (a robust batch's verifier messages \
+            are not all held here: send them, then the commit).", body = ErrorBody),
         (status = 413, description = "Body too large: `body_too_large`.", body = ErrorBody),
         (status = 422, description = "The plugin failed folding: its own code, \
             `plugin_internal`, or the limit it hit.", body = ErrorBody),
@@ -368,6 +380,82 @@ pub(super) async fn peer_commit(
     json(
         StatusCode::OK,
         seal::commit(&state, &live, peer, body).await?,
+    )
+}
+
+/// Follower: its verifier shares of a chunk of the reports every server holds, in
+/// a robust endpoint's seal.
+#[utoipa::path(post, path = "/endpoints/{name}/verify", tag = "peer",
+    security(("peer" = [])),
+    params(("name" = String, Path, description = "The endpoint's name.", example = "demo")),
+    request_body = seal::Verify,
+    responses(
+        (status = 200, description = "This server's verifier shares of the chunk.",
+            body = seal::Verified),
+        (status = 400, description = "Malformed request: `malformed_json`, `bad_body`, \
+            `bad_request`, `bad_batch_id`, `invalid_path`.", body = ErrorBody),
+        PeerAuthErrors,
+        (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
+        (status = 403, description = "Sent by a server other than the coordinator: \
+            `not_coordinator`.", body = ErrorBody),
+        (status = 409, description = "`coordinator`, `config_mismatch`, `not_robust`, \
+            `unknown_seal`, `seal_mismatch`, `verify_key_mismatch` (the endpoint's \
+            verification key here differs: it never changes), `report_unavailable`.",
+            body = ErrorBody),
+        (status = 422, description = "The plugin failed: its own code, `plugin_internal`, \
+            or the limit it hit.", body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = "Retry later: `plugin_unavailable`, `shutting_down`.",
+            body = ErrorBody),
+    ))]
+pub(super) async fn peer_verify(
+    State(state): State<Arc<AppState>>,
+    peer: Peer,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> Answer {
+    let live = live(&state, &name)?;
+    json(
+        StatusCode::OK,
+        seal::verify(&state, &live, peer, body).await?,
+    )
+}
+
+/// Follower: holds verifier messages of a robust endpoint's decided batch until
+/// its commit.
+#[utoipa::path(post, path = "/endpoints/{name}/messages", tag = "peer",
+    security(("peer" = [])),
+    params(("name" = String, Path, description = "The endpoint's name.", example = "demo"),
+        seal::Messages),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "Verifier messages, in proposal order: a little-endian u32 length, \
+            then the bytes, each."),
+    responses(
+        (status = 200, description = "Held.", body = seal::Received),
+        (status = 400, description = "Malformed request: `bad_query`, `bad_body`, \
+            `bad_batch_id`, `invalid_path`.", body = ErrorBody),
+        PeerAuthErrors,
+        (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
+        (status = 403, description = "Sent by a server other than the coordinator: \
+            `not_coordinator`.", body = ErrorBody),
+        (status = 409, description = "`coordinator`, `not_robust`, `unknown_seal`, \
+            `messages_missing` (the earlier messages are not held here: send them from \
+            the first).", body = ErrorBody),
+        (status = 413, description = "Body too large: `body_too_large`.", body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+    ))]
+pub(super) async fn peer_messages(
+    State(state): State<Arc<AppState>>,
+    peer: Peer,
+    Path(name): Path<String>,
+    query: Result<Query<seal::Messages>, ApiError>,
+    Body(body): Body,
+) -> Answer {
+    let live = live(&state, &name)?;
+    let Query(query) = query?;
+    json(
+        StatusCode::OK,
+        seal::messages(&state, &live, peer, query, body).await?,
     )
 }
 

@@ -136,6 +136,16 @@ impl Metrics {
         self.reports_rejected.get_or_create(&labels).inc();
     }
 
+    /// Reports of a robust endpoint whose proofs failed in a seal's verification
+    /// round (reason `verification_failed`).
+    pub(super) fn verification_rejected(&self, endpoint: &str, reports: u64) {
+        let labels = RejectLabels {
+            endpoint: endpoint.to_owned(),
+            reason: "verification_failed".to_owned(),
+        };
+        self.reports_rejected.get_or_create(&labels).inc_by(reports);
+    }
+
     pub(super) fn accepted(&self, endpoint: &str) {
         let labels = EndpointLabel {
             endpoint: endpoint.to_owned(),

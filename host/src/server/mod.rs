@@ -323,16 +323,19 @@ fn routes(state: &AppState) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(batches::seal_batch, batches::list_batches))
         .routes(routes!(batches::get_batch))
         .routes(routes!(batches::total));
-    // Decisions carry a bitmap over up to `max_batch` proposed reports, in base64
-    // (proposals are read as a stream and counted by the handler).
+    // Decisions carry two bitmaps over up to `max_batch` proposed reports (the
+    // agreed and the rejected), in base64 (proposals are read as a stream and
+    // counted by the handler); verifier messages come in parts of at most 1 MiB.
     let peer_body = usize::try_from(state.config.endpoints.max_batch)
         .unwrap_or(usize::MAX)
-        .div_ceil(6)
-        .saturating_add(1 << 20);
+        .div_ceil(3)
+        .saturating_add(2 << 20);
     let peer = OpenApiRouter::new()
         .routes(routes!(batches::peer_prepare))
         .routes(routes!(batches::peer_commit))
         .routes(routes!(batches::peer_recommit))
+        .routes(routes!(batches::peer_verify))
+        .routes(routes!(batches::peer_messages))
         .routes(routes!(batches::peer_abort))
         .layer(DefaultBodyLimit::max(peer_body));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())

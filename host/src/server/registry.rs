@@ -241,7 +241,10 @@ impl Registry {
         write(&self.endpoints).remove(name);
     }
 
-    /// Validates one share for `live`'s endpoint.
+    /// Validates one report (its public share and this server's share) for
+    /// `live`'s endpoint; returns what to store: the share, or for a robust
+    /// endpoint the public share and the share together
+    /// ([`super::seal::stored_report`]).
     ///
     /// A thread hand-off costs several times more than a normal `validate`
     /// (about a microsecond), so it runs on the calling thread. A plugin whose
@@ -257,6 +260,7 @@ impl Registry {
     pub(super) async fn validate(
         &self,
         live: &Arc<LiveEndpoint>,
+        public_share: Vec<u8>,
         share: Vec<u8>,
         server_index: u32,
     ) -> Result<Vec<u8>, ApiError> {
@@ -268,8 +272,12 @@ impl Registry {
             // async thread that panics inside the host, the instance is
             // dropped, and the call is redone on the blocking pool below.
             let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                live.plugin
-                    .validate(&live.endpoint.record.config, &share, server_index)
+                live.plugin.validate_report(
+                    &live.endpoint.record.config,
+                    &public_share,
+                    &share,
+                    server_index,
+                )
             }));
             let elapsed = started.elapsed();
             match inline {
@@ -285,7 +293,9 @@ impl Registry {
                         .plugin_call_seconds
                         .get_or_create(&CallLabel { call: "validate" })
                         .observe(elapsed.as_secs_f64());
-                    return result.map(|()| share).map_err(plugin_failure);
+                    return result
+                        .map(|()| stored(live, &public_share, share))
+                        .map_err(plugin_failure);
                 }
                 Err(_) => {
                     live.budget.slow.store(true, Ordering::Relaxed);
@@ -293,13 +303,21 @@ impl Registry {
                 }
             }
         }
-        let live = live.clone();
-        self.call("validate", move || {
-            live.plugin
-                .validate(&live.endpoint.record.config, &share, server_index)
-                .map(|()| share)
-        })
-        .await
+        let call_live = live.clone();
+        let share = self
+            .call("validate", move || {
+                call_live
+                    .plugin
+                    .validate_report(
+                        &call_live.endpoint.record.config,
+                        &public_share,
+                        &share,
+                        server_index,
+                    )
+                    .map(|()| (public_share, share))
+            })
+            .await?;
+        Ok(stored(live, &share.0, share.1))
     }
 
     /// Runs a plugin call on a blocking thread, at most `concurrency` at once,
@@ -330,6 +348,16 @@ async fn load_blocking(runtime: &Arc<Runtime>, wasm: Vec<u8>) -> Result<Plugin, 
     tokio::task::spawn_blocking(move || runtime.load(&wasm))
         .await
         .map_err(|e| LoadError::Internal(e.to_string()))?
+}
+
+/// What to store of a validated report: the share, or for a robust endpoint the
+/// public share and the share together.
+fn stored(live: &LiveEndpoint, public_share: &[u8], share: Vec<u8>) -> Vec<u8> {
+    if live.plugin.robust() {
+        super::seal::stored_report(public_share, &share)
+    } else {
+        share
+    }
 }
 
 /// 64 lower- or upper-case hex digits.

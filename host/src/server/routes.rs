@@ -443,6 +443,8 @@ pub(super) struct ReportCounts {
     batched: u64,
     /// Dropped unbatched after `endpoints.report_retention_secs`.
     expired: u64,
+    /// Failed verification in a seal (robust endpoints): in no batch.
+    rejected: u64,
     /// Sealed batches.
     batches: u64,
 }
@@ -489,6 +491,7 @@ impl EndpointView {
                 unbatched: c.unbatched,
                 batched: c.batched,
                 expired: c.expired,
+                rejected: c.rejected,
                 batches: c.batches,
             }),
         }
@@ -856,6 +859,11 @@ pub(super) struct PostReport {
     /// This server's share of the measurement, base64.
     #[schema(format = Byte, example = "AAAAAAAAAAA=")]
     share: String,
+    /// The report's public share, base64: the same bytes posted to every server
+    /// (robust plugins, contract 0.2.0; absent or empty otherwise).
+    #[serde(default)]
+    #[schema(format = Byte)]
+    public_share: Option<String>,
 }
 
 /// Answer to a posted report.
@@ -948,13 +956,16 @@ pub(super) async fn post_report(
 /// The body of `POST /api/v1/endpoints/{name}/reports` read as [`post_report`]
 /// reads it: the [`Json`] extractor's parse, then [`decode_report`]. What the
 /// report fuzz target drives; the handler itself gets its JSON from the extractor.
-pub(crate) fn parse_report_body(body: &[u8]) -> Result<([u8; 16], Vec<u8>), ApiError> {
+pub(crate) fn parse_report_body(body: &[u8]) -> Result<DecodedReport, ApiError> {
     decode_report(&super::extract::parse_json::<PostReport>(body)?)
 }
 
-/// A report's id (32 hex digits) and its share (base64) as bytes, before any
-/// plugin sees them.
-fn decode_report(report: &PostReport) -> Result<([u8; 16], Vec<u8>), ApiError> {
+/// A report's id, share and public share (empty when absent) as bytes.
+pub(crate) type DecodedReport = ([u8; 16], Vec<u8>, Vec<u8>);
+
+/// A report's id (32 hex digits), its share and public share (base64) as bytes,
+/// before any plugin sees them.
+fn decode_report(report: &PostReport) -> Result<DecodedReport, ApiError> {
     let mut report_id = [0u8; 16];
     if report.report_id.len() != 32
         || hex::decode_to_slice(&report.report_id, &mut report_id).is_err()
@@ -970,7 +981,16 @@ fn decode_report(report: &PostReport) -> Result<([u8; 16], Vec<u8>), ApiError> {
             format!("share is not valid base64: {e}"),
         )
     })?;
-    Ok((report_id, share))
+    let public_share = match &report.public_share {
+        Some(public_share) => BASE64.decode(public_share.as_bytes()).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_share_encoding",
+                format!("public_share is not valid base64: {e}"),
+            )
+        })?,
+        None => Vec::new(),
+    };
+    Ok((report_id, share, public_share))
 }
 
 async fn store_report(
@@ -979,9 +999,12 @@ async fn store_report(
     sub: &str,
     report: PostReport,
 ) -> Answer {
-    let (report_id, share) = decode_report(&report)?;
+    let (report_id, share, public_share) = decode_report(&report)?;
     let index = state.config.server.index;
-    let share = state.registry.validate(live, share, index).await?;
+    let share = state
+        .registry
+        .validate(live, public_share, share, index)
+        .await?;
     let endpoint = live.endpoint.id;
     let now = SystemTime::now();
     let outcome = match live.endpoint.record.max_reports_per_user {
@@ -1027,7 +1050,7 @@ async fn store_report(
         ),
         Ok(InsertReportOutcome::Conflict) => Err(ApiError::conflict(
             "report_conflict",
-            "this report_id was already posted with a different share",
+            "this report_id was already posted with a different share (or public share)",
         )),
         Ok(InsertReportOutcome::UserQuotaExceeded { max }) => Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

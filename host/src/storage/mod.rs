@@ -339,6 +339,28 @@ impl Storage {
         self.backend.commit_batch(endpoint, batch, rows).await
     }
 
+    /// Marks the unbatched reports at `rows` of an endpoint as rejected (their proofs
+    /// failed; a seal of too few valid reports), deleting their shares; returns how
+    /// many were marked. Reports no longer unbatched are left alone.
+    pub async fn reject_reports(
+        &self,
+        endpoint: EndpointId,
+        mut rows: Vec<i64>,
+    ) -> Result<u64, StorageError> {
+        rows.sort_unstable();
+        self.backend.reject_reports(endpoint, rows).await
+    }
+
+    /// The endpoint's verification key, storing `proposed` first if it has none
+    /// (`None`: only read it): the key is set once and never changes.
+    pub async fn verify_key(
+        &self,
+        endpoint: EndpointId,
+        proposed: Option<[u8; 32]>,
+    ) -> Result<Option<[u8; 32]>, StorageError> {
+        self.backend.verify_key(endpoint, proposed).await
+    }
+
     /// The sealed batches of an endpoint, oldest first, without their shares.
     pub async fn list_batches(&self, endpoint: EndpointId) -> Result<Vec<BatchInfo>, StorageError> {
         self.backend.list_batches(endpoint).await
@@ -421,6 +443,20 @@ pub struct Seal {
     pub rows: Vec<i64>,
     /// When the seal was recorded (kept to the millisecond).
     pub created_at: SystemTime,
+    /// A decision of a robust endpoint: what the verification round found.
+    pub verification: Option<Verification>,
+}
+
+/// What the verification round of a robust endpoint's seal decided, beside the
+/// reports it commits.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Verification {
+    /// Bit i is set when proposed report i failed verification.
+    pub rejected_positions: Vec<u8>,
+    /// This server's rows of the rejected reports, in proposal order.
+    pub rejected_rows: Vec<i64>,
+    /// The verifier message of each committed report, in proposal order.
+    pub messages: guardian_sdk::raw::Batch,
 }
 
 /// A batch to store with [`Storage::commit_batch`].
@@ -432,6 +468,9 @@ pub struct NewBatch {
     pub share: Vec<u8>,
     /// When it was sealed (kept to the millisecond).
     pub sealed_at: SystemTime,
+    /// Rows of the reports the seal rejected (their proofs failed): marked so in
+    /// the same transaction, never proposed again.
+    pub rejected_rows: Vec<i64>,
 }
 
 /// A sealed batch without its share.
@@ -441,6 +480,8 @@ pub struct BatchInfo {
     pub batch_id: [u8; 16],
     /// How many reports it holds.
     pub count: u64,
+    /// How many reports the seal that made it rejected (failed verification).
+    pub rejected: u64,
     /// When this server sealed it.
     pub sealed_at: SystemTime,
 }
@@ -652,6 +693,8 @@ pub struct EndpointCounts {
     pub batched: u64,
     /// Reports that expired unbatched (held by only some servers past the retention).
     pub expired: u64,
+    /// Reports whose validity proof failed (robust endpoints).
+    pub rejected: u64,
     /// Sealed batches.
     pub batches: u64,
 }

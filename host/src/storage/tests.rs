@@ -559,6 +559,7 @@ async fn commit(
                 batch_id: [batch; 16],
                 share: vec![batch; 4],
                 sealed_at: at(10),
+                rejected_rows: Vec::new(),
             },
             rows(reports),
         )
@@ -605,6 +606,7 @@ async fn a_committed_batch_releases_its_reports_once() {
             batched: 3,
             expired: 0,
             batches: 1,
+            rejected: 0,
         })
     );
     // A report already batched cannot go into another batch: nothing of it is kept.
@@ -677,6 +679,7 @@ async fn one_seal_in_progress_per_endpoint() {
         positions: vec![0b1111],
         rows: rows(&reports),
         created_at: at(5),
+        verification: None,
     };
     // A newer reservation replaces an older one.
     storage.put_seal(&seal(1, false)).await.unwrap();
@@ -751,6 +754,7 @@ async fn unbatched_reports_expire_unless_a_seal_may_hold_them() {
             positions: vec![1],
             rows: rows(&reserved),
             created_at: at(0),
+            verification: None,
         })
         .await
         .unwrap();
@@ -764,6 +768,7 @@ async fn unbatched_reports_expire_unless_a_seal_may_hold_them() {
             batched: 0,
             expired: 3,
             batches: 0,
+            rejected: 0,
         })
     );
     // An expired id stays taken: the same share is a duplicate, another refused.
@@ -1341,6 +1346,7 @@ async fn seal_steps_for_a_million_reports() {
         positions: vec![0xff; N.div_ceil(8) as usize],
         rows: rows(&reports),
         created_at: at(0),
+        verification: None,
     };
     storage.put_seal(&reservation).await.unwrap();
     assert_eq!(
@@ -1933,5 +1939,108 @@ async fn distinct_posters_are_counted_over_rows_until_enough() {
         )
         .unwrap();
     assert_eq!(kept, 0);
+    storage.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn verification_rejects_reports_for_good_and_counts_them() {
+    let (_dir, path) = temp_db();
+    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+    for n in 0..8 {
+        storage
+            .insert_report(steps.id, report_id(n), vec![n as u8; 3], at(3))
+            .await
+            .unwrap();
+    }
+    let all = storage
+        .unbatched_reports(steps.id, 0, usize::MAX)
+        .await
+        .unwrap();
+    // A decision that keeps its verification: rejected rows and messages.
+    let verification = crate::storage::Verification {
+        rejected_positions: vec![0b1000_0001],
+        rejected_rows: vec![all[0].row, all[7].row],
+        messages: guardian_sdk::raw::Batch::pack([&b"m1"[..], b"", b"m3"]),
+    };
+    let decision = Seal {
+        endpoint: steps.id,
+        batch_id: [4; 16],
+        seal_number: 9,
+        decided: true,
+        positions: vec![0b0000_1110],
+        rows: rows(&all[1..4]),
+        created_at: at(5),
+        verification: Some(verification.clone()),
+    };
+    storage.put_seal(&decision).await.unwrap();
+    assert_eq!(
+        storage.pending_seal(steps.id).await.unwrap(),
+        Some(decision)
+    );
+
+    // The batch and its rejected reports commit together.
+    let outcome = storage
+        .commit_batch(
+            steps.id,
+            NewBatch {
+                batch_id: [4; 16],
+                share: vec![4; 4],
+                sealed_at: at(10),
+                rejected_rows: verification.rejected_rows.clone(),
+            },
+            rows(&all[1..4]),
+        )
+        .await
+        .unwrap();
+    assert_eq!((outcome.info().count, outcome.info().rejected), (3, 2));
+    assert_eq!(storage.list_batches(steps.id).await.unwrap()[0].rejected, 2);
+    // Rejected reports are never proposed again, and cannot be rejected twice.
+    let left = storage
+        .unbatched_reports(steps.id, 0, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(left, all[4..7]);
+    assert_eq!(
+        storage
+            .reject_reports(steps.id, vec![all[0].row, all[4].row])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        storage.endpoint_counts("steps").await.unwrap(),
+        Some(EndpointCounts {
+            unbatched: 2,
+            batched: 3,
+            expired: 0,
+            rejected: 3,
+            batches: 1,
+        })
+    );
+    storage.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_verification_key_is_set_once() {
+    let (_dir, path) = temp_db();
+    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+    assert_eq!(storage.verify_key(steps.id, None).await.unwrap(), None);
+    assert_eq!(
+        storage.verify_key(steps.id, Some([1; 32])).await.unwrap(),
+        Some([1; 32])
+    );
+    // Another proposal never replaces it.
+    assert_eq!(
+        storage.verify_key(steps.id, Some([2; 32])).await.unwrap(),
+        Some([1; 32])
+    );
+    storage.close().await.unwrap();
+    let storage = Storage::open(&path, StorageOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        storage.verify_key(steps.id, None).await.unwrap(),
+        Some([1; 32])
+    );
     storage.close().await.unwrap();
 }

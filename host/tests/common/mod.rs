@@ -343,6 +343,18 @@ impl Cluster {
         (status, value)
     }
 
+    /// A GET answered in plain text (e.g. `/metrics`).
+    pub async fn get_text(&self, index: usize, path: &str) -> (StatusCode, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base(index)))
+            .send()
+            .await
+            .expect("request failed");
+        let status = response.status();
+        (status, response.text().await.unwrap_or_default())
+    }
+
     pub async fn get(&self, index: usize, path: &str) -> (StatusCode, Value) {
         self.request(reqwest::Method::GET, index, path, None).await
     }
@@ -451,8 +463,57 @@ impl Sharder {
         id
     }
 
+    /// A report of a robust plugin (contract 0.2.0): its id, the public share
+    /// and one share per server, as bytes.
+    pub fn shard_report(&self, measurement: &Value, n: usize) -> RawReport {
+        let id: [u8; 16] = rand::random();
+        let seed: [u8; 32] = rand::random();
+        let report = self
+            .plugin
+            .shard_report(&self.config, &measurement.to_string(), n as u32, &id, &seed)
+            .unwrap();
+        RawReport {
+            id: hex::encode(id),
+            public_share: report.public_share,
+            shares: report.shares,
+        }
+    }
+
     pub fn unshard(&self, shares: &[Vec<u8>], count: u64) -> Value {
         serde_json::from_str(&self.plugin.unshard(&self.config, shares, count).unwrap()).unwrap()
+    }
+}
+
+/// A sharded report as bytes, to post as it is or tampered with.
+#[derive(Clone)]
+pub struct RawReport {
+    pub id: String,
+    pub public_share: Vec<u8>,
+    pub shares: Vec<Vec<u8>>,
+}
+
+impl RawReport {
+    /// The body posting it to server `index` (with its own public share).
+    pub fn body(&self, index: usize) -> Value {
+        json!({
+            "report_id": self.id,
+            "share": BASE64.encode(&self.shares[index]),
+            "public_share": BASE64.encode(&self.public_share),
+        })
+    }
+
+    /// Posts it to every server: `public_shares[i]` to server i.
+    pub async fn post(&self, cluster: &Cluster, endpoint: &str) {
+        for index in 0..cluster.n() {
+            let (status, body) = cluster
+                .post(
+                    index,
+                    &format!("/api/v1/endpoints/{endpoint}/reports"),
+                    self.body(index),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "server {index}: {body}");
+        }
     }
 }
 

@@ -8,10 +8,10 @@ use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::fold::commit_locally;
+use super::fold::{Checked, commit_locally};
 use super::{
-    Commit, Committed, FAULT_VAR, Outgoing, Prepared, RETRY_EVERY, bits, page_len, too_few_users,
-    too_small,
+    Commit, Committed, Outgoing, Prepared, RETRY_EVERY, bits, page_len, too_few_users, too_small,
+    verify,
 };
 use crate::server::AppState;
 use crate::server::error::ApiError;
@@ -131,13 +131,37 @@ pub(in crate::server) async fn seal(
         }
     }
     agreed.resize(proposed.div_ceil(8), 0);
-    let count = rows.len() as u64;
-    if count < needed {
+    if (rows.len() as u64) < needed {
         if proposed > 0 {
             sealer.abort_all(name, batch_id, number);
         }
-        return Err(too_small(count, needed));
+        return Err(too_small(rows.len() as u64, needed));
     }
+    // Robust endpoints: only the reports whose proofs hold go on.
+    let verification = if live.plugin.robust() {
+        let verdict =
+            match verify::round(state, live, (batch_id, number), &agreed, &rows, deadline).await {
+                Ok(verdict) => verdict,
+                Err(mut failure) => {
+                    sealer.abort_all(name, batch_id, number);
+                    failure.message = format!("{}; nothing was sealed", failure.message);
+                    return Err(failure);
+                }
+            };
+        (agreed, rows) = (verdict.positions, verdict.rows);
+        let count = rows.len() as u64;
+        if count < needed {
+            // Never proposed again by this server; the followers' copies expire.
+            let rejected = verdict.verification.rejected_rows;
+            state.storage.reject_reports(endpoint.id, rejected).await?;
+            sealer.abort_all(name, batch_id, number);
+            return Err(too_small(count, needed));
+        }
+        Some(verdict.verification)
+    } else {
+        None
+    };
+    let count = rows.len() as u64;
     if min_users > 0 {
         let users = state
             .storage
@@ -156,6 +180,7 @@ pub(in crate::server) async fn seal(
         positions: agreed,
         rows,
         created_at: SystemTime::now(),
+        verification,
     };
     state.storage.put_seal(&decision).await?;
     tracing::info!(endpoint = %name, batch = %hex::encode(batch_id), count, "seal decided");
@@ -178,14 +203,15 @@ async fn finish(
         decision.rows.len() as u64,
     );
     let broadcast = commit_followers(state, live, &decision, deadline);
-    if sealer.crash_before_commit {
+    if sealer.fault.as_deref() == Some("crash_before_coordinator_commit") {
         broadcast.await;
-        tracing::error!("{FAULT_VAR}: aborting before the coordinator commits");
-        std::process::abort();
+        sealer.crash_at("crash_before_coordinator_commit");
+        unreachable!("the fault aborts the process");
     }
+    let checked = checked(&decision);
     let (answers, local) = tokio::join!(
         broadcast,
-        commit_locally(state, live, batch_id, decision.rows)
+        commit_locally(state, live, batch_id, decision.rows, checked)
     );
     let info = local?;
     followers_committed(answers, batch_id, count)?;
@@ -193,8 +219,17 @@ async fn finish(
     Ok(info)
 }
 
-/// Sends the decision to every follower; their answers in index order. The
-/// message is encoded at once, so the decision is free again when this returns.
+/// What a robust decision's verification round found, as its commit needs it.
+fn checked(decision: &Seal) -> Option<Checked> {
+    decision.verification.as_ref().map(|v| Checked {
+        messages: v.messages.clone(),
+        rejected_rows: v.rejected_rows.clone(),
+    })
+}
+
+/// Sends the decision to every follower (a robust one's verifier messages first);
+/// their answers in index order. The message is encoded at once, so the decision
+/// is free again when this returns.
 ///
 /// A follower that holds no reservation of the seal (`unknown_seal`: an older
 /// version of it let a late prepare replace the reservation) is sent the
@@ -214,14 +249,30 @@ fn commit_followers<'a>(
         config_hash: hex::encode(record.config_hash),
         agreed: BASE64.encode(&decision.positions),
         count,
+        rejected: decision
+            .verification
+            .as_ref()
+            .map(|v| BASE64.encode(&v.rejected_positions)),
     });
+    let messages = decision.verification.as_ref().map(|v| v.messages.clone());
     async move {
+        let unsent = match &messages {
+            Some(messages) => {
+                verify::send_messages(state, live, (batch_id, seal), messages, deadline).await
+            }
+            None => Vec::new(),
+        };
         let mut answers = state
             .sealer
             .broadcast::<Committed>(&record.name, "commit", commit, deadline)
             .await;
         for (index, answer) in &mut answers {
-            if matches!(answer, Err(e) if e.code == "peer_unknown_seal") {
+            // The messages' failure says more than the commit's `messages_missing`.
+            if let Some((_, e)) = unsent.iter().find(|(i, _)| i == index) {
+                *answer = Err(e.clone());
+                continue;
+            }
+            if messages.is_none() && matches!(answer, Err(e) if e.code == "peer_unknown_seal") {
                 tracing::warn!(server = *index, endpoint = %record.name, batch = %hex::encode(batch_id), "the follower holds no reservation of this decided seal; sending it by report ids");
                 *answer = recommit(state, live, *index, (batch_id, seal, count), deadline).await;
             }
@@ -339,8 +390,9 @@ pub(in crate::server) async fn retry_decided(state: Arc<AppState>) {
                         Ok(Some(pending)) if pending.decided && pending.batch_id == batch_id => {}
                         _ => continue,
                     }
+                    let checked = checked(&decision);
                     let completed = async {
-                        commit_locally(&state, &live, batch_id, decision.rows).await?;
+                        commit_locally(&state, &live, batch_id, decision.rows, checked).await?;
                         state.storage.drop_seal(decision.endpoint, batch_id).await?;
                         Ok::<_, ApiError>(())
                     };

@@ -7,6 +7,9 @@ use std::time::SystemTime;
 use crate::server::AppState;
 use crate::server::error::ApiError;
 use crate::server::registry::LiveEndpoint;
+use guardian_sdk::raw::Batch;
+
+use super::verify::fold_verified;
 use crate::storage::{BatchInfo, NewBatch};
 
 /// Shares read and folded per `accumulate` call: bounds the memory a seal holds
@@ -37,21 +40,28 @@ fn fold_slices<'a>(data: &'a [u8], ends: &[u32], max_bytes: usize) -> Vec<(&'a [
     slices
 }
 
-/// Folds, releases and stores the batch of the reports at `rows` on this server; a
-/// no-op if already stored.
+/// What the verification round of a robust endpoint's seal decided, as a server
+/// needs it to commit: the verifier message of each committed report (in the
+/// order of its rows) and the rows of the rejected reports.
+pub(super) struct Checked {
+    pub(super) messages: Batch,
+    pub(super) rejected_rows: Vec<i64>,
+}
+
+/// Folds, releases and stores the batch of the reports at `rows` on this server
+/// (verified with `checked` for a robust endpoint); a no-op if already stored.
 pub(super) async fn commit_locally(
     state: &Arc<AppState>,
     live: &Arc<LiveEndpoint>,
     batch_id: [u8; 16],
     mut rows: Vec<i64>,
+    checked: Option<Checked>,
 ) -> Result<BatchInfo, ApiError> {
     let endpoint = live.endpoint.id;
     if let Some(batch) = state.storage.get_batch(endpoint, batch_id).await? {
         return Ok(batch.info);
     }
     let count = rows.len() as u64;
-    // Folding is order-free; reading is fastest in storage order.
-    rows.sort_unstable();
     let registry = &state.registry;
     let call_live = live.clone();
     let mut agg = registry
@@ -59,21 +69,18 @@ pub(super) async fn commit_locally(
             call_live.plugin.init(&call_live.endpoint.record.config)
         })
         .await?;
-    for chunk in rows.chunks(FOLD_CHUNK) {
-        let (data, ends) = state.storage.read_shares(endpoint, chunk.to_vec()).await?;
-        let call_live = live.clone();
-        agg = registry
-            .call("accumulate", move || {
-                let config = &call_live.endpoint.record.config;
-                let mut agg = agg;
-                // Long shares: keep each call's input well inside the plugin's memory.
-                for (data, ends) in fold_slices(&data, &ends, FOLD_BYTES) {
-                    agg = call_live.plugin.accumulate(config, &agg, data, &ends)?;
-                }
-                Ok(agg)
-            })
-            .await?;
-    }
+    let rejected_rows = match checked {
+        Some(checked) => {
+            agg = fold_verified(state, live, agg, &rows, &checked.messages).await?;
+            checked.rejected_rows
+        }
+        None => {
+            // Folding is order-free; reading is fastest in storage order.
+            rows.sort_unstable();
+            agg = fold(state, live, agg, &rows).await?;
+            Vec::new()
+        }
+    };
     // Drawn once: the released share is stored and never computed again.
     let seed: [u8; 32] = rand::random();
     let index = state.sealer.index;
@@ -93,12 +100,40 @@ pub(super) async fn commit_locally(
                 batch_id,
                 share,
                 sealed_at: SystemTime::now(),
+                rejected_rows,
             },
             rows,
         )
         .await?;
     tracing::info!(endpoint = %live.endpoint.record.name, batch = %hex::encode(batch_id), count, "batch committed");
     Ok(outcome.info())
+}
+
+/// Folds the shares of the reports at `rows` (ascending) into `agg`.
+async fn fold(
+    state: &Arc<AppState>,
+    live: &Arc<LiveEndpoint>,
+    mut agg: Vec<u8>,
+    rows: &[i64],
+) -> Result<Vec<u8>, ApiError> {
+    let endpoint = live.endpoint.id;
+    for chunk in rows.chunks(FOLD_CHUNK) {
+        let (data, ends) = state.storage.read_shares(endpoint, chunk.to_vec()).await?;
+        let call_live = live.clone();
+        agg = state
+            .registry
+            .call("accumulate", move || {
+                let config = &call_live.endpoint.record.config;
+                let mut agg = agg;
+                // Long shares: keep each call's input well inside the plugin's memory.
+                for (data, ends) in fold_slices(&data, &ends, FOLD_BYTES) {
+                    agg = call_live.plugin.accumulate(config, &agg, data, &ends)?;
+                }
+                Ok(agg)
+            })
+            .await?;
+    }
+    Ok(agg)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha2::{Digest as _, Sha256};
 
-use super::fold::commit_locally;
+use super::fold::{Checked, commit_locally};
 use super::{
     Abort, Aborted, Commit, Committed, Prepare, Prepared, Recommit, bits, check_config, page_len,
     parse_batch_id, too_few_users, too_small,
@@ -123,6 +123,7 @@ pub(in crate::server) async fn prepare(
             positions,
             rows,
             created_at: SystemTime::now(),
+            verification: None,
         },
     };
     state.storage.put_seal(&reservation).await?;
@@ -219,42 +220,100 @@ pub(in crate::server) async fn commit(
     let agreed = BASE64
         .decode(&body.agreed)
         .map_err(|_| ApiError::bad_request("bad_request", "agreed must be base64"))?;
+    let rejected = body
+        .rejected
+        .as_deref()
+        .map(|rejected| BASE64.decode(rejected))
+        .transpose()
+        .map_err(|_| ApiError::bad_request("bad_request", "rejected must be base64"))?;
     let endpoint = live.endpoint.id;
     let lock = state.sealer.lock(endpoint);
     let _sealing = lock.lock().await;
     if let Some(batch) = state.storage.get_batch(endpoint, batch_id).await? {
+        state.sealer.drop_messages(endpoint);
         return Ok(committed(batch.info));
     }
-    let reservation = state
+    let reservation = reserved_seal(state, endpoint, batch_id, body.seal, &body.batch_id).await?;
+    let rows = reserved_rows(&agreed, &reservation, &body.batch_id)?;
+    let verified = match (live.plugin.robust(), rejected) {
+        (false, None) => None,
+        (true, Some(rejected)) => {
+            state.sealer.crash_at("crash_in_commit");
+            let rejected_rows = reserved_rows(&rejected, &reservation, &body.batch_id)?;
+            let messages =
+                state
+                    .sealer
+                    .held_messages(endpoint, (batch_id, body.seal), body.count)?;
+            Some(Checked {
+                messages,
+                rejected_rows,
+            })
+        }
+        (robust, _) => {
+            return Err(ApiError::conflict(
+                "seal_mismatch",
+                format!(
+                    "batch {}: the endpoint's plugin is {}robust here, and the decision {} verification",
+                    body.batch_id,
+                    if robust { "" } else { "not " },
+                    if robust { "lacks" } else { "carries" }
+                ),
+            ));
+        }
+    };
+    drop(reservation);
+    let outcome = commit_decided(state, live, batch_id, rows, body.count, verified).await;
+    if outcome.is_ok() {
+        state.sealer.drop_messages(endpoint);
+    }
+    outcome
+}
+
+/// This follower's reservation for batch `batch_id` of seal `seal`.
+pub(super) async fn reserved_seal(
+    state: &AppState,
+    endpoint: EndpointId,
+    batch_id: [u8; 16],
+    seal: u64,
+    batch_hex: &str,
+) -> Result<Seal, ApiError> {
+    state
         .storage
         .pending_seal(endpoint)
         .await?
-        .filter(|seal| seal.batch_id == batch_id && seal.seal_number == body.seal)
+        .filter(|reserved| reserved.batch_id == batch_id && reserved.seal_number == seal)
         .ok_or_else(|| {
             ApiError::conflict(
                 "unknown_seal",
                 format!(
-                    "this server holds no reservation for batch {} of seal {}: it was aborted or replaced by a newer proposal",
-                    body.batch_id, body.seal
+                    "this server holds no reservation for batch {batch_hex} of seal {seal}: it was aborted or replaced by a newer proposal"
                 ),
             )
-        })?;
-    let mismatch = |why: String| {
-        ApiError::conflict("seal_mismatch", format!("batch {}: {why}", body.batch_id))
-    };
-    if agreed.len() != reservation.positions.len() {
+        })
+}
+
+/// This follower's rows of the proposed reports whose bits are set in `chosen`
+/// (a bitmap over the proposal), in proposal order; each must be reserved here.
+pub(super) fn reserved_rows(
+    chosen: &[u8],
+    reservation: &Seal,
+    batch_hex: &str,
+) -> Result<Vec<i64>, ApiError> {
+    let mismatch =
+        |why: String| ApiError::conflict("seal_mismatch", format!("batch {batch_hex}: {why}"));
+    if chosen.len() != reservation.positions.len() {
         return Err(mismatch(format!(
             "the decision covers {} proposed reports, the reservation here {}",
-            agreed.len() * 8,
+            chosen.len() * 8,
             reservation.positions.len() * 8
         )));
     }
-    // The reserved rows are in proposal order: walk the held bits, keep the agreed.
+    // The reserved rows are in proposal order: walk the held bits, keep the chosen.
     let mut reserved = reservation.rows.iter();
-    let mut rows = Vec::with_capacity(reservation.rows.len());
-    for (byte, (&agreed, &held)) in agreed.iter().zip(&reservation.positions).enumerate() {
-        if agreed & !held != 0 {
-            let bit = (agreed & !held).trailing_zeros() as usize;
+    let mut rows = Vec::new();
+    for (byte, (&chosen, &held)) in chosen.iter().zip(&reservation.positions).enumerate() {
+        if chosen & !held != 0 {
+            let bit = (chosen & !held).trailing_zeros() as usize;
             return Err(mismatch(format!(
                 "proposed report {} is in the decision but was not reserved here",
                 byte * 8 + bit
@@ -266,14 +325,13 @@ pub(in crate::server) async fn commit(
                     let corrupt = std::io::Error::other("fewer rows than reserved bits");
                     ApiError::internal("reading a reservation", &corrupt)
                 })?;
-                if agreed & (1 << bit) != 0 {
+                if chosen & (1 << bit) != 0 {
                     rows.push(row);
                 }
             }
         }
     }
-    drop(reservation);
-    commit_decided(state, live, batch_id, rows, body.count).await
+    Ok(rows)
 }
 
 /// Follower: commits a decided batch given by its report ids, for a follower
@@ -289,6 +347,17 @@ pub(in crate::server) async fn recommit(
     body: Body,
 ) -> Result<Committed, ApiError> {
     follower_only(state)?;
+    if live.plugin.robust() {
+        // A robust batch needs its verifier messages and rejections, which only a
+        // reservation of its seal can place.
+        return Err(ApiError::conflict(
+            "seal_mismatch",
+            format!(
+                "batch {}: a robust endpoint's batch cannot be committed by report ids",
+                query.batch_id
+            ),
+        ));
+    }
     let max = state.sealer.max_batch;
     let mut ids = Vec::new();
     let mut visit = |id: &[u8]| {
@@ -332,7 +401,7 @@ pub(in crate::server) async fn recommit(
         ));
     }
     tracing::warn!(endpoint = %live.endpoint.record.name, batch = %query.batch_id, seal = query.seal, "committing a decided batch by its report ids: the reservation of it was gone");
-    commit_decided(state, live, batch_id, rows, query.count).await
+    commit_decided(state, live, batch_id, rows, query.count, None).await
 }
 
 fn committed(info: BatchInfo) -> Committed {
@@ -350,6 +419,7 @@ async fn commit_decided(
     batch_id: [u8; 16],
     rows: Vec<i64>,
     count: u64,
+    verified: Option<Checked>,
 ) -> Result<Committed, ApiError> {
     if rows.len() as u64 != count {
         return Err(ApiError::conflict(
@@ -375,7 +445,7 @@ async fn commit_decided(
             return Err(too_few_users(users, min_users));
         }
     }
-    commit_locally(state, live, batch_id, rows)
+    commit_locally(state, live, batch_id, rows, verified)
         .await
         .map(committed)
 }
@@ -405,10 +475,13 @@ pub(in crate::server) async fn abort(
         .await?
         .is_some_and(|seal| seal.batch_id == batch_id && seal.seal_number == body.seal);
     let aborted = ours && state.storage.drop_seal(endpoint, batch_id).await?;
+    if aborted {
+        state.sealer.drop_messages(endpoint);
+    }
     Ok(Aborted { aborted })
 }
 
-fn follower_only(state: &AppState) -> Result<(), ApiError> {
+pub(super) fn follower_only(state: &AppState) -> Result<(), ApiError> {
     if state.config.server.is_coordinator() {
         return Err(ApiError::conflict(
             "coordinator",

@@ -58,23 +58,37 @@ mod coordinator;
 mod expiry;
 mod fold;
 mod follower;
+mod verify;
 
 pub(super) use self::coordinator::{retry_decided, seal};
 pub(super) use self::expiry::expire_reports;
 pub(super) use self::follower::{abort, commit, prepare, recommit};
+pub(super) use self::verify::{
+    Messages, Received, Verified, Verify, messages, stored_report, verify,
+};
 
 /// How often the coordinator retries the decided seals that did not complete.
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 
-/// Environment variable naming a fault to inject, for the crash tests only:
-/// `crash_before_coordinator_commit` aborts the coordinator's process after every
-/// follower committed a seal and before it commits it itself.
+/// Environment variable naming a fault to inject, for the crash tests only: the
+/// process aborts at that point of a seal.
+///
+/// - `crash_before_coordinator_commit`: the coordinator, after every follower
+///   committed a seal and before it commits it itself;
+/// - `crash_during_verification`: the coordinator, once the followers answered
+///   the first chunk of a verification round;
+/// - `crash_in_verify`: a follower, when asked for verifier shares;
+/// - `crash_in_commit`: a follower, when a robust batch's commit arrives (after
+///   its verifier messages).
 pub const FAULT_VAR: &str = "GUARDIAN_FAULT";
 
 /// A seal's state shared by the handlers: per-endpoint locks, seal numbers and the
 /// peer client.
 pub(super) struct Sealer {
     locks: Mutex<HashMap<EndpointId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Follower: the verifier messages of a robust endpoint's decided batch, held
+    /// from the coordinator's `messages` until the commit.
+    messages: Mutex<HashMap<EndpointId, verify::HeldMessages>>,
     /// Per endpoint, the highest seal number used (coordinator) or seen in a
     /// prepare (follower): numbers only go up.
     seal_numbers: Mutex<HashMap<EndpointId, u64>>,
@@ -96,7 +110,8 @@ pub(super) struct Sealer {
     /// `endpoints.min_batch_floor`: also enforced on endpoints created before it
     /// was raised.
     min_batch_floor: u64,
-    crash_before_commit: bool,
+    /// The fault to inject ([`FAULT_VAR`]), if any.
+    fault: Option<String>,
 }
 
 /// Ids proposed per prepare call: `max_batch`, rounded down to whole bytes of the
@@ -162,6 +177,11 @@ pub(super) struct Commit {
     agreed: String,
     /// How many bits are set: the batch's count.
     count: u64,
+    /// Robust endpoints: bit i is set when proposed report i failed
+    /// verification (it goes into no batch); base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Byte)]
+    rejected: Option<String>,
 }
 
 /// The query of `POST /peer/v1/endpoints/{name}/recommit`: a decided batch sent
@@ -280,6 +300,7 @@ impl Sealer {
         tracing::info!(public_key = %identity.public_key(), "this server's peer key (server.peer_keys)");
         Ok(Sealer {
             locks: Mutex::new(HashMap::new()),
+            messages: Mutex::new(HashMap::new()),
             seal_numbers: Mutex::new(HashMap::new()),
             client,
             peer_timeout: config.endpoints.peer_timeout(),
@@ -290,9 +311,16 @@ impl Sealer {
             max_batch: config.endpoints.max_batch_len(),
             distinct_users: config.endpoints.distinct_users && !config.auth.disabled,
             min_batch_floor: config.endpoints.min_batch_floor.max(2),
-            crash_before_commit: std::env::var(FAULT_VAR)
-                .is_ok_and(|v| v == "crash_before_coordinator_commit"),
+            fault: std::env::var(FAULT_VAR).ok(),
         })
+    }
+
+    /// Aborts the process if the fault injected for the crash tests is `point`.
+    fn crash_at(&self, point: &str) {
+        if self.fault.as_deref() == Some(point) {
+            tracing::error!("{FAULT_VAR}: aborting at {point}");
+            std::process::abort();
+        }
     }
 
     /// The lock serialising seals of one endpoint on this server.
@@ -357,6 +385,11 @@ impl Sealer {
     /// this server (0: not counted).
     fn min_users(&self, min_batch: u64) -> u64 {
         if self.distinct_users { min_batch } else { 0 }
+    }
+
+    /// How many share servers there are.
+    fn servers(&self) -> u32 {
+        self.peers.len() as u32
     }
 
     fn followers(&self) -> impl Iterator<Item = u32> + '_ {
@@ -517,6 +550,7 @@ fn peer_refusal(index: u32, code: &str, message: &str) -> ApiError {
         | "bad_peer_signature" => (StatusCode::BAD_GATEWAY, "peer_credential_refused"),
         // The coordinator then sends the decision by report ids.
         "unknown_seal" => (StatusCode::BAD_GATEWAY, "peer_unknown_seal"),
+        "verify_key_mismatch" => (StatusCode::CONFLICT, "verify_key_mismatch"),
         _ => (StatusCode::BAD_GATEWAY, "peer_refused"),
     };
     ApiError::new(

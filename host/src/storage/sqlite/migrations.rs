@@ -226,6 +226,27 @@ ALTER TABLE reports ADD COLUMN share_digest BLOB
     CHECK (share_digest IS NULL OR length(share_digest) = 16);
 "#,
     },
+    Migration {
+        description: "robust endpoints: verification keys, rejected reports",
+        sql: r#"
+-- The key under which the servers check the validity proofs of a robust endpoint's
+-- reports (plugins of contract 0.2.0): drawn by the coordinator at the endpoint's
+-- first verification, sent to the followers over the signed peer channel, then
+-- never changed. Never shown to clients or scientists.
+ALTER TABLE endpoints ADD COLUMN verify_key BLOB
+    CHECK (verify_key IS NULL OR length(verify_key) = 32);
+-- How many reports of the endpoint failed verification (`reports.batch_id` = -2).
+ALTER TABLE endpoints ADD COLUMN rejected INTEGER NOT NULL DEFAULT 0;
+-- How many reports failed verification in the seal that made the batch.
+ALTER TABLE batches ADD COLUMN rejected INTEGER NOT NULL DEFAULT 0;
+-- A decided seal of a robust endpoint: the reports it rejects (bit i: proposed
+-- report i, and this server's rows of them as in `rows`) and the verifier message
+-- of each report it commits, in proposal order (u32 count, u32 ends, then bytes).
+ALTER TABLE seals ADD COLUMN rejected_positions BLOB;
+ALTER TABLE seals ADD COLUMN rejected_rows BLOB;
+ALTER TABLE seals ADD COLUMN messages BLOB;
+"#,
+    },
 ];
 
 /// Applies the migrations of `migrations` that the database does not have yet;

@@ -509,6 +509,26 @@ impl SqliteBackend {
             .await
     }
 
+    /// See [`crate::storage::Storage::reject_reports`].
+    pub(crate) async fn reject_reports(
+        &self,
+        endpoint: EndpointId,
+        rows: Vec<i64>,
+    ) -> Result<u64, StorageError> {
+        self.write(move |conn| Ok(sql::reject_reports(conn, endpoint, &rows)?))
+            .await
+    }
+
+    /// See [`crate::storage::Storage::verify_key`].
+    pub(crate) async fn verify_key(
+        &self,
+        endpoint: EndpointId,
+        proposed: Option<[u8; 32]>,
+    ) -> Result<Option<[u8; 32]>, StorageError> {
+        self.write(move |conn| sql::verify_key(conn, endpoint, proposed.as_ref()))
+            .await
+    }
+
     /// See [`crate::storage::Storage::list_batches`].
     pub(crate) async fn list_batches(
         &self,

@@ -15,11 +15,14 @@ use super::ids::ReportIds;
 use crate::storage::{
     Batch, BatchInfo, CommitOutcome, CreateEndpointOutcome, Endpoint, EndpointCounts, EndpointId,
     EndpointRecord, InsertReportOutcome, NewBatch, PluginInfo, PluginRecord, PutPluginOutcome,
-    Seal, SealReport, StorageError, UserKey, UserQuota,
+    Seal, SealReport, StorageError, UserKey, UserQuota, Verification,
 };
 
 /// `reports.batch_id` of a report that expired unbatched.
 const EXPIRED: i64 = -1;
+
+/// `reports.batch_id` of a report whose validity proof failed.
+const REJECTED: i64 = -2;
 
 /// Converts a time to the Unix milliseconds stored in the database.
 pub(crate) fn to_millis(time: SystemTime) -> i64 {
@@ -284,10 +287,18 @@ pub(crate) fn endpoint_counts(
             "SELECT count(*), coalesce(sum(count), 0) FROM batches WHERE endpoint_id = ?1",
         )?
         .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    // Counted as they are marked, not by scanning the reports.
+    let rejected: u64 = conn
+        .prepare_cached("SELECT rejected FROM endpoints WHERE id = ?1")?
+        .query_row([id], |row| row.get(0))?;
     Ok(Some(EndpointCounts {
         unbatched,
         batched,
-        expired: total.saturating_sub(unbatched).saturating_sub(batched),
+        expired: total
+            .saturating_sub(unbatched)
+            .saturating_sub(batched)
+            .saturating_sub(rejected),
+        rejected,
         batches,
     }))
 }
@@ -482,6 +493,8 @@ pub(crate) struct SealRecord {
     positions: Vec<u8>,
     rows: Vec<u8>,
     created_at: i64,
+    /// `rejected_positions`, `rejected_rows`, `messages`.
+    verification: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
 }
 
 impl SealRecord {
@@ -492,19 +505,26 @@ impl SealRecord {
             seal_number: i64::try_from(seal.seal_number).unwrap_or(i64::MAX),
             decided: seal.decided,
             positions: seal.positions.clone(),
-            rows: seal.rows.iter().flat_map(|row| row.to_le_bytes()).collect(),
+            rows: encode_rows(&seal.rows),
             created_at: to_millis(seal.created_at),
+            verification: seal.verification.as_ref().map(|v| {
+                (
+                    v.rejected_positions.clone(),
+                    encode_rows(&v.rejected_rows),
+                    encode_batch(&v.messages),
+                )
+            }),
         }
     }
 }
 
+fn encode_rows(rows: &[i64]) -> Vec<u8> {
+    rows.iter().flat_map(|row| row.to_le_bytes()).collect()
+}
+
 fn decode_rows(blob: &[u8]) -> rusqlite::Result<Vec<i64>> {
     if !blob.len().is_multiple_of(8) {
-        return Err(rusqlite::Error::FromSqlConversionFailure(
-            4,
-            rusqlite::types::Type::Blob,
-            "seals.rows is not a whole number of rows".into(),
-        ));
+        return Err(corrupt_seal("rows are not a whole number of rows"));
     }
     Ok(blob
         .chunks_exact(8)
@@ -512,10 +532,60 @@ fn decode_rows(blob: &[u8]) -> rusqlite::Result<Vec<i64>> {
         .collect())
 }
 
-const SEAL_COLUMNS: &str =
-    "endpoint_id, batch_id, decided, positions, rows, created_at, seal_number";
+fn corrupt_seal(why: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        4,
+        rusqlite::types::Type::Blob,
+        format!("seals: {why}").into(),
+    )
+}
+
+/// A batch of byte strings as stored: the count, each end, then the bytes (all
+/// numbers u32, little-endian).
+fn encode_batch(batch: &guardian_sdk::raw::Batch) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + 4 * batch.ends.len() + batch.data.len());
+    out.extend_from_slice(&(batch.ends.len() as u32).to_le_bytes());
+    for end in &batch.ends {
+        out.extend_from_slice(&end.to_le_bytes());
+    }
+    out.extend_from_slice(&batch.data);
+    out
+}
+
+fn decode_batch(blob: &[u8]) -> rusqlite::Result<guardian_sdk::raw::Batch> {
+    let u32_at = |at: usize| {
+        blob.get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .ok_or_else(|| corrupt_seal("messages are truncated"))
+    };
+    let count = u32_at(0)? as usize;
+    let ends = (0..count)
+        .map(|i| u32_at(4 + 4 * i))
+        .collect::<rusqlite::Result<Vec<u32>>>()?;
+    let data = blob[4 + 4 * count..].to_vec();
+    let batch = guardian_sdk::raw::Batch { data, ends };
+    batch
+        .items()
+        .map_err(|_| corrupt_seal("messages are malformed"))?;
+    Ok(batch)
+}
+
+const SEAL_COLUMNS: &str = "endpoint_id, batch_id, decided, positions, rows, created_at, \
+     seal_number, rejected_positions, rejected_rows, messages";
 
 fn seal(row: &Row<'_>) -> rusqlite::Result<Seal> {
+    let verification = match (
+        row.get::<_, Option<Vec<u8>>>(7)?,
+        row.get_ref(8)?.as_blob_or_null()?,
+        row.get_ref(9)?.as_blob_or_null()?,
+    ) {
+        (Some(rejected_positions), Some(rejected_rows), Some(messages)) => Some(Verification {
+            rejected_positions,
+            rejected_rows: decode_rows(rejected_rows)?,
+            messages: decode_batch(messages)?,
+        }),
+        _ => None,
+    };
     Ok(Seal {
         endpoint: EndpointId(row.get(0)?),
         batch_id: row.get(1)?,
@@ -524,6 +594,7 @@ fn seal(row: &Row<'_>) -> rusqlite::Result<Seal> {
         rows: decode_rows(row.get_ref(4)?.as_blob()?)?,
         created_at: from_millis(row.get(5)?),
         seal_number: u64::try_from(row.get::<_, i64>(6)?).unwrap_or(0),
+        verification,
     })
 }
 
@@ -543,7 +614,8 @@ pub(crate) fn put_seal(conn: &Connection, new: &SealRecord) -> Result<(), Storag
     let stored = conn
         .prepare_cached(
             "INSERT OR REPLACE INTO seals (endpoint_id, batch_id, decided, positions, rows, \
-             created_at, seal_number) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             created_at, seal_number, rejected_positions, rejected_rows, messages) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
         .execute(params![
             new.endpoint.0,
@@ -553,6 +625,9 @@ pub(crate) fn put_seal(conn: &Connection, new: &SealRecord) -> Result<(), Storag
             new.rows,
             new.created_at,
             new.seal_number,
+            new.verification.as_ref().map(|v| &v.0),
+            new.verification.as_ref().map(|v| &v.1),
+            new.verification.as_ref().map(|v| &v.2),
         ]);
     match stored {
         Ok(_) => Ok(()),
@@ -678,20 +753,21 @@ pub(crate) fn report_ids(
     Ok(ids)
 }
 
-const BATCH_COLUMNS: &str = "batch_id, count, sealed_at";
+const BATCH_COLUMNS: &str = "batch_id, count, sealed_at, rejected";
 
 fn batch_info(row: &Row<'_>) -> rusqlite::Result<BatchInfo> {
     Ok(BatchInfo {
         batch_id: row.get(0)?,
         count: row.get(1)?,
         sealed_at: from_millis(row.get(2)?),
+        rejected: row.get(3)?,
     })
 }
 
 fn batch(row: &Row<'_>) -> rusqlite::Result<Batch> {
     Ok(Batch {
         info: batch_info(row)?,
-        share: row.get(3)?,
+        share: row.get(4)?,
     })
 }
 
@@ -709,18 +785,20 @@ pub(crate) fn commit_batch(
         return Err(StorageError::OutOfRange("an empty batch"));
     }
     let count = rows.len() as u64;
+    let rejected = new.rejected_rows.len() as u64;
     let sealed_at = to_millis(new.sealed_at);
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO batches (endpoint_id, batch_id, count, sealed_at, share) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO batches (endpoint_id, batch_id, count, sealed_at, share, rejected) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
             endpoint.0,
             new.batch_id,
             count,
             sealed_at,
-            new.share
+            new.share,
+            rejected
         ]);
     match inserted {
         Ok(_) => {}
@@ -730,21 +808,16 @@ pub(crate) fn commit_batch(
         Err(error) => return Err(error.into()),
     }
     let batch_row = conn.last_insert_rowid();
-    // Rows of an existing endpoint are never deleted nor reused, so a row id and the
-    // endpoint id name one report: runs of consecutive rows are marked by one range
-    // statement each, which must change exactly the run's rows.
     rows.sort_unstable();
-    let mut mark = conn.prepare_cached(
-        "UPDATE reports SET batch_id = ?1, share = NULL, user_key = NULL, poster = NULL \
-         WHERE id BETWEEN ?2 AND ?3 AND +endpoint_id = ?4 AND batch_id IS NULL",
-    )?;
-    for run in rows.chunk_by(|a, b| b - a == 1) {
-        let (first, last) = (run[0], run[run.len() - 1]);
-        if mark.execute(params![batch_row, first, last, endpoint.0])? != run.len() {
-            // A report is already batched, gone, or listed twice. The caller drops
-            // the transaction: nothing of this batch is kept.
-            return Err(StorageError::ReportUnavailable);
-        }
+    if mark_rows(conn, endpoint, &rows, batch_row)? != count {
+        // A report is already batched, gone, or listed twice. The caller drops the
+        // transaction: nothing of this batch is kept.
+        return Err(StorageError::ReportUnavailable);
+    }
+    let mut rejected_rows = new.rejected_rows.clone();
+    rejected_rows.sort_unstable();
+    if reject_reports(conn, endpoint, &rejected_rows)? != rejected {
+        return Err(StorageError::ReportUnavailable);
     }
     // A reservation for this batch is done with; a decision stays until the
     // coordinator knows every follower committed too.
@@ -755,8 +828,67 @@ pub(crate) fn commit_batch(
     Ok(CommitOutcome::Committed(BatchInfo {
         batch_id: new.batch_id,
         count,
+        rejected,
         sealed_at: from_millis(sealed_at),
     }))
+}
+
+/// Marks the unbatched reports at `rows` (ascending) of an endpoint with
+/// `batch_id` (a batch's row, or [`REJECTED`]), deleting what they no longer need;
+/// returns how many were marked.
+///
+/// Rows of an existing endpoint are never deleted nor reused, so a row id and the
+/// endpoint id name one report: runs of consecutive rows are marked by one range
+/// statement each.
+fn mark_rows(
+    conn: &Connection,
+    endpoint: EndpointId,
+    rows: &[i64],
+    batch_id: i64,
+) -> rusqlite::Result<u64> {
+    let mut mark = conn.prepare_cached(
+        "UPDATE reports SET batch_id = ?1, share = NULL, user_key = NULL, poster = NULL \
+         WHERE id BETWEEN ?2 AND ?3 AND +endpoint_id = ?4 AND batch_id IS NULL",
+    )?;
+    let mut marked = 0;
+    for run in rows.chunk_by(|a, b| b - a == 1) {
+        let (first, last) = (run[0], run[run.len() - 1]);
+        marked += mark.execute(params![batch_id, first, last, endpoint.0])? as u64;
+    }
+    Ok(marked)
+}
+
+/// Marks the unbatched reports at `rows` (ascending) of an endpoint as rejected and
+/// counts them in the endpoint's `rejected`; returns how many were marked.
+pub(crate) fn reject_reports(
+    conn: &Connection,
+    endpoint: EndpointId,
+    rows: &[i64],
+) -> rusqlite::Result<u64> {
+    let marked = mark_rows(conn, endpoint, rows, REJECTED)?;
+    if marked > 0 {
+        conn.prepare_cached("UPDATE endpoints SET rejected = rejected + ?1 WHERE id = ?2")?
+            .execute(params![marked, endpoint.0])?;
+    }
+    Ok(marked)
+}
+
+/// The endpoint's verification key, `proposed` stored first if it has none.
+pub(crate) fn verify_key(
+    conn: &Connection,
+    endpoint: EndpointId,
+    proposed: Option<&[u8; 32]>,
+) -> Result<Option<[u8; 32]>, StorageError> {
+    if let Some(proposed) = proposed {
+        conn.prepare_cached(
+            "UPDATE endpoints SET verify_key = ?1 WHERE id = ?2 AND verify_key IS NULL",
+        )?
+        .execute(params![proposed, endpoint.0])?;
+    }
+    conn.prepare_cached("SELECT verify_key FROM endpoints WHERE id = ?1")?
+        .query_row([endpoint.0], |row| row.get(0))
+        .optional()?
+        .ok_or(StorageError::UnknownEndpoint)
 }
 
 /// The sealed batches of an endpoint, oldest first.
