@@ -17,6 +17,7 @@
 //! verification key: a crash anywhere in it leaves reservations that the next
 //! seal replaces, as a crash during the proposal does.
 
+use std::ops::Range;
 use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
@@ -40,8 +41,33 @@ use crate::storage::{EndpointId, Verification};
 /// Agreed reports per `verify` call.
 const VERIFY_CHUNK: usize = 16_384;
 
-/// Reports per plugin call: keeps each call well inside the plugin deadline.
+/// Most reports per plugin call.
 const PLUGIN_SLICE: usize = 1_024;
+
+/// Most share bytes per plugin call: with [`PLUGIN_SLICE`], keeps each call's
+/// input, output and time well inside the plugin's limits however long the
+/// reports are (a Prio3 histogram of a thousand buckets has 16 KB shares).
+const SLICE_BYTES: usize = 1 << 20;
+
+/// Cuts reports `0..n` (of the given share bytes each) into ranges of at most
+/// [`PLUGIN_SLICE`] reports and [`SLICE_BYTES`] bytes (a longer report makes a
+/// range of its own).
+fn slices(sizes: impl Iterator<Item = usize>) -> Vec<Range<usize>> {
+    let mut ranges = Vec::new();
+    let (mut start, mut bytes, mut end) = (0, 0, 0);
+    for (i, size) in sizes.enumerate() {
+        if i > start && (i - start == PLUGIN_SLICE || bytes + size > SLICE_BYTES) {
+            ranges.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+        end = i + 1;
+    }
+    if end > start {
+        ranges.push(start..end);
+    }
+    ranges
+}
 
 /// Most message bytes per `messages` call (well under the peer body limit).
 const MESSAGES_BYTES: usize = 1 << 20;
@@ -278,8 +304,8 @@ async fn verifier_shares(
                 digests: publics.iter().map(|p| Sha256::digest(p).into()).collect(),
                 public: Batch::default(),
             };
-            for start in (0..publics.len()).step_by(PLUGIN_SLICE) {
-                let end = (start + PLUGIN_SLICE).min(publics.len());
+            let sizes = publics.iter().zip(&inputs).map(|(p, s)| p.len() + s.len());
+            for Range { start, end } in slices(sizes) {
                 let started = call_live.plugin.verify_init(
                     config,
                     &key,
@@ -409,7 +435,15 @@ async fn combine(
             let config = &call_live.endpoint.record.config;
             let publics = items(&ours.public);
             let mut outcomes = vec![None; len];
-            for slice in candidates.chunks(PLUGIN_SLICE) {
+            let sizes = candidates.iter().map(|&i| {
+                let shares = std::iter::once(&ours).chain(&theirs);
+                publics[i].len()
+                    + shares
+                        .map(|server| server.shares[i].as_ref().map_or(0, Vec::len))
+                        .sum::<usize>()
+            });
+            for range in slices(sizes) {
+                let slice = &candidates[range];
                 let public = Batch::pack(slice.iter().map(|&i| publics[i]));
                 let by_server: Vec<Batch> = std::iter::once(&ours)
                     .chain(&theirs)
@@ -720,8 +754,8 @@ pub(super) async fn fold_verified(
                 let (publics, inputs, messages) =
                     (items(&public), items(&shares), items(&chunk_messages));
                 let mut agg = agg;
-                for start in (0..publics.len()).step_by(PLUGIN_SLICE) {
-                    let end = (start + PLUGIN_SLICE).min(publics.len());
+                let sizes = publics.iter().zip(&inputs).map(|(p, s)| p.len() + s.len());
+                for Range { start, end } in slices(sizes) {
                     let started = call_live.plugin.verify_init(
                         config,
                         &key,
@@ -760,4 +794,23 @@ pub(super) async fn fold_verified(
             .await?;
     }
     Ok(agg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PLUGIN_SLICE, SLICE_BYTES, slices};
+
+    #[test]
+    fn plugin_calls_are_cut_by_reports_and_by_bytes() {
+        assert!(slices(std::iter::empty()).is_empty());
+        // Small reports: whole slices of PLUGIN_SLICE, then the rest.
+        let small = slices(std::iter::repeat_n(10, PLUGIN_SLICE + 3));
+        assert_eq!(small, [0..PLUGIN_SLICE, PLUGIN_SLICE..PLUGIN_SLICE + 3]);
+        // Long reports: as many as fit in SLICE_BYTES.
+        let long = slices(std::iter::repeat_n(SLICE_BYTES / 4, 9));
+        assert_eq!(long, [0..4, 4..8, 8..9]);
+        // A report longer than SLICE_BYTES goes alone.
+        let huge = slices([1, SLICE_BYTES + 1, 1].into_iter());
+        assert_eq!(huge, [0..1, 1..2, 2..3]);
+    }
 }
