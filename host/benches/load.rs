@@ -8,7 +8,7 @@
 //!
 //! ```sh
 //! cargo bench -p guardian --bench load              # full: every figure 3 times
-//! cargo bench -p guardian --bench load -- --quick   # 1 run, short, under 2 minutes
+//! cargo bench -p guardian --bench load -- --quick   # 1 run, short, about 2 minutes
 //! ```
 //!
 //! Scenarios (`--only NAME,…` runs some of them):
@@ -30,6 +30,21 @@
 //!   RSS during it; the fetched shares are combined and checked. Rows for 10k, 100k
 //!   and (full mode) 1M stored reports form the scaling table, with the ingest rate
 //!   while the store held 90–100 % of N.
+//!
+//! Robust aggregation (plugins of contract 0.2.0, whose reports carry Prio3
+//! validity proofs):
+//!
+//! - `verify` (module `verify`): per report, both servers' `verify_init`,
+//!   `combine` and `verify_finish` through the robust built-ins (wasm) next to the
+//!   same steps with the prio crate natively, in this process, for `prio3-count`,
+//!   `prio3-sum`, `prio3-histogram` and `prio3-sumvec`.
+//! - `robust-ingest`: `ingest` with `prio3-count` report bodies (share and public
+//!   share, sharded by the built-in).
+//! - `robust-seal`: `seal` with `prio3-sum` (max 255): N reports sharded in this
+//!   process by the built-in (random ids and values) before the cluster starts,
+//!   posted to both servers, sealed (the servers verify every proof), fetched,
+//!   and the result unsharded and compared with the plain sum; with the plugin
+//!   time by call from the servers' metrics.
 //!
 //! Output: a progress line per run on stderr, then the tables (median [min–max]
 //! over the runs) and one JSON line per figure on stdout (lines starting with `{`).
@@ -55,11 +70,16 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use guardian::auth::DevIssuer;
 use guardian::config::Role;
-use guardian::runtime::{Runtime, RuntimeOptions};
+use guardian::runtime::{Plugin, Runtime, RuntimeOptions};
+use guardian_sdk::raw::Report;
 use guardian_sdk::testing::pack;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use reqwest::{Client, StatusCode, Url};
 use serde_json::{Value, json};
+
+// Not `benches/verify.rs`: cargo would take that for a bench of its own.
+#[path = "load/verify.rs"]
+mod verify;
 
 /// The shared secret of the seal cluster's peer routes.
 const PEER_TOKEN: &str = "load-bench-peer-credential-0123456789abcdef";
@@ -87,7 +107,7 @@ struct Options {
     fresh_tokens: usize,
     /// Share lengths of the `ingest` scenario.
     lengths: Vec<usize>,
-    /// Stored reports of the seal runs.
+    /// Stored reports of the seal runs (`seal` and `robust-seal`).
     seal_sizes: Vec<u64>,
     /// Scenarios to run (all when `None`).
     only: Option<Vec<String>>,
@@ -488,10 +508,31 @@ async fn start_cluster(n: usize, auth: Auth<'_>, extra_env: &[(&str, &str)]) -> 
     Cluster { servers, _dir: dir }
 }
 
-/// Creates the `sum` endpoint of `length` on every server.
-async fn create_endpoint(http: &Client, cluster: &Cluster, length: usize, token: Option<&str>) {
-    let body =
-        json!({"name": ENDPOINT, "plugin": "sum", "params": {"length": length}, "min_batch": 10});
+/// The endpoint a scenario creates on every server: its plugin and parameters.
+struct Endpoint {
+    /// A built-in plugin's name.
+    plugin: &'static str,
+    params: Value,
+}
+
+impl Endpoint {
+    /// `sum` of vectors of `length`.
+    fn sum(length: usize) -> Endpoint {
+        Endpoint {
+            plugin: "sum",
+            params: json!({"length": length}),
+        }
+    }
+}
+
+/// Creates the endpoint [`ENDPOINT`] running `endpoint` on every server.
+async fn create_endpoint(
+    http: &Client,
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    token: Option<&str>,
+) {
+    let body = json!({"name": ENDPOINT, "plugin": endpoint.plugin, "params": endpoint.params, "min_batch": 10});
     for server in &cluster.servers {
         let mut request = http
             .post(format!("{}/api/v1/endpoints", server.url))
@@ -856,16 +897,10 @@ struct Template {
 }
 
 impl Template {
-    fn new(share: &[u8]) -> Template {
-        let prefix = r#"{"report_id":""#;
-        let body = format!(
-            r#"{prefix}{}","share":"{}"}}"#,
-            "0".repeat(32),
-            BASE64.encode(share)
-        );
+    fn new(share: &[u8], public_share: Option<&[u8]>) -> Template {
         Template {
-            body: body.into_bytes(),
-            id_at: prefix.len(),
+            body: report_body(0, share, public_share),
+            id_at: REPORT_ID_AT.len(),
         }
     }
 
@@ -1035,11 +1070,69 @@ enum IngestAuth {
     Reused,
 }
 
+/// The table of the ingest scenarios.
+const INGEST_TABLE: &str = "ingest (1 server, durable; sum unless named)";
+
+/// `row` with `options.runs` runs of an ingest scenario, each on a fresh server.
+fn ingest_row(
+    runtime: &tokio::runtime::Runtime,
+    options: &Options,
+    mut row: Row,
+    load: &IngestLoad,
+    auth: &IngestAuth,
+    tokens: Option<&Tokens>,
+) -> Row {
+    for run in 0..options.runs {
+        eprintln!("ingest, {}: run {}/{}", row.label, run + 1, options.runs);
+        runtime.block_on(ingest_run(&mut row, options, load, auth, tokens));
+    }
+    row
+}
+
+/// What an ingest run's server holds and every request posts: the endpoint, and
+/// one report whose id is patched per request.
+struct IngestLoad {
+    endpoint: Endpoint,
+    template: Arc<Template>,
+}
+
+impl IngestLoad {
+    /// `sum` of `length`: any bytes of the right length (`sum` validates only
+    /// the length).
+    fn sum(length: usize) -> IngestLoad {
+        let share: Vec<u8> = (0..length * 8).map(|i| (i * 37 % 251) as u8).collect();
+        IngestLoad {
+            endpoint: Endpoint::sum(length),
+            template: Arc::new(Template::new(&share, None)),
+        }
+    }
+
+    /// `prio3-count`: a report of `true` sharded by the built-in for 2 servers,
+    /// server 0's share (the longer one, with the proof) and the public share
+    /// field (empty for count). The proof is bound to the id the report was
+    /// sharded with, not to the patched ones; that does not matter here: on
+    /// arrival a server checks lengths only, the proofs are checked by the seal.
+    fn prio3_count() -> IngestLoad {
+        let plugin = guardian::runtime::testing::builtin("prio3-count");
+        let config = plugin.configure("{}").expect("configure prio3-count");
+        let report = plugin
+            .shard_report(&config, "true", 2, &rand::random::<[u8; 16]>(), &[7; 32])
+            .expect("shard prio3-count");
+        IngestLoad {
+            endpoint: Endpoint {
+                plugin: "prio3-count",
+                params: json!({}),
+            },
+            template: Arc::new(Template::new(&report.shares[0], Some(&report.public_share))),
+        }
+    }
+}
+
 /// One run of an ingest scenario on a fresh server; pushes its figures into `row`.
 async fn ingest_run(
     row: &mut Row,
     options: &Options,
-    length: usize,
+    load: &IngestLoad,
     auth: &IngestAuth,
     tokens: Option<&Tokens>,
 ) {
@@ -1052,7 +1145,7 @@ async fn ingest_run(
     create_endpoint(
         &client,
         &cluster,
-        length,
+        &load.endpoint,
         tokens.map(|t| t.developer.as_str()),
     )
     .await;
@@ -1068,9 +1161,6 @@ async fn ingest_run(
         .trim_start_matches("http://")
         .parse()
         .expect("server address");
-    // Any bytes of the right length: `sum` validates only the length.
-    let share: Vec<u8> = (0..length * 8).map(|i| (i * 37 % 251) as u8).collect();
-    let template = Arc::new(Template::new(&share));
     let pid = cluster.servers[0].pid();
     let profile = Profile::start(
         options.perf.as_deref(),
@@ -1081,7 +1171,7 @@ async fn ingest_run(
     let mut outcome = drive(
         address,
         &format!("/api/v1/endpoints/{ENDPOINT}/reports"),
-        template,
+        load.template.clone(),
         use_tokens,
         options.connections,
         options.seconds,
@@ -1137,22 +1227,30 @@ async fn ingest_run(
     );
 }
 
-/// The server's mean group commit so far, from its metrics: reports per commit
-/// and milliseconds per commit (fsync included).
-async fn group_commits(client: &Client, url: &str) -> (f64, f64) {
-    let text = client
+/// A server's metrics, as text.
+async fn metrics_text(client: &Client, url: &str) -> String {
+    client
         .get(format!("{url}/metrics"))
         .send()
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("metrics body");
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
+        .expect("metrics body")
+}
+
+/// The value of the sample `name` (with its labels, as written) in `metrics`.
+fn metric(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The server's mean group commit so far, from its metrics: reports per commit
+/// and milliseconds per commit (fsync included).
+async fn group_commits(client: &Client, url: &str) -> (f64, f64) {
+    let text = metrics_text(client, url).await;
+    let value = |name| metric(&text, name).unwrap_or(f64::NAN);
     let commits = value("guardian_commit_reports_count");
     (
         value("guardian_commit_reports_sum") / commits,
@@ -1177,8 +1275,9 @@ fn report_id(i: u64) -> u128 {
     (u128::from(mix(i ^ 0x5eed)) << 64) | u128::from(i)
 }
 
-/// The two servers' shares of report `i`: additive shares of `[1, …, 10]` in the
-/// wrapping u64 ring, little-endian (what `sum` of length 10 stores).
+/// The two servers' shares of report `i` of `sum`: additive shares of
+/// `[1, …, 10]` in the wrapping u64 ring, little-endian (what `sum` of length 10
+/// stores).
 fn report_shares(i: u64) -> [Vec<u8>; 2] {
     let mut a = Vec::with_capacity(80);
     let mut b = Vec::with_capacity(80);
@@ -1190,13 +1289,23 @@ fn report_shares(i: u64) -> [Vec<u8>; 2] {
     [a, b]
 }
 
-fn report_body(id: u128, share: &[u8]) -> Vec<u8> {
+/// What a report body starts with, up to its id.
+const REPORT_ID_AT: &str = r#"{"report_id":""#;
+
+/// The JSON body posting report `id` with this server's `share` and, for a
+/// robust plugin, the report's public share (the field is there even when the
+/// public share is empty, as for Prio3 count and sum).
+fn report_body(id: u128, share: &[u8], public_share: Option<&[u8]>) -> Vec<u8> {
     let mut body = String::with_capacity(160);
     let _ = write!(
         body,
-        r#"{{"report_id":"{id:032x}","share":"{}"}}"#,
+        r#"{REPORT_ID_AT}{id:032x}","share":"{}""#,
         BASE64.encode(share)
     );
+    if let Some(public_share) = public_share {
+        let _ = write!(body, r#","public_share":"{}""#, BASE64.encode(public_share));
+    }
+    body.push('}');
     body.into_bytes()
 }
 
@@ -1217,8 +1326,209 @@ async fn post_ok(client: &Client, url: &Url, body: Vec<u8>) -> Result<(), String
     }
 }
 
-/// One seal run on a fresh 2-server cluster with `n` stored reports.
-async fn seal_run(seal: &mut Row, scaling: &mut Row, options: &Options, n: u64) {
+/// What a seal scenario's endpoint runs, the reports posted to it, and how the
+/// fetched result is checked.
+enum SealLoad {
+    /// `sum` of length 10: additive shares of `[1, …, 10]`, made as they are
+    /// posted.
+    Sum,
+    /// `prio3-sum` with `max_measurement` 255: reports sharded before the run.
+    Prio3Sum(Prio3Reports),
+}
+
+/// Reports of a robust built-in, sharded in this process for 2 servers.
+struct Prio3Reports {
+    /// The plugin as this process runs it, to unshard the fetched result.
+    plugin: Plugin,
+    config: Vec<u8>,
+    /// In posting order.
+    reports: Vec<Sharded>,
+    /// The plain sum of the measurements.
+    sum: u64,
+}
+
+/// A report of a robust plugin as the servers receive it.
+struct Sharded {
+    id: [u8; 16],
+    /// The public share and one share per server.
+    report: Report,
+}
+
+/// `measurements` (JSON text) sharded by `plugin` for `servers` servers, with
+/// random ids and seeds, on every core.
+fn shard_reports(
+    plugin: &Plugin,
+    config: &[u8],
+    measurements: &[String],
+    servers: u32,
+) -> Vec<Sharded> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let per_thread = measurements.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = measurements
+            .chunks(per_thread)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|measurement| {
+                            let id: [u8; 16] = rand::random();
+                            let report = plugin
+                                .shard_report(
+                                    config,
+                                    measurement,
+                                    servers,
+                                    &id,
+                                    &rand::random::<[u8; 32]>(),
+                                )
+                                .expect("shard");
+                            Sharded { id, report }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("sharding thread"))
+            .collect()
+    })
+}
+
+/// The plugin calls timed in a `sum` seal: (metric label, column).
+const SUM_CALLS: &[(&str, &str)] = &[("accumulate", "accumulate s")];
+
+/// The plugin calls timed in a robust seal. The server's `verify_finish` call
+/// runs `verify_init` again (the states are not kept between the round and the
+/// commit), then `verify_finish` and `accumulate`.
+const ROBUST_CALLS: &[(&str, &str)] = &[
+    ("verify_init", "verify_init s"),
+    ("combine", "combine s"),
+    ("verify_finish", "verify_finish s"),
+];
+
+impl SealLoad {
+    /// `n` reports of `prio3-sum` (max 255) with random values.
+    fn prio3_sum(n: u64) -> SealLoad {
+        let started = Instant::now();
+        let plugin = guardian::runtime::testing::builtin("prio3-sum");
+        let config = plugin
+            .configure(r#"{"max_measurement": 255}"#)
+            .expect("configure prio3-sum");
+        let values: Vec<u64> = (0..n).map(|_| rand::random_range(0..=255)).collect();
+        let measurements: Vec<String> = values.iter().map(u64::to_string).collect();
+        let reports = shard_reports(&plugin, &config, &measurements, 2);
+        eprintln!(
+            "sharded {n} prio3-sum reports in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        SealLoad::Prio3Sum(Prio3Reports {
+            plugin,
+            config,
+            reports,
+            sum: values.iter().sum(),
+        })
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        match self {
+            SealLoad::Sum => Endpoint::sum(10),
+            SealLoad::Prio3Sum(_) => Endpoint {
+                plugin: "prio3-sum",
+                params: json!({"max_measurement": 255}),
+            },
+        }
+    }
+
+    /// The scenario's name (`--only`) and its two tables: seal + fetch, and
+    /// scaling.
+    fn names(&self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            SealLoad::Sum => (
+                "seal",
+                "seal + fetch (2 servers, sum length 10, auth off; seal on server 0, fetch from both)",
+                "scaling (the same runs: filling N reports into 2 servers, then sealing them)",
+            ),
+            SealLoad::Prio3Sum(_) => (
+                "robust-seal",
+                "robust seal + verify + fetch (2 servers, prio3-sum max 255, auth off; seal on server 0, fetch from both; plugin call s summed over both servers)",
+                "robust scaling (the same runs: filling N prio3-sum reports into 2 servers, then sealing them)",
+            ),
+        }
+    }
+
+    fn calls(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            SealLoad::Sum => SUM_CALLS,
+            SealLoad::Prio3Sum(_) => ROBUST_CALLS,
+        }
+    }
+
+    /// The bodies of report `i` posted to server 0 and server 1.
+    fn bodies(&self, i: u64) -> [Vec<u8>; 2] {
+        match self {
+            SealLoad::Sum => report_shares(i).map(|share| report_body(report_id(i), &share, None)),
+            SealLoad::Prio3Sum(p) => {
+                let Sharded { id, report } = &p.reports[i as usize];
+                [0, 1].map(|server| {
+                    report_body(
+                        u128::from_be_bytes(*id),
+                        &report.shares[server],
+                        Some(&report.public_share),
+                    )
+                })
+            }
+        }
+    }
+
+    /// Checks the released shares of both servers, for a batch of `count` of
+    /// the `n` reports posted.
+    fn check(&self, shares: &[Vec<u8>], n: u64, count: u64) -> Result<(), String> {
+        match self {
+            SealLoad::Sum => {
+                let mut combined = [0u64; 10];
+                for share in shares {
+                    for (j, chunk) in share.chunks_exact(8).enumerate().take(10) {
+                        let value = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+                        combined[j] = combined[j].wrapping_add(value);
+                    }
+                }
+                let expected: Vec<u64> = (1..=10).map(|j| j * count).collect();
+                if combined.as_slice() == expected.as_slice() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "combined shares {combined:?} are not {expected:?}: the seal is wrong"
+                    ))
+                }
+            }
+            SealLoad::Prio3Sum(p) => {
+                let result = p
+                    .plugin
+                    .unshard(&p.config, shares, count)
+                    .map_err(|e| format!("unshard: {e}"))?;
+                // Every report is valid and was posted: all are in the batch.
+                let expected = p.sum;
+                if result.trim() == expected.to_string() && count == n {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the result of {count} reports is {result}, the plain sum of the {n} posted is {expected}: the seal is wrong"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// One seal run on a fresh 2-server cluster with the first `n` reports of `load`
+/// stored.
+async fn seal_run(
+    seal: &mut Row,
+    scaling: &mut Row,
+    options: &Options,
+    load: &Arc<SealLoad>,
+    n: u64,
+) {
     // Generous timeouts: the bench measures how long a seal takes, whatever the
     // defaults (30 s per request, 20 s per peer call) would allow.
     let cluster = start_cluster(
@@ -1231,7 +1541,7 @@ async fn seal_run(seal: &mut Row, scaling: &mut Row, options: &Options, n: u64) 
     )
     .await;
     let client = load_client(options.connections * 2);
-    create_endpoint(&client, &cluster, 10, None).await;
+    create_endpoint(&client, &cluster, &load.endpoint(), None).await;
     let urls: Arc<Vec<Url>> = Arc::new(
         cluster
             .servers
@@ -1253,12 +1563,13 @@ async fn seal_run(seal: &mut Row, scaling: &mut Row, options: &Options, n: u64) 
     let meter = Meter::start(&pids);
     let mut tasks = Vec::new();
     for _ in 0..options.connections {
-        let (client, urls, next, completed, tail_started) = (
+        let (client, urls, next, completed, tail_started, load) = (
             client.clone(),
             urls.clone(),
             next.clone(),
             completed.clone(),
             tail_started.clone(),
+            load.clone(),
         );
         let pids = pids.clone();
         tasks.push(tokio::spawn(async move {
@@ -1269,11 +1580,9 @@ async fn seal_run(seal: &mut Row, scaling: &mut Row, options: &Options, n: u64) 
                 if i >= n {
                     break;
                 }
-                let [a, b] = report_shares(i);
-                let (ra, rb) = tokio::join!(
-                    post_ok(&client, &urls[0], report_body(report_id(i), &a)),
-                    post_ok(&client, &urls[1], report_body(report_id(i), &b)),
-                );
+                let [a, b] = load.bodies(i);
+                let (ra, rb) =
+                    tokio::join!(post_ok(&client, &urls[0], a), post_ok(&client, &urls[1], b));
                 for r in [ra, rb] {
                     if let Err(e) = r {
                         failed += 1;
@@ -1355,6 +1664,7 @@ async fn seal_run(seal: &mut Row, scaling: &mut Row, options: &Options, n: u64) 
     assert_eq!(status, StatusCode::CREATED, "seal: {sealed}");
     let batch_id = sealed["batch_id"].as_str().expect("batch_id").to_owned();
     let count = sealed["count"].as_u64().unwrap_or(0);
+    let rejected = sealed["rejected"].as_u64().unwrap_or(0);
     let fetches = cluster.servers.iter().map(|s| {
         let client = client.clone();
         let url = format!("{}/api/v1/endpoints/{ENDPOINT}/batches/{batch_id}", s.url);
@@ -1370,20 +1680,32 @@ async fn seal_run(seal: &mut Row, scaling: &mut Row, options: &Options, n: u64) 
     let sampled = sampler.stop().await;
     drop(profile);
 
-    // Combine: the sum of the released shares must be count × [1, …, 10].
-    let mut combined = [0u64; 10];
-    for answer in &fetched {
-        assert_eq!(answer["count"].as_u64(), Some(count), "fetched count");
-        let share = BASE64
-            .decode(answer["share"].as_str().expect("share"))
-            .expect("share base64");
-        for (j, chunk) in share.chunks_exact(8).enumerate().take(10) {
-            let value = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-            combined[j] = combined[j].wrapping_add(value);
+    // The plugins' time, by call, over both servers (the fill calls only
+    // `validate`, so what the seal called is all there is; a server that made
+    // no such call has no sample).
+    let mut call_seconds = vec![0.0; load.calls().len()];
+    for server in &cluster.servers {
+        let metrics = metrics_text(&client, &server.url).await;
+        for ((call, _), seconds) in load.calls().iter().zip(&mut call_seconds) {
+            *seconds += metric(
+                &metrics,
+                &format!(r#"guardian_plugin_call_seconds_sum{{call="{call}"}}"#),
+            )
+            .unwrap_or(0.0);
         }
     }
-    let expected: Vec<u64> = (1..=10).map(|j| j * count).collect();
-    let correct = combined.as_slice() == expected.as_slice();
+
+    let shares: Vec<Vec<u8>> = fetched
+        .iter()
+        .map(|answer| {
+            assert_eq!(answer["count"].as_u64(), Some(count), "fetched count");
+            BASE64
+                .decode(answer["share"].as_str().expect("share"))
+                .expect("share base64")
+        })
+        .collect();
+    let checked = load.check(&shares, n, count);
+    let correct = checked.is_ok();
 
     scaling.push("fill reports/s per server", n as f64 / fill.elapsed);
     scaling.push("ingest at 90–100 % of N, reports/s", tail_rate);
@@ -1421,7 +1743,11 @@ async fn seal_run(seal: &mut Row, scaling: &mut Row, options: &Options, n: u64) 
         "peak RSS MB during fill",
         fill_rss.iter().copied().fold(0.0, f64::max),
     );
+    for ((_, name), seconds) in load.calls().iter().zip(&call_seconds) {
+        row.push(name, *seconds);
+    }
     row.push("sealed", count as f64);
+    row.push("rejected", rejected as f64);
     row.push("wrong results", f64::from(u8::from(!correct)));
     row.push("other cores", usage.other_cores);
     if !peaks_reset {
@@ -1430,13 +1756,11 @@ async fn seal_run(seal: &mut Row, scaling: &mut Row, options: &Options, n: u64) 
     if count != n {
         row.note(format!("sealed {count} of {n} reports"));
     }
-    if !correct {
-        row.note(format!(
-            "combined shares {combined:?} are not {expected:?}: the seal is wrong"
-        ));
+    if let Err(e) = checked {
+        row.note(e);
     }
     eprintln!(
-        "  sealed {count} in {seal_time:.2} s, with fetch {total_time:.2} s, server CPU {:.2} s, peak RSS {:.0} / {:.0} MB (sampled peaks: heap {:.0} / {:.0} MB, file {:.0} / {:.0} MB), others {:.2} cores, result {}",
+        "  sealed {count} ({rejected} rejected) in {seal_time:.2} s, with fetch {total_time:.2} s, server CPU {:.2} s, peak RSS {:.0} / {:.0} MB (sampled peaks: heap {:.0} / {:.0} MB, file {:.0} / {:.0} MB), plugin calls {}, others {:.2} cores, result {}",
         usage.server_cpu,
         peak_rss_mb(pids[0]),
         peak_rss_mb(pids[1]),
@@ -1444,9 +1768,42 @@ async fn seal_run(seal: &mut Row, scaling: &mut Row, options: &Options, n: u64) 
         sampled.get(1).map_or(0.0, |p| p.0),
         sampled.first().map_or(0.0, |p| p.1),
         sampled.get(1).map_or(0.0, |p| p.1),
+        load.calls()
+            .iter()
+            .zip(&call_seconds)
+            .map(|((call, _), s)| format!("{call} {s:.2} s"))
+            .collect::<Vec<_>>()
+            .join(", "),
         usage.other_cores,
         if correct { "correct" } else { "WRONG" }
     );
+}
+
+/// The rows of a seal scenario: for each of `options.seal_sizes`, `load(n)`'s
+/// seal + fetch row, then the scaling rows of the same runs.
+fn seal_rows(
+    runtime: &tokio::runtime::Runtime,
+    options: &Options,
+    load: impl Fn(u64) -> SealLoad,
+) -> Vec<Row> {
+    let (mut rows, mut scaling_rows) = (Vec::new(), Vec::new());
+    for &n in &options.seal_sizes {
+        let load = Arc::new(load(n));
+        let (scenario, seal_table, scaling_table) = load.names();
+        let endpoint = load.endpoint();
+        let label = format!("{} stored reports", number(n as f64));
+        let params = json!({"scenario": scenario, "servers": 2, "plugin": endpoint.plugin, "params": endpoint.params, "reports": n, "connections": options.connections});
+        let mut seal = Row::new(seal_table, label.clone(), params.clone());
+        let mut scaling = Row::new(scaling_table, label, params);
+        for run in 0..options.runs {
+            eprintln!("{scenario} {n}: run {}/{}", run + 1, options.runs);
+            runtime.block_on(seal_run(&mut seal, &mut scaling, options, &load, n));
+        }
+        rows.push(seal);
+        scaling_rows.push(scaling);
+    }
+    rows.extend(scaling_rows);
+    rows
 }
 
 /// Awaits every future, concurrently, in order (without pulling in `futures`).
@@ -1499,31 +1856,43 @@ fn main() {
     if options.wants("plugins") {
         rows.extend(plugin_rows(&options));
     }
+    if options.wants("verify") {
+        rows.extend(verify::rows(&options));
+    }
 
-    let ingest_table = "ingest (1 server, sum, durable)";
     if options.wants("ingest") {
         for &length in &options.lengths {
-            let mut row = Row::new(
-                ingest_table,
+            let row = Row::new(
+                INGEST_TABLE,
                 format!("auth off, length {length}"),
                 json!({"scenario": "ingest", "auth": "off", "length": length, "connections": options.connections, "seconds": options.seconds}),
             );
-            for run in 0..options.runs {
-                eprintln!(
-                    "ingest auth off, length {length}: run {}/{}",
-                    run + 1,
-                    options.runs
-                );
-                runtime.block_on(ingest_run(
-                    &mut row,
-                    &options,
-                    length,
-                    &IngestAuth::Off,
-                    None,
-                ));
-            }
-            rows.push(row);
+            let load = IngestLoad::sum(length);
+            rows.push(ingest_row(
+                &runtime,
+                &options,
+                row,
+                &load,
+                &IngestAuth::Off,
+                None,
+            ));
         }
+    }
+    if options.wants("robust-ingest") {
+        let row = Row::new(
+            INGEST_TABLE,
+            "prio3-count, auth off",
+            json!({"scenario": "robust-ingest", "plugin": "prio3-count", "auth": "off", "connections": options.connections, "seconds": options.seconds}),
+        );
+        let load = IngestLoad::prio3_count();
+        rows.push(ingest_row(
+            &runtime,
+            &options,
+            row,
+            &load,
+            &IngestAuth::Off,
+            None,
+        ));
     }
 
     let wants_fresh = options.wants("fresh");
@@ -1549,46 +1918,32 @@ fn main() {
                 "reused",
             ),
         ];
+        let load = IngestLoad::sum(10);
         for (wanted, auth, label, name) in scenarios {
             if !wanted {
                 continue;
             }
-            let mut row = Row::new(
-                ingest_table,
+            let row = Row::new(
+                INGEST_TABLE,
                 label,
                 json!({"scenario": name, "auth": "rs256-dev-issuer", "length": 10, "connections": options.connections, "seconds": options.seconds, "tokens": if name == "fresh" { tokens.users.len() } else { USERS }}),
             );
-            for run in 0..options.runs {
-                eprintln!("{label}: run {}/{}", run + 1, options.runs);
-                runtime.block_on(ingest_run(&mut row, &options, 10, &auth, Some(&tokens)));
-            }
-            rows.push(row);
+            rows.push(ingest_row(
+                &runtime,
+                &options,
+                row,
+                &load,
+                &auth,
+                Some(&tokens),
+            ));
         }
     }
 
     if options.wants("seal") {
-        let mut scaling_rows = Vec::new();
-        for &n in &options.seal_sizes {
-            let label = format!("{} stored reports", number(n as f64));
-            let params = json!({"scenario": "seal", "servers": 2, "length": 10, "reports": n, "connections": options.connections});
-            let mut seal = Row::new(
-                "seal + fetch (2 servers, sum length 10, auth off; seal on server 0, fetch from both)",
-                label.clone(),
-                params.clone(),
-            );
-            let mut scaling = Row::new(
-                "scaling (the same runs: filling N reports into 2 servers, then sealing them)",
-                label,
-                params,
-            );
-            for run in 0..options.runs {
-                eprintln!("seal {n}: run {}/{}", run + 1, options.runs);
-                runtime.block_on(seal_run(&mut seal, &mut scaling, &options, n));
-            }
-            rows.push(seal);
-            scaling_rows.push(scaling);
-        }
-        rows.extend(scaling_rows);
+        rows.extend(seal_rows(&runtime, &options, |_| SealLoad::Sum));
+    }
+    if options.wants("robust-seal") {
+        rows.extend(seal_rows(&runtime, &options, SealLoad::prio3_sum));
     }
 
     print_tables(&rows);
