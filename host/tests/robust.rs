@@ -313,6 +313,26 @@ async fn sum_reports(cluster: &Cluster, name: &str, count: u64) -> Sharder {
     sharder
 }
 
+/// Restarts server 0 with `fault` injected and asks it to seal `name`: it dies
+/// before answering.
+async fn crash_coordinator_sealing(cluster: &mut Cluster, name: &str, fault: &str) {
+    cluster.kill(0);
+    cluster
+        .launch(0, &[(guardian::server::FAULT_VAR, fault)])
+        .await;
+    let sealing = cluster
+        .http
+        .post(format!(
+            "{}/api/v1/endpoints/{name}/batches",
+            cluster.base(0)
+        ))
+        .json(&json!({}))
+        .send()
+        .await;
+    assert!(sealing.is_err(), "the coordinator answered: {sealing:?}");
+    assert!(cluster.wait_exit(0, Duration::from_secs(30)).await);
+}
+
 /// Every server lists the same one batch of `name`, which unshards to `expected`.
 async fn same_batch_everywhere(cluster: &Cluster, sharder: &Sharder, name: &str, expected: Value) {
     let mut batches = Vec::new();
@@ -336,21 +356,7 @@ async fn same_batch_everywhere(cluster: &Cluster, sharder: &Sharder, name: &str,
 async fn a_coordinator_killed_during_verification_leaves_no_batch_and_seals_after_restart() {
     let mut cluster = Cluster::start(3).await;
     let sharder = sum_reports(&cluster, "v", 5).await;
-    cluster.kill(0);
-    cluster
-        .launch(
-            0,
-            &[(guardian::server::FAULT_VAR, "crash_during_verification")],
-        )
-        .await;
-    let sealing = cluster
-        .http
-        .post(format!("{}/api/v1/endpoints/v/batches", cluster.base(0)))
-        .json(&json!({}))
-        .send()
-        .await;
-    assert!(sealing.is_err(), "the coordinator answered: {sealing:?}");
-    assert!(cluster.wait_exit(0, Duration::from_secs(30)).await);
+    crash_coordinator_sealing(&mut cluster, "v", "crash_during_verification").await;
     for index in 1..3 {
         let (_, list) = cluster.get(index, "/api/v1/endpoints/v/batches").await;
         assert_eq!(list["batches"], json!([]), "server {index}");
@@ -413,24 +419,7 @@ async fn a_follower_restarted_after_the_decision_gets_the_messages_again() {
 async fn a_coordinator_crash_after_the_followers_committed_completes_the_robust_seal() {
     let mut cluster = Cluster::start(2).await;
     let sharder = sum_reports(&cluster, "v", 3).await;
-    cluster.kill(0);
-    cluster
-        .launch(
-            0,
-            &[(
-                guardian::server::FAULT_VAR,
-                "crash_before_coordinator_commit",
-            )],
-        )
-        .await;
-    let sealing = cluster
-        .http
-        .post(format!("{}/api/v1/endpoints/v/batches", cluster.base(0)))
-        .json(&json!({}))
-        .send()
-        .await;
-    assert!(sealing.is_err(), "the coordinator answered: {sealing:?}");
-    assert!(cluster.wait_exit(0, Duration::from_secs(30)).await);
+    crash_coordinator_sealing(&mut cluster, "v", "crash_before_coordinator_commit").await;
     let (_, list) = cluster.get(1, "/api/v1/endpoints/v/batches").await;
     assert_eq!(list["batches"].as_array().unwrap().len(), 1, "{list}");
     // After the restart the decision is driven again: the messages and the

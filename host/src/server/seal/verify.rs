@@ -32,6 +32,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::follower::{follower_only, reserved_rows, reserved_seal};
 use super::{Outgoing, Sealer, bits, check_config, parse_batch_id};
+use crate::runtime::CallError;
 use crate::server::AppState;
 use crate::server::auth::Peer;
 use crate::server::error::ApiError;
@@ -297,29 +298,20 @@ async fn verifier_shares(
     state
         .registry
         .call("verify_init", move || {
-            let config = &call_live.endpoint.record.config;
             let (publics, inputs) = (items(&public), items(&shares));
             let mut out = Shares {
                 shares: Vec::with_capacity(publics.len()),
                 digests: publics.iter().map(|p| Sha256::digest(p).into()).collect(),
                 public: Batch::default(),
             };
-            let sizes = publics.iter().zip(&inputs).map(|(p, s)| p.len() + s.len());
-            for Range { start, end } in slices(sizes) {
-                let started = call_live.plugin.verify_init(
-                    config,
-                    &key,
-                    servers,
-                    index,
-                    &ids[16 * start..16 * end],
-                    &Batch::pack(&publics[start..end]),
-                    &Batch::pack(&inputs[start..end]),
-                )?;
+            let reports = (&ids[..], &publics[..], &inputs[..]);
+            start_in_slices(&call_live, &key, (servers, index), reports, |_, started| {
                 out.shares.extend(started.into_iter().map(|s| match s {
                     Started::Ready { verifier_share, .. } => Some(verifier_share),
                     Started::Invalid(_) => None,
                 }));
-            }
+                Ok(())
+            })?;
             out.public = public;
             Ok(out)
         })
@@ -328,6 +320,33 @@ async fn verifier_shares(
 
 fn items(batch: &Batch) -> Vec<&[u8]> {
     batch.items().expect("packed by this server")
+}
+
+/// `verify-init` of `reports` (ids, public shares, shares), cut into
+/// [`slices`]: `each` is given every slice's range and what the plugin made of
+/// it.
+fn start_in_slices(
+    live: &LiveEndpoint,
+    key: &[u8; 32],
+    (servers, index): (u32, u32),
+    (ids, publics, inputs): (&[u8], &[&[u8]], &[&[u8]]),
+    mut each: impl FnMut(Range<usize>, Vec<Started>) -> Result<(), CallError>,
+) -> Result<(), CallError> {
+    let config = &live.endpoint.record.config;
+    let sizes = publics.iter().zip(inputs).map(|(p, s)| p.len() + s.len());
+    for Range { start, end } in slices(sizes) {
+        let started = live.plugin.verify_init(
+            config,
+            key,
+            servers,
+            index,
+            &ids[16 * start..16 * end],
+            &Batch::pack(&publics[start..end]),
+            &Batch::pack(&inputs[start..end]),
+        )?;
+        each(start..end, started)?;
+    }
+    Ok(())
 }
 
 /// Coordinator: the verification round over the agreed reports (`agreed`, a
@@ -455,16 +474,8 @@ async fn combine(
                         )
                     })
                     .collect();
+                // The runtime refuses an answer of another length.
                 let combined = call_live.plugin.combine(config, &public, &by_server)?;
-                if combined.len() != slice.len() {
-                    return Err(crate::runtime::CallError::Rejected(
-                        guardian_sdk::Error::internal(format!(
-                            "combine answered {} reports of {}",
-                            combined.len(),
-                            slice.len()
-                        )),
-                    ));
-                }
                 for (&i, outcome) in slice.iter().zip(combined) {
                     outcomes[i] = outcome.ok();
                 }
@@ -754,41 +765,42 @@ pub(super) async fn fold_verified(
                 let (publics, inputs, messages) =
                     (items(&public), items(&shares), items(&chunk_messages));
                 let mut agg = agg;
-                let sizes = publics.iter().zip(&inputs).map(|(p, s)| p.len() + s.len());
-                for Range { start, end } in slices(sizes) {
-                    let started = call_live.plugin.verify_init(
-                        config,
-                        &key,
-                        servers,
-                        index,
-                        &ids[16 * start..16 * end],
-                        &Batch::pack(&publics[start..end]),
-                        &Batch::pack(&inputs[start..end]),
-                    )?;
-                    let mut states = Batch::default();
-                    for started in started {
-                        match started {
-                            Started::Ready { state, .. } => states.push(&state),
-                            Started::Invalid(why) => {
-                                return Err(crate::runtime::CallError::Rejected(
-                                    guardian_sdk::Error::invalid_state(format!(
-                                        "a report verified before no longer starts: {why}"
-                                    )),
-                                ));
+                let reports = (&ids[..], &publics[..], &inputs[..]);
+                start_in_slices(
+                    &call_live,
+                    &key,
+                    (servers, index),
+                    reports,
+                    |range, started| {
+                        let mut states = Batch::default();
+                        for started in started {
+                            match started {
+                                Started::Ready { state, .. } => states.push(&state),
+                                Started::Invalid(why) => {
+                                    return Err(CallError::Rejected(
+                                        guardian_sdk::Error::invalid_state(format!(
+                                            "a report verified before no longer starts: {why}"
+                                        )),
+                                    ));
+                                }
                             }
                         }
-                    }
-                    let output = call_live.plugin.verify_finish(
-                        config,
-                        servers,
-                        index,
-                        &states,
-                        &Batch::pack(&messages[start..end]),
-                    )?;
-                    agg = call_live
-                        .plugin
-                        .accumulate(config, &agg, &output.data, &output.ends)?;
-                }
+                        let output = call_live.plugin.verify_finish(
+                            config,
+                            servers,
+                            index,
+                            &states,
+                            &Batch::pack(&messages[range]),
+                        )?;
+                        agg = call_live.plugin.accumulate(
+                            config,
+                            &agg,
+                            &output.data,
+                            &output.ends,
+                        )?;
+                        Ok(())
+                    },
+                )?;
                 Ok(agg)
             })
             .await?;
