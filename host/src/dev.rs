@@ -36,6 +36,14 @@ const DEMO_MIN_BATCH: u64 = 3;
 /// (one more than its minimum batch), posted with the user's token.
 const DEMO_SUBMIT: &str = r#"printf '"red"\n"green"\n"blue"\n"red"\n' | guardian submit demo --file - --token "$USER_TOKEN""#;
 
+/// The example survey app of the JavaScript client (`clients/js`, `npm run
+/// example`) is served from this address; the demo servers allow it as a
+/// cross-origin caller so that the app works out of the box.
+pub const EXAMPLE_APP: &str = "http://127.0.0.1:5173";
+/// The origins the demo servers allow (`cors.allowed_origins`): the example app,
+/// by its address and by `localhost`.
+const EXAMPLE_ORIGINS: [&str; 2] = [EXAMPLE_APP, "http://localhost:5173"];
+
 /// How long the tokens printed by `guardian dev` last.
 const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
@@ -107,6 +115,7 @@ impl Dev {
             config.auth.dev_issuer_dir = issuer_dir.clone();
             config.server.peer_keys = peer_keys.clone();
             config.plugins.approved = options.approved.clone();
+            config.cors.allowed_origins = EXAMPLE_ORIGINS.map(String::from).to_vec();
             // One demo token submits everyone's measurements.
             config.endpoints.distinct_users = false;
             config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -196,6 +205,8 @@ impl Dev {
              \x20 guardian collect {DEMO_ENDPOINT}\n\n\
              Live charts of the released results, with a button to seal a batch:\n\n\
              \x20 guardian dashboard        (then open http://127.0.0.1:8080/; --listen ADDR for another)\n\n\
+             The example survey web app (the JavaScript client), with the exports above:\n\n\
+             \x20 cd clients/js && npm ci && npm run build && npm run example   (then open {EXAMPLE_APP}/)\n\n\
              (From a checkout, `cargo run -q --` works in place of `guardian`. Metrics: {first}/metrics)\n",
             n = self.urls.len(),
             list = list.join("\n"),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use guardian::client::terminal::clean;
-use guardian::client::{Cluster, admin, collect, dashboard, submit};
+use guardian::client::{Cluster, admin, authoring, collect, dashboard, submit};
 use guardian::config::{self, Environment, LogFormat};
 use guardian::dev::{Dev, DevOptions};
 use guardian::server::Server;
@@ -105,17 +105,23 @@ enum Command {
     Submit {
         /// The endpoint.
         name: String,
-        /// One measurement, as JSON (e.g. '[1, 2, 3]' or '"red"').
+        /// One measurement, as JSON (e.g. '[1, 2, 3]', '"red"' or -3).
         #[arg(
             long,
             value_name = "JSON",
             required_unless_present = "file",
-            conflicts_with = "file"
+            conflicts_with = "file",
+            allow_hyphen_values = true
         )]
         value: Option<String>,
         /// A file of measurements, one JSON value per line (`-` for standard input).
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
+        /// With --file: write every failed line to FILE, one JSON object a line
+        /// (`line`, `value`, `code`, `server`, `message`), instead of listing
+        /// only the first ones when many fail.
+        #[arg(long, value_name = "FILE", requires = "file")]
+        errors: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -131,8 +137,8 @@ enum Command {
     Shard {
         /// The endpoint.
         name: String,
-        /// The measurement, as JSON.
-        #[arg(long, value_name = "JSON")]
+        /// The measurement, as JSON (e.g. -3).
+        #[arg(long, value_name = "JSON", allow_hyphen_values = true)]
         value: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -199,6 +205,39 @@ enum PluginCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Write a ready plugin crate into ./NAME/ (plugin author).
+    ///
+    /// The crate has a typed configuration, the export macro and tests, and
+    /// builds with nothing but this binary and crates.io: the SDK source this
+    /// binary was built with is written into NAME/guardian-sdk/ (or `--sdk`
+    /// points at another copy), with the Cargo.lock it was tested with.
+    ///
+    /// Example: guardian plugin new variance
+    New {
+        /// The crate's name: a-z, 0-9, '-', '_', starting with a letter.
+        name: String,
+        /// Depend on this copy of guardian-sdk instead of writing one.
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
+    /// Run every check of the SDK on a built component, through the runtime
+    /// and limits of a share server (plugin author).
+    ///
+    /// Round trips for 2 to 5 servers, determinism, bad shares and
+    /// measurements refused, the server's limits (robust plugins: the robust
+    /// checks). Exits non-zero if any check fails. No server is needed.
+    ///
+    /// Example: guardian plugin check target/wasm32-wasip2/release/variance.wasm --params '{"max": 10}' --measurements measurements.jsonl
+    Check {
+        /// The component, built with `cargo build --release --target wasm32-wasip2`.
+        file: PathBuf,
+        /// The endpoint parameters, as JSON.
+        #[arg(long, value_name = "JSON", default_value = "{}")]
+        params: String,
+        /// Example measurements, one JSON value per line.
+        #[arg(long, value_name = "FILE")]
+        measurements: Option<PathBuf>,
+    },
 }
 
 /// `guardian endpoint …`
@@ -207,14 +246,16 @@ enum EndpointCommand {
     /// Create an endpoint on every server.
     ///
     /// PLUGIN is a built-in's name (sum, count, histogram, mean, dp-sum,
-    /// dp-histogram) or an uploaded plugin's digest. Creating the same endpoint
+    /// dp-histogram, …), or an uploaded plugin's name@version, name (when one
+    /// plugin has it) or digest, as `guardian plugin list` shows them; a
+    /// built-in's name always means the built-in. Creating the same endpoint
     /// again is safe, so after a partial failure run the same command again.
     ///
     /// Example: guardian endpoint create colors --plugin histogram --params '{"buckets": ["red", "green", "blue"]}' --min-batch 100
     Create {
         /// The endpoint's name: 1 to 64 of a-z, 0-9, '-', '_', '.'.
         name: String,
-        /// A built-in plugin's name or an uploaded plugin's digest.
+        /// A built-in's name, or an uploaded plugin's name@version, name or digest.
         #[arg(long)]
         plugin: String,
         /// The plugin's parameters, as a JSON object.
@@ -266,6 +307,12 @@ fn main() -> ExitCode {
     fix_malloc_thresholds();
     guardian::auth::crypto::install();
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Dev { .. } | Command::Dashboard { .. }
+    ) {
+        stop_quietly_on_closed_output();
+    }
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::PeerKey { config } => peer_key(config),
@@ -292,8 +339,9 @@ fn main() -> ExitCode {
             name,
             value,
             file,
+            errors,
             client: args,
-        } => client(submit(name, value, file, args)),
+        } => client(submit(name, value, file, errors, args)),
         Command::Shard {
             name,
             value,
@@ -422,6 +470,36 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<()> {
             let listing = admin::list_plugins(&client.cluster()?).await?;
             print_listing(listing)
         }
+        PluginCommand::New { name, sdk } => {
+            let options = authoring::NewOptions {
+                name,
+                parent: std::env::current_dir()?,
+                sdk,
+            };
+            print!("{}", authoring::new_crate(&options)?.render());
+            Ok(())
+        }
+        PluginCommand::Check {
+            file,
+            params,
+            measurements,
+        } => {
+            let options = authoring::CheckOptions {
+                file,
+                params,
+                measurements,
+            };
+            let report = tokio::task::spawn_blocking(move || authoring::check(&options)).await??;
+            print!("{}", clean(&report.render()));
+            if report.failed() > 0 {
+                anyhow::bail!(
+                    "check_failed: {} of {} checks failed",
+                    report.failed(),
+                    report.checks.len()
+                );
+            }
+            Ok(())
+        }
     }
 }
 
@@ -473,6 +551,7 @@ async fn submit(
     name: String,
     value: Option<String>,
     file: Option<PathBuf>,
+    errors: Option<PathBuf>,
     client: ClientArgs,
 ) -> anyhow::Result<()> {
     let cluster = client.cluster()?;
@@ -500,7 +579,11 @@ async fn submit(
         submit::SubmitOptions::default(),
     )
     .await?;
-    print!("{}", clean(&summary.render()));
+    if let Some(errors) = &errors {
+        std::fs::write(errors, summary.failures_jsonl())
+            .with_context(|| format!("writing the failed lines to {}", errors.display()))?;
+    }
+    print!("{}", clean(&summary.render(errors.as_deref())));
     match summary.failed_total() {
         0 => Ok(()),
         n => anyhow::bail!("{n} of {} reports failed", summary.sent),
@@ -603,3 +686,20 @@ fn fix_malloc_thresholds() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn fix_malloc_thresholds() {}
+
+/// Lets a one-shot command end quietly, as Unix tools do, when whatever reads
+/// its output goes away (`guardian collect demo --json | head -c 10`). Rust
+/// ignores `SIGPIPE`, so the next `println!` would panic on the broken pipe.
+/// Servers keep ignoring it: a client closing a socket must never stop them.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn stop_quietly_on_closed_output() {
+    // SAFETY: resetting one signal's disposition to the default, once, first
+    // thing in `main`, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn stop_quietly_on_closed_output() {}

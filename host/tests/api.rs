@@ -295,10 +295,10 @@ async fn bad_inputs_get_their_status_and_code_and_the_server_keeps_serving() {
             "empty_body",
         ),
         (
-            "bad digest",
+            "unknown plugin name",
             http.get(format!("{api}/plugins/xyz")),
-            StatusCode::BAD_REQUEST,
-            "invalid_digest",
+            StatusCode::NOT_FOUND,
+            "unknown_plugin",
         ),
         (
             "unknown digest",
@@ -633,5 +633,147 @@ async fn cross_origin_calls_are_allowed_only_from_configured_origins() {
     let answer = plain_get(&url).await.unwrap();
     assert_eq!(answer.status(), StatusCode::OK);
     assert_eq!(allowed(&answer), None);
+    server.shutdown().await.unwrap();
+}
+
+/// `bytes` with a custom section appended: another component (another digest)
+/// that declares the same name and version.
+fn with_custom_section(mut bytes: Vec<u8>, payload: &str) -> Vec<u8> {
+    // Section id 0, then its size, the name's length, the name and the payload
+    // (all shorter than 128 bytes, so each length is one LEB128 byte).
+    let name = b"guardian-test";
+    let size = 1 + name.len() + payload.len();
+    assert!(size < 128);
+    bytes.extend([0, size as u8, name.len() as u8]);
+    bytes.extend(name);
+    bytes.extend(payload.as_bytes());
+    bytes
+}
+
+#[tokio::test]
+async fn plugins_are_named_by_name_at_version_and_ambiguity_lists_the_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = Client::new();
+    let leaky = fixture("fixture_leaky");
+    let leaky_digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&leaky));
+    let (server, url) = start(dir.path(), &[("GUARDIAN_PLUGINS_APPROVED", &leaky_digest)]).await;
+    let api = format!("{url}/api/v1");
+    let (status, uploaded) = send(http.post(format!("{api}/plugins")).body(leaky.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{uploaded}");
+    assert_eq!(uploaded["name"], "leaky");
+    let version = uploaded["version"].as_str().unwrap().to_owned();
+    let at_version = format!("leaky@{version}");
+
+    // By name, by name@version and by digest: the same plugin, and its bytes.
+    for reference in ["leaky", at_version.as_str(), leaky_digest.as_str()] {
+        let (status, shown) = send(http.get(format!("{api}/plugins/{reference}"))).await;
+        assert_eq!(status, StatusCode::OK, "{reference}: {shown}");
+        assert_eq!(shown["digest"], leaky_digest.as_str(), "{reference}");
+        let wasm = http
+            .get(format!("{api}/plugins/{reference}/wasm"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wasm.status(), StatusCode::OK, "{reference}");
+        assert_eq!(wasm.bytes().await.unwrap().to_vec(), leaky, "{reference}");
+    }
+    // An endpoint on it by name@version.
+    let (status, created) = send(http.post(format!("{api}/endpoints")).json(&json!({
+        "name": "leaks", "plugin": at_version, "min_batch": 10
+    })))
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["plugin_digest"], leaky_digest.as_str(), "{created}");
+
+    // A version this server lacks: the versions and digests it holds.
+    let (status, error) = send(http.get(format!("{api}/plugins/leaky@99.0.0"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+    assert_eq!(error["error"]["code"], "unknown_plugin");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{at_version} (digest {leaky_digest})")),
+        "{message}"
+    );
+    // A name it lacks: the names it knows, built-ins included.
+    let (status, error) = send(http.post(format!("{api}/endpoints")).json(&json!({
+        "name": "nope", "plugin": "variance"
+    })))
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+    assert_eq!(error["error"]["code"], "unknown_plugin");
+    let message = error["error"]["message"].as_str().unwrap();
+    for known in [at_version.as_str(), "sum@", "dp-histogram@"] {
+        assert!(message.contains(known), "{known:?} in {message}");
+    }
+
+    // Other bytes declaring the same name and version: the name and the
+    // name@version become ambiguous (409), and the message lists both digests.
+    let twin = with_custom_section(leaky.clone(), "twin");
+    let twin_digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&twin));
+    let (status, uploaded) = send(http.post(format!("{api}/plugins")).body(twin)).await;
+    assert_eq!(status, StatusCode::CREATED, "{uploaded}");
+    assert_eq!(uploaded["name"], "leaky");
+    assert_eq!(uploaded["version"], version.as_str());
+    for request in [
+        http.get(format!("{api}/plugins/leaky")),
+        http.get(format!("{api}/plugins/{at_version}/wasm")),
+        http.post(format!("{api}/endpoints"))
+            .json(&json!({"name": "leaks2", "plugin": "leaky", "min_batch": 10})),
+    ] {
+        let (status, error) = send(request).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{error}");
+        assert_eq!(error["error"]["code"], "ambiguous_plugin", "{error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        for digest in [&leaky_digest, &twin_digest] {
+            assert!(
+                message.contains(&format!("{at_version} (digest {digest})")),
+                "{message}"
+            );
+        }
+    }
+    // Digests still tell them apart.
+    let (status, shown) = send(http.get(format!("{api}/plugins/{twin_digest}"))).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["digest"], twin_digest.as_str());
+
+    // An upload calling itself like a built-in: the built-in's name (and its
+    // name@version) keep meaning the built-in; the upload has its digest.
+    let (status, builtin) = send(http.get(format!("{api}/plugins/sum"))).await;
+    assert_eq!(status, StatusCode::OK, "{builtin}");
+    assert_eq!(builtin["builtin"], true);
+    let sum_version = builtin["version"].as_str().unwrap().to_owned();
+    let builtin_digest = builtin["digest"].as_str().unwrap().to_owned();
+    let builtin_wasm = http
+        .get(format!("{api}/plugins/sum@{sum_version}/wasm"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let imposter = with_custom_section(builtin_wasm, "imposter");
+    let (status, uploaded) = send(http.post(format!("{api}/plugins")).body(imposter)).await;
+    assert_eq!(status, StatusCode::CREATED, "{uploaded}");
+    assert_eq!(uploaded["name"], "sum");
+    assert_eq!(uploaded["builtin"], false);
+    for reference in ["sum".to_owned(), format!("sum@{sum_version}")] {
+        let (status, shown) = send(http.get(format!("{api}/plugins/{reference}"))).await;
+        assert_eq!(status, StatusCode::OK, "{reference}: {shown}");
+        assert_eq!(shown["digest"], builtin_digest.as_str(), "{reference}");
+    }
+    let (status, error) = send(http.get(format!("{api}/plugins/sum@99.0.0"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "sum@{sum_version} (digest {builtin_digest}, built-in)"
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains(uploaded["digest"].as_str().unwrap()),
+        "{message}"
+    );
     server.shutdown().await.unwrap();
 }

@@ -563,7 +563,10 @@ fn client_errors_are_clear(dev: &Dev, developer: &str, user: &str, scientist: &s
     fails(&out);
     let summary = text(&out.stdout);
     contains(&summary, "sent 4, stored 3, duplicates 0, failed 1");
-    contains(&summary, "invalid_measurement (lines 2)");
+    contains(
+        &summary,
+        r#"line 2 ("pink"): invalid_measurement: unknown bucket "pink""#,
+    );
 
     // One measurement.
     let out = ok(&dev.client(user, &["submit", "sum3", "--value", "[1, 2, 3]"]));
@@ -653,6 +656,158 @@ fn client_errors_are_clear(dev: &Dev, developer: &str, user: &str, scientist: &s
     let list = ok(&dev.client(developer, &["plugin", "list"]));
     contains(&list, "histogram");
     contains(&list, "uploaded");
+
+    plugins_by_version_and_failures_by_line(dev, developer, user);
+}
+
+/// The version `guardian plugin list` shows for the plugin named `name`.
+fn listed_version(dev: &Dev, developer: &str, name: &str) -> String {
+    let list = ok(&dev.client(developer, &["plugin", "list"]));
+    list.lines()
+        .find_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some(name)).then(|| words.next().map(str::to_owned))?
+        })
+        .unwrap_or_else(|| panic!("no {name} in the plugin list:\n{list}"))
+}
+
+/// Plugins named by `name@version` on the command line, an unknown version
+/// answered with what the servers hold; `--value -3`; a file of several
+/// different bad lines, each listed with its own reason; `--errors FILE`.
+fn plugins_by_version_and_failures_by_line(dev: &Dev, developer: &str, user: &str) {
+    let mean = format!("mean@{}", listed_version(dev, developer, "mean"));
+    let out = ok(&dev.client(
+        developer,
+        &[
+            "endpoint",
+            "create",
+            "signed",
+            "--plugin",
+            &mean,
+            "--min-batch",
+            "10",
+        ],
+    ));
+    assert_eq!(out.matches(": created").count(), 2, "{out}");
+    let hostile =
+        std::fs::read(Path::new(env!("GUARDIAN_FIXTURES_DIR")).join("fixture_hostile.wasm"))
+            .expect("reading the hostile fixture");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&hostile));
+    let version = listed_version(dev, developer, "hostile");
+    let error = fails(&dev.client(
+        developer,
+        &["endpoint", "create", "h", "--plugin", "hostile@99.0.0"],
+    ));
+    contains(&error, "unknown_plugin");
+    contains(&error, &format!("hostile@{version} (digest {digest})"));
+
+    // Negative measurements, both ways of writing the option.
+    for args in [&["--value", "-3"][..], &["--value=-3"]] {
+        let mut command = vec!["submit", "signed"];
+        command.extend(args);
+        let out = ok(&dev.client(user, &command));
+        contains(&out, "stored on all 2 servers");
+    }
+    let out = ok(&dev.client(user, &["shard", "signed", "--value", "-3"]));
+    contains(&out, "\"shares\"");
+
+    // Several different bad lines: each listed with its own reason.
+    let lines = [
+        r#""red""#,
+        r#""pink""#,
+        "[2]",
+        "7",
+        r#"{"a": 1}"#,
+        "not json",
+        "-1",
+        r#""blue""#,
+    ];
+    let file = dev.dir.path().join("bad.jsonl");
+    std::fs::write(&file, lines.join("\n")).expect("writing measurements");
+    let file = file.to_str().expect("a UTF-8 path");
+    let out = dev.client(user, &["submit", "colors", "--file", file]);
+    fails(&out);
+    let summary = text(&out.stdout);
+    contains(&summary, "sent 8, stored 2, duplicates 0, failed 6");
+    let mut reasons = Vec::new();
+    for (number, value) in lines.iter().enumerate().skip(1).take(6) {
+        let start = format!("  line {} ({value}): ", number + 1);
+        let reason = summary
+            .lines()
+            .find_map(|l| l.strip_prefix(start.as_str()))
+            .unwrap_or_else(|| panic!("no {start:?} in:\n{summary}"));
+        reasons.push(reason.to_owned());
+    }
+    reasons.sort();
+    reasons.dedup();
+    assert_eq!(reasons.len(), 6, "six different reasons: {reasons:#?}");
+    contains(
+        &summary,
+        r#"line 2 ("pink"): invalid_measurement: unknown bucket "pink""#,
+    );
+
+    // --errors FILE: every failed line as a JSON object, the counts on screen.
+    let errors = dev.dir.path().join("errors.jsonl");
+    let errors_arg = errors.to_str().expect("a UTF-8 path");
+    let out = dev.client(
+        user,
+        &["submit", "colors", "--file", file, "--errors", errors_arg],
+    );
+    fails(&out);
+    let summary = text(&out.stdout);
+    contains(&summary, "failed 6");
+    contains(&summary, &format!("is in {errors_arg}"));
+    let written = std::fs::read_to_string(&errors).expect("reading the --errors file");
+    let failures: Vec<Value> = written
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(
+        failures
+            .iter()
+            .map(|f| f["line"].as_u64().expect("a line number"))
+            .collect::<Vec<_>>(),
+        vec![2, 3, 4, 5, 6, 7],
+        "{written}"
+    );
+    for (failure, value) in failures.iter().zip(&lines[1..7]) {
+        assert_eq!(failure["value"], *value, "{failure}");
+        assert_eq!(
+            failure["server"],
+            Value::Null,
+            "refused before posting: {failure}"
+        );
+        assert!(
+            failure["code"].as_str().is_some_and(|c| !c.is_empty()),
+            "{failure}"
+        );
+        assert!(
+            failure["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{failure}"
+        );
+    }
+    // Many failures: the counts, the first twenty, and where to get the rest.
+    let many: Vec<String> = (0..25).map(|i| format!("\"no{i}\"")).collect();
+    let file = dev.dir.path().join("many.jsonl");
+    std::fs::write(&file, many.join("\n")).expect("writing measurements");
+    let out = dev.client(
+        user,
+        &[
+            "submit",
+            "colors",
+            "--file",
+            file.to_str().expect("a UTF-8 path"),
+        ],
+    );
+    fails(&out);
+    let summary = text(&out.stdout);
+    contains(&summary, "  25 failed: invalid_measurement\n");
+    contains(&summary, "  line 20 (\"no19\"): ");
+    assert!(!summary.contains("line 21 "), "{summary}");
+    contains(
+        &summary,
+        "… and 5 more: give --errors FILE to get every failed line",
+    );
 }
 
 /// A server that answers listings with terminal escapes in every word (as a
@@ -758,4 +913,40 @@ async fn listings_are_read_to_their_last_page() {
         contains(&listed, name);
     }
     assert_eq!(listed.lines().count(), 4, "{listed}");
+}
+
+/// A command whose reader goes away (`guardian token … | head -c 0`) ends
+/// quietly, killed by `SIGPIPE` as Unix tools are, instead of panicking on
+/// the broken pipe with a backtrace.
+#[test]
+fn a_closed_output_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+
+    let dir = TempDir::new().expect("temporary folder");
+    let issuer = dir.path().join("issuer");
+    let issuer = issuer.to_str().expect("UTF-8 path");
+    // The issuer's key pair exists first, so the only output is the token.
+    ok(&run(
+        dir.path(),
+        &["token", "--role", "user", "--issuer-dir", issuer],
+        &[],
+    ));
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = Command::new(GUARDIAN)
+        .args(["token", "--role", "user", "--issuer-dir", issuer])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("running guardian");
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(13),
+        "expected SIGPIPE, got {}: {stderr}",
+        out.status
+    );
 }

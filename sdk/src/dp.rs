@@ -29,6 +29,10 @@
 //!
 //! ## What a plugin author must know
 //!
+//! - The crate's [differential privacy chapter](crate#differential-privacy)
+//!   says what the guarantee covers in this system: every server adds its
+//!   own full draw of noise, budgets add up across released values (split ε),
+//!   and the exact report count is public.
 //! - The guarantees hold for **integer-valued** queries: add the noise to an
 //!   integer count or sum, not to a float.
 //! - Pass the plugin's [`crate::Rng`] (a CSPRNG). Whoever knows its seed can

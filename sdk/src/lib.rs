@@ -43,12 +43,14 @@
 //!
 //! ## A complete plugin
 //!
-//! A plugin that counts how many users answered "yes". Copy it into a new
-//! crate with `crate-type = ["cdylib", "rlib"]` and `guardian-sdk`, `serde`
-//! and `serde_json` as dependencies, then build the component with one
-//! command: `cargo build --release --target wasm32-wasip2` (the file is
-//! `target/wasm32-wasip2/release/<crate>.wasm`; upload it with
-//! `guardian plugin upload`).
+//! A plugin that counts how many users answered "yes". To make one of your
+//! own, start from `guardian plugin new NAME` (see [Writing a plugin
+//! crate](#writing-a-plugin-crate)), which writes a crate that builds and
+//! passes its tests as written, and replace its `src/lib.rs`; then build
+//! the component with one command, `cargo build --release --target
+//! wasm32-wasip2` (the file is `target/wasm32-wasip2/release/<crate>.wasm`),
+//! check it with `guardian plugin check` and upload it with `guardian
+//! plugin upload`.
 //!
 //! ```
 //! use guardian_sdk::{ring, Error, Info, Plugin, Rng};
@@ -99,13 +101,226 @@
 //!
 //! guardian_sdk::export_plugin!(Yes);
 //!
-//! // The same checks the host runs through wasm, natively:
+//! // The check suite `guardian plugin check` runs through wasm, natively:
+//! use guardian_sdk::testing::{assert_plugin, CheckOptions, Native};
+//! let options = CheckOptions {
+//!     expected: Some(serde_json::json!(3)),
+//!     ..CheckOptions::new("{}", ["true", "false", "true", "true"])
+//! };
+//! assert_plugin(&Native::<Yes>::new(), &options);
+//! ```
+//!
+//! ## Writing a plugin crate
+//!
+//! `guardian plugin new NAME` writes a ready crate into `./NAME/`: a plugin
+//! with a typed configuration that refuses unknown fields (`src/lib.rs`), its
+//! native tests (`tests/plugin.rs`), example measurements, the `Cargo.lock`
+//! the SDK was tested with, and this SDK's source in `guardian-sdk/` (the SDK
+//! is not on crates.io; `--sdk PATH` depends on another copy instead). It
+//! builds and passes its tests as written. Its `Cargo.toml` is this one, with
+//! the crate's name:
+//!
+//! ```toml
+#![doc = include_str!("../template/Cargo.toml")]
+//! ```
+//!
+//! Two things a component cannot do without: `crate-type` must name `cdylib`
+//! (without it cargo writes no `.wasm` at all), and the crate must register
+//! its plugin with [`export_plugin!`] (without it the component exports
+//! nothing, and servers refuse it naming the macro).
+//!
+//! ## Testing through wasm
+//!
+//! [`testing::check_plugin`] (or [`testing::assert_plugin`] in a `#[test]`)
+//! runs the check suite natively, in `cargo test`. To run the same suite on
+//! the component itself, through the runtime and the limits of a share
+//! server, only the `guardian` binary is needed:
+//!
+//! ```text
+//! cargo build --release --target wasm32-wasip2
+//! guardian plugin check target/wasm32-wasip2/release/my_plugin.wasm \
+//!     --params '{"max": 10}' --measurements measurements.jsonl
+//! ```
+//!
+//! It loads the file as a server loads an upload (a file that is not a
+//! plugin is named for what it is: a core module, an `.rlib`, a component
+//! without the export) and reports each check: round trips for 2 to 5
+//! servers folded in chunks of 1, 3 and every share, with and without
+//! `release`; `configure`, `shard` and `release` deterministic given their
+//! seeds; malformed shares and measurements refused with the plugin's own
+//! errors; unknown parameters refused (a warning otherwise); 1,000 shares
+//! folded in one call well within the deadline (the server-only checks:
+//! file size, compile time and that fold). Robust plugins get the robust
+//! checks (round trips through the verification round, determinism,
+//! tampered reports rejected). The measurements file holds one
+//! JSON measurement per line, as `guardian submit --file` takes them. It
+//! exits non-zero when a check fails.
+//!
+//! ## Differential privacy
+//!
+//! Secret sharing hides each user's measurement from the servers; the result a
+//! scientist unshards is still exact, and an exact sum or histogram can give
+//! one user away (the difference of two results, or a bucket of one). A
+//! differentially private plugin adds noise in [`Plugin::release`], so the
+//! released result barely depends on any one user. The samplers and their
+//! calibrations are in [`dp`]; `dp-sum` and `dp-histogram` are built-ins that
+//! work this way. Four things decide what the guarantee is worth.
+//!
+//! **Every server adds its own noise.** `release` runs on each server, once
+//! per batch, with that server's own seed, and adds a full draw of noise
+//! calibrated to the whole privacy budget. One honest server's noise alone
+//! makes the result private: the others can subtract their own noise (they
+//! know their seeds) but not its. The price is accuracy: the result carries
+//! one independent draw per server, so its noise variance is `servers` times
+//! that of one draw (standard deviation `sqrt(servers)` times). A released
+//! share is stored and never recomputed, so fetching a batch again returns the
+//! same noise, never a fresh draw to average away.
+//!
+//! **Sensitivity is what one user can change**, in the norm the mechanism
+//! needs: L1 for the discrete Laplace ([`dp::laplace_scale`]), L2 for the
+//! discrete Gaussian ([`dp::gaussian_sigma`]). Bound every measurement in
+//! `shard` (a count changes by 1; a sum of values in `-B..=B` by `B` per
+//! element, so a vector of `L` elements by `L·B` in L1 and `sqrt(L)·B` in
+//! L2; a histogram by 1 in one bucket). The bound is checked where the
+//! measurement is sharded, on the client: that stops honest mistakes, but
+//! only a robust plugin (validity proofs, [`export_robust_plugin!`]) stops a
+//! malicious client from sharing an out-of-range value.
+//!
+//! **Split epsilon across everything released about the same users.** Budgets
+//! add up (sequential composition): a batch that releases two values with
+//! ε₁ and ε₂ is (ε₁ + ε₂)-DP, so a plugin releasing `k` values from one
+//! budget ε gives each ε/k, or an uneven share by how precise each must be
+//! (for the Gaussian, δs add up too). One vector counts as one value when its
+//! sensitivity is taken over the whole vector, as above. The same holds
+//! across endpoints fed by the same users, and across batches: a user who
+//! reports into several batches (or several times into one:
+//! `max_reports_per_user`) spends the budget each time. Combining released
+//! batches (`guardian collect --total`) costs nothing more: it is
+//! post-processing.
+//!
+//! **The report count is exact.** Every batch's number of reports is public:
+//! the servers agree on it to seal, `unshard` receives it, `guardian
+//! collect` prints it. The noise does not hide whether someone took part:
+//! whoever knows who else reported learns it from the count. What the noise
+//! protects is the *value* each participant reported. With the count known,
+//! neighbouring batches differ by one user's value replaced by another, which
+//! can move a sum element from `-B` to `B` (twice the add-or-remove
+//! sensitivity) and a histogram by 1 in two buckets (L1 2, L2 `sqrt(2)`).
+//! So noise calibrated to the add-or-remove sensitivity, as `dp-sum` and
+//! `dp-histogram` calibrate it, protects each value with 2ε under the Laplace
+//! (declare ε/2 to get ε), and under `dp-sum`'s Gaussian only as well as the
+//! Gaussian for twice the sensitivity (declare twice the bound, or a smaller
+//! ε). A plugin that wants ε against replacement passes the replacement
+//! sensitivity to the calibration. Dividing by the exact count (a mean) is
+//! post-processing and costs nothing more; a plugin never needs to add noise
+//! to the count.
+//!
+//! A plugin that releases the mean and the variance of bounded integers:
+//! two sums (of values and of squares) with half of ε each, one Laplace draw
+//! per server on each, divided by the exact count.
+//!
+//! ```
+//! use guardian_sdk::{dp, ring, Error, Info, Plugin, Rng};
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// Mean and variance of integers in `-bound..=bound`, ε-DP per batch.
+//! pub struct Variance;
+//!
+//! #[derive(Serialize, Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! pub struct Config {
+//!     /// Every measurement lies in `-bound..=bound`.
+//!     pub bound: u32,
+//!     /// The budget of one batch's release, split evenly between its two sums.
+//!     pub epsilon: f64,
+//! }
+//!
+//! impl Config {
+//!     /// One sampler per released sum. Adding or removing a user moves the sum
+//!     /// by at most `bound` and the sum of squares by at most `bound²`.
+//!     fn noise(&self) -> Result<[dp::DiscreteLaplace; 2], Error> {
+//!         let half = dp::check_epsilon(self.epsilon)? / 2.0;
+//!         let bound = f64::from(self.bound);
+//!         Ok([
+//!             dp::DiscreteLaplace::new(dp::laplace_scale(half, bound)?)?,
+//!             dp::DiscreteLaplace::new(dp::laplace_scale(half, bound * bound)?)?,
+//!         ])
+//!     }
+//! }
+//!
+//! impl Plugin for Variance {
+//!     type Config = Config;
+//!     type Measurement = i64;
+//!     type Share = Vec<u64>;
+//!     type Aggregate = Vec<u64>;
+//!
+//!     fn info() -> Info {
+//!         Info::new("variance", "0.1.0", "Mean and variance of bounded integers, differentially private.")
+//!     }
+//!
+//!     fn configure(params: serde_json::Value) -> Result<Config, Error> {
+//!         let config: Config = guardian_sdk::params(params)?;
+//!         config.noise()?; // refuse a budget the samplers cannot meet now, not at release
+//!         Ok(config)
+//!     }
+//!
+//!     fn shard(config: &Config, x: i64, servers: u32, rng: &mut Rng) -> Result<Vec<Vec<u64>>, Error> {
+//!         if x.unsigned_abs() > u64::from(config.bound) {
+//!             return Err(Error::invalid_measurement(format!(
+//!                 "{x} is outside -{0}..={0}", config.bound
+//!             )));
+//!         }
+//!         let square = x.unsigned_abs() * x.unsigned_abs();
+//!         Ok(ring::split(&[ring::from_signed(x), square], servers, rng))
+//!     }
+//!
+//!     fn validate(_: &Config, share: &Vec<u64>, _server: u32) -> Result<(), Error> {
+//!         ring::check_len(share, 2)
+//!     }
+//!
+//!     fn init(_: &Config) -> Vec<u64> {
+//!         vec![0, 0]
+//!     }
+//!
+//!     fn accumulate(_: &Config, agg: &mut Vec<u64>, share: &Vec<u64>) -> Result<(), Error> {
+//!         ring::add_assign(agg, share)
+//!     }
+//!
+//!     /// Each server's own draw on each sum, from its own seed.
+//!     fn release(config: &Config, mut agg: Vec<u64>, _count: u64, _server: u32, rng: &mut Rng) -> Result<Vec<u64>, Error> {
+//!         for (sum, noise) in agg.iter_mut().zip(config.noise()?) {
+//!             *sum = sum.wrapping_add(ring::from_signed(noise.sample(rng)));
+//!         }
+//!         Ok(agg)
+//!     }
+//!
+//!     /// `count` is exact and public: dividing by it costs no budget.
+//!     fn unshard(_: &Config, aggs: Vec<Vec<u64>>, count: u64) -> Result<serde_json::Value, Error> {
+//!         let sums = ring::sum_all_signed(&aggs, 2)?;
+//!         let n = count.max(1) as f64;
+//!         let mean = sums[0] as f64 / n;
+//!         let variance = (sums[1] as f64 / n - mean * mean).max(0.0);
+//!         Ok(serde_json::json!({"count": count, "mean": mean, "variance": variance}))
+//!     }
+//! }
+//!
+//! guardian_sdk::export_plugin!(Variance);
+//!
 //! use guardian_sdk::testing::{Native, Backend};
-//! let plugin = Native::<Yes>::new();
-//! let config = plugin.configure("{}").unwrap();
-//! let answers = [true, false, true, true];
-//! let result = guardian_sdk::testing::run(&plugin, &config, &answers.map(|a| a.to_string()), 2, 7).unwrap();
-//! assert_eq!(result, serde_json::json!(3));
+//! let plugin = Native::<Variance>::new();
+//! // A typo in the parameters is refused, not ignored.
+//! assert!(plugin.configure(r#"{"bound": 10, "epsilon": 1, "epsilonn": 2}"#).is_err());
+//! let config = plugin.configure(r#"{"bound": 10, "epsilon": 1}"#).unwrap();
+//! // 2,000 users, half answering 4 and half -2: mean 1, variance 9.
+//! let values: Vec<String> = (0..2000).map(|i| if i % 2 == 0 { "4" } else { "-2" }.to_string()).collect();
+//! let result = guardian_sdk::testing::run(&plugin, &config, &values, 2, 7).unwrap();
+//! assert_eq!(result["count"], 2000);
+//! // Two servers' noise of scale 20 on the sum and 200 on the sum of squares.
+//! let (mean, variance) = (result["mean"].as_f64().unwrap(), result["variance"].as_f64().unwrap());
+//! assert!((mean - 1.0).abs() < 0.2, "{result}");
+//! assert!((variance - 9.0).abs() < 2.0, "{result}");
+//! // Outside the bound: refused where it is sharded.
+//! assert!(guardian_sdk::testing::run(&plugin, &config, &["11".to_string()], 2, 7).is_err());
 //! ```
 #![deny(missing_docs)]
 
@@ -122,6 +337,12 @@ pub mod ring;
 mod rng;
 pub mod testing;
 pub mod vector;
+
+/// The README's Rust example, compiled and run by `cargo test --doc` so that
+/// it cannot drift from the SDK.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 pub use codec::Codec;
 pub use error::Error;

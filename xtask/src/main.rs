@@ -9,11 +9,19 @@
 //! - the OpenID provider of `host/tests/oidc.rs` (`npm ci` of
 //!   `tests/oidc/package-lock.json`, when `node_modules` is missing or older
 //!   than the lockfile);
+//! - the JavaScript client's packages for `host/tests/js_client.rs` (`npm ci`
+//!   of `clients/js/package-lock.json`, the same way; the test builds the
+//!   package and runs its browser test in the Chromium below);
 //! - Chromium and ChromeDriver for `host/tests/dashboard.rs` (Debian's
 //!   `chromium` and `chromium-driver`, with `apt-get` as root or through a
 //!   `sudo` that needs no password; otherwise the exact command to run);
 //! - the `wasm32-wasip2` target the plugins are built for (declared in
 //!   `rust-toolchain.toml`; added with rustup if a toolchain lacks it).
+//! - the Python client's venv for `host/tests/python_client.rs`
+//!   (`target/python-venv`: `python3 -m venv`, then `pip install
+//!   clients/python[test]`, whose test extras are pinned; redone when
+//!   `clients/python/pyproject.toml` changes; Debian's `python3-venv` first
+//!   when `python3` lacks `venv`).
 //!
 //! Without the preparation, `cargo test --workspace` still runs every test that
 //! needs nothing more; the others fail naming this command.
@@ -72,7 +80,12 @@ fn prepare() -> Result<(), String> {
         &root.join("tests/oidc"),
         "the OpenID provider of host/tests/oidc.rs",
     )?;
+    npm_packages(
+        &root.join("clients/js"),
+        "the JavaScript client and its tests (host/tests/js_client.rs)",
+    )?;
     browser()?;
+    python_venv(&root)?;
     Ok(())
 }
 
@@ -209,4 +222,67 @@ fn browser() -> Result<(), String> {
     let mut args = vec![frontend, "apt-get", "install", "-y"];
     args.extend(BROWSER_PACKAGES);
     run(runner, &args, None)
+}
+
+/// The Python client's venv (`target/python-venv`), with the client and its
+/// pinned test extras, unless it was made from the current `pyproject.toml`.
+fn python_venv(root: &Path) -> Result<(), String> {
+    let project = root.join("clients/python");
+    let pyproject = std::fs::read(project.join("pyproject.toml"))
+        .map_err(|e| format!("reading clients/python/pyproject.toml: {e}"))?;
+    let venv = root.join("target/python-venv");
+    // A copy of the pyproject.toml the venv was made from.
+    let stamp = venv.join("pyproject.toml");
+    if venv.join("bin/python").is_file() && std::fs::read(&stamp).ok() == Some(pyproject.clone()) {
+        return Ok(());
+    }
+    if !on_path("python3") {
+        return Err(
+            "the Python client's tests (host/tests/python_client.rs) need Python 3.11 or later: install it (Debian: apt-get install python3 python3-venv), then run cargo xtask test again"
+                .to_owned(),
+        );
+    }
+    let has_venv = Command::new("python3")
+        .args(["-c", "import ensurepip, venv"])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !has_venv {
+        let root_user = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
+        if !root_user || !on_path("apt-get") {
+            return Err(
+                "the Python client's tests (host/tests/python_client.rs) need python3's venv module: run `sudo apt-get update && sudo apt-get install -y python3-venv` (Debian's package), then cargo xtask test again"
+                    .to_owned(),
+            );
+        }
+        say("installing Debian's python3-venv (the Python client's tests run from a venv)");
+        let frontend = "DEBIAN_FRONTEND=noninteractive";
+        run("env", &[frontend, "apt-get", "update"], None)?;
+        run(
+            "env",
+            &[frontend, "apt-get", "install", "-y", "python3-venv"],
+            None,
+        )?;
+    }
+    say(
+        "making target/python-venv with the Python client and its pinned test extras (pytest, pandas), for host/tests/python_client.rs",
+    );
+    let _ = std::fs::remove_dir_all(&venv);
+    let venv_text = venv.to_string_lossy().into_owned();
+    run("python3", &["-m", "venv", &venv_text], None)?;
+    let pip = venv.join("bin/pip").to_string_lossy().into_owned();
+    let package = format!("{}[test]", project.to_string_lossy());
+    run(
+        &pip,
+        &[
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &package,
+        ],
+        None,
+    )?;
+    std::fs::write(&stamp, &pyproject).map_err(|e| format!("writing {}: {e}", stamp.display()))
 }

@@ -195,7 +195,9 @@ pub async fn upload_plugin(cluster: &Cluster, wasm: Vec<u8>) -> Upload {
 pub struct NewEndpoint {
     /// Endpoint name.
     pub name: String,
-    /// A built-in's name or an uploaded plugin's digest.
+    /// A built-in's name, or an uploaded plugin's `name@version`, `name` or
+    /// digest (each server resolves it; the endpoints' config hashes then show
+    /// whether they chose the same plugin).
     pub plugin: String,
     /// The plugin's parameters.
     pub params: Value,

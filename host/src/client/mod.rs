@@ -10,6 +10,8 @@
 //! - [`collect`]: sealing a batch, fetching every server's released share and
 //!   combining them with the plugin's `unshard`.
 //! - [`admin`]: plugin uploads and endpoint creation on every server, listings.
+//! - [`authoring`]: `plugin new` and `plugin check`, for plugin authors; no
+//!   server involved.
 //! - [`dashboard`]: `guardian dashboard`, a local web page that charts what
 //!   [`collect`] combines.
 //!
@@ -20,6 +22,7 @@
 //! `main` (through [`terminal::clean`]), so output formats are unit-tested here.
 
 pub mod admin;
+pub mod authoring;
 pub mod collect;
 pub mod dashboard;
 mod endpoint;

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
@@ -71,30 +72,56 @@ pub enum Outcome {
     /// attempt had landed).
     Duplicate,
     /// Not every server took it.
-    Failed {
-        /// Why, as a stable key: the error code and the server, or
-        /// `invalid_measurement` when the plugin refused it locally.
-        reason: String,
-        /// The full message, for people.
-        message: String,
-    },
+    Failed(Refusal),
 }
 
-/// Reports that failed for one reason.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Failures {
-    /// How many.
-    pub count: u64,
-    /// The first one's message.
-    pub example: String,
-    /// Line numbers of the first few, in input order.
-    pub lines: Vec<usize>,
+/// Why one report failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The stable error code: the server's (`invalid_share`, `unreachable`, …),
+    /// or the plugin's when it refused the measurement here, before anything
+    /// was posted (e.g. `invalid_measurement`).
+    pub code: String,
+    /// The server that refused it; `None` when it failed here.
+    pub server: Option<usize>,
+    /// The full message, for people.
+    pub message: String,
 }
 
-/// How many failed lines are listed per reason.
-const LINES_SHOWN: usize = 10;
+impl Refusal {
+    /// The code and, for a server's refusal, which server: what failures are
+    /// counted by.
+    pub fn reason(&self) -> String {
+        match self.server {
+            Some(server) => format!("{} on server {server}", self.code),
+            None => self.code.clone(),
+        }
+    }
+}
 
-/// Counts of a submission.
+/// One failed line of the input.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Failure {
+    /// 1-based line number in the input.
+    pub line: usize,
+    /// The line's measurement, as written.
+    pub value: String,
+    /// See [`Refusal::code`].
+    pub code: String,
+    /// See [`Refusal::server`].
+    pub server: Option<usize>,
+    /// See [`Refusal::message`].
+    pub message: String,
+}
+
+/// Up to this many failures, every one is printed; beyond, a count per reason
+/// and the first ones.
+const LISTED: usize = 20;
+
+/// How many characters of a failed line's value are printed.
+const VALUE_SHOWN: usize = 40;
+
+/// Counts of a submission, and every failure.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
     /// Reports attempted.
@@ -103,25 +130,24 @@ pub struct Summary {
     pub stored: u64,
     /// Already held by a server (a retry that had landed) and now held by all.
     pub duplicates: u64,
-    /// Failed reports by reason.
-    pub failed: BTreeMap<String, Failures>,
+    /// Every failed line, in input order once [`Summary::merge`]d.
+    pub failures: Vec<Failure>,
 }
 
 impl Summary {
-    /// Counts the outcome of the report of input line `line`.
-    pub fn record(&mut self, line: usize, outcome: Outcome) {
+    /// Counts the outcome of the report of `measurement`.
+    pub fn record(&mut self, measurement: &Measurement, outcome: Outcome) {
         self.sent += 1;
         match outcome {
             Outcome::Stored => self.stored += 1,
             Outcome::Duplicate => self.duplicates += 1,
-            Outcome::Failed { reason, message } => {
-                let failures = self.failed.entry(reason).or_default();
-                failures.count += 1;
-                if failures.example.is_empty() {
-                    failures.example = message;
-                }
-                failures.lines.push(line);
-            }
+            Outcome::Failed(refusal) => self.failures.push(Failure {
+                line: measurement.line,
+                value: measurement.json.clone(),
+                code: refusal.code,
+                server: refusal.server,
+                message: refusal.message,
+            }),
         }
     }
 
@@ -130,23 +156,49 @@ impl Summary {
         self.sent += other.sent;
         self.stored += other.stored;
         self.duplicates += other.duplicates;
-        for (reason, theirs) in other.failed {
-            let ours = self.failed.entry(reason).or_default();
-            ours.count += theirs.count;
-            if ours.example.is_empty() {
-                ours.example = theirs.example;
-            }
-            ours.lines.extend(theirs.lines);
-        }
+        self.failures.extend(other.failures);
+        self.failures.sort_by_key(|f| f.line);
     }
 
     /// Reports that failed, for every reason.
     pub fn failed_total(&self) -> u64 {
-        self.failed.values().map(|f| f.count).sum()
+        self.failures.len() as u64
     }
 
-    /// The summary for people.
-    pub fn render(&self) -> String {
+    /// Failed reports by reason ([`Refusal::reason`]).
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for failure in &self.failures {
+            let reason = Refusal {
+                code: failure.code.clone(),
+                server: failure.server,
+                message: String::new(),
+            }
+            .reason();
+            *counts.entry(reason).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Every failure as JSON lines (`line`, `value`, `code`, `server`,
+    /// `message`), in input order: what `--errors FILE` holds.
+    pub fn failures_jsonl(&self) -> String {
+        let mut out = String::new();
+        for failure in &self.failures {
+            // A struct of strings and integers always serialises.
+            if let Ok(line) = serde_json::to_string(failure) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// The summary for people. `errors_file` is where every failure was
+    /// written (`--errors`), if anywhere: then only the counts are printed.
+    /// Otherwise every failure is listed when there are few, and the counts and
+    /// the first [`LISTED`] when there are more.
+    pub fn render(&self, errors_file: Option<&Path>) -> String {
         let mut out = format!(
             "sent {}, stored {}, duplicates {}, failed {}\n",
             self.sent,
@@ -154,33 +206,69 @@ impl Summary {
             self.duplicates,
             self.failed_total()
         );
-        for (reason, failures) in &self.failed {
-            let mut lines = failures.lines.clone();
-            lines.sort_unstable();
-            let shown: Vec<String> = lines
-                .iter()
-                .take(LINES_SHOWN)
-                .map(usize::to_string)
-                .collect();
-            let more = if lines.len() > LINES_SHOWN {
-                ", …"
-            } else {
-                ""
-            };
-            let _ = writeln!(
-                out,
-                "  {} failed: {reason} (lines {}{more})\n    e.g. {}",
-                failures.count,
-                shown.join(", "),
-                failures.example
-            );
+        if self.failures.is_empty() {
+            return out;
         }
-        if self.failed.keys().any(|r| r.contains("on server")) {
+        let many = self.failures.len() > LISTED;
+        if many || errors_file.is_some() {
+            for (reason, count) in self.counts() {
+                let _ = writeln!(out, "  {count} failed: {reason}");
+            }
+        }
+        match errors_file {
+            Some(file) => {
+                let _ = writeln!(
+                    out,
+                    "  every failed line (line, value, code, server, message) is in {}",
+                    file.display()
+                );
+            }
+            None => {
+                if many {
+                    let _ = writeln!(out, "  the first {LISTED}:");
+                }
+                for failure in self.failures.iter().take(LISTED) {
+                    let reason = Refusal {
+                        code: failure.code.clone(),
+                        server: failure.server,
+                        message: String::new(),
+                    }
+                    .reason();
+                    let _ = writeln!(
+                        out,
+                        "  line {} ({}): {reason}: {}",
+                        failure.line,
+                        shortened(&failure.value),
+                        failure.message
+                    );
+                }
+                if many {
+                    let _ = writeln!(
+                        out,
+                        "  … and {} more: give --errors FILE to get every failed line",
+                        self.failures.len() - LISTED
+                    );
+                }
+            }
+        }
+        if self
+            .failures
+            .iter()
+            .any(|f| f.server.is_some_and(|s| s > 0))
+        {
             out.push_str(
                 "  A report that reached only some servers is never counted: it stays out of every batch and expires.\n",
             );
         }
         out
+    }
+}
+
+/// `value`, cut to [`VALUE_SHOWN`] characters.
+fn shortened(value: &str) -> String {
+    match value.char_indices().nth(VALUE_SHOWN) {
+        Some((end, _)) => format!("{}…", &value[..end]),
+        None => value.to_owned(),
     }
 }
 
@@ -191,7 +279,8 @@ struct Posted {
 
 /// One report ready to post.
 struct Report {
-    line: usize,
+    /// What it was sharded from.
+    measurement: Measurement,
     /// 16 random bytes, hex.
     id: String,
     /// Base64 of the public share (robust plugins; `None` when empty).
@@ -208,29 +297,30 @@ fn shard(endpoint: &LocalEndpoint, servers: usize, m: &Measurement) -> Result<Re
     let report = endpoint
         .plugin
         .shard_report(&endpoint.config, &m.json, n, &id, &seed)
-        .map_err(|e| Outcome::Failed {
-            reason: e.code().to_owned(),
-            // The plugin's own words (what it expected, what came); the code
-            // goes beside it once.
-            message: match &e {
-                crate::runtime::CallError::Rejected(refusal) => {
-                    format!("line {}: {}", m.line, refusal.message())
-                }
-                other => format!("line {}: the plugin failed on {}: {other}", m.line, m.json),
-            },
+        .map_err(|e| {
+            Outcome::Failed(Refusal {
+                code: e.code().to_owned(),
+                server: None,
+                // The plugin's own words (what it expected, what came); the code
+                // goes beside it once.
+                message: match &e {
+                    crate::runtime::CallError::Rejected(refusal) => refusal.message().to_owned(),
+                    other => format!("the plugin failed on {}: {other}", m.json),
+                },
+            })
         })?;
     if report.shares.len() != servers {
-        return Err(Outcome::Failed {
-            reason: "plugin_bad_shard".to_owned(),
+        return Err(Outcome::Failed(Refusal {
+            code: "plugin_bad_shard".to_owned(),
+            server: None,
             message: format!(
-                "line {}: the plugin made {} shares for {servers} servers",
-                m.line,
+                "the plugin made {} shares for {servers} servers",
                 report.shares.len()
             ),
-        });
+        }));
     }
     Ok(Report {
-        line: m.line,
+        measurement: m.clone(),
         id: hex::encode(id),
         public_share: (!report.public_share.is_empty())
             .then(|| BASE64.encode(&report.public_share)),
@@ -264,9 +354,8 @@ pub async fn shard_value(cluster: &Cluster, name: &str, json: &str) -> anyhow::R
 fn sharded(report: Result<Report, Outcome>) -> anyhow::Result<Report> {
     match report {
         Ok(report) => Ok(report),
-        Err(Outcome::Failed { reason, message }) => {
-            let message = message.trim_start_matches("line 1: ");
-            bail!("{message} ({reason})")
+        Err(Outcome::Failed(refusal)) => {
+            bail!("{} ({})", refusal.message, refusal.reason())
         }
         Err(_) => bail!("the measurement could not be sharded"),
     }
@@ -297,14 +386,15 @@ async fn post(cluster: &Cluster, name: &str, report: &Report) -> Result<bool, Se
     Ok(duplicate)
 }
 
-fn outcome(result: Result<bool, ServerError>, line: usize) -> Outcome {
+fn outcome(result: Result<bool, ServerError>) -> Outcome {
     match result {
         Ok(false) => Outcome::Stored,
         Ok(true) => Outcome::Duplicate,
-        Err(e) => Outcome::Failed {
-            reason: format!("{} on server {}", e.code(), e.server),
-            message: format!("line {line}: {e}"),
-        },
+        Err(e) => Outcome::Failed(Refusal {
+            code: e.code().to_owned(),
+            server: Some(e.server),
+            message: e.to_string(),
+        }),
     }
 }
 
@@ -358,13 +448,13 @@ pub async fn submit_many(
     };
     let concurrency = options.concurrency.max(1);
     let (sender, receiver) =
-        tokio::sync::mpsc::channel::<Result<Report, (usize, Outcome)>>(concurrency * 4);
+        tokio::sync::mpsc::channel::<Result<Report, (Measurement, Outcome)>>(concurrency * 4);
     let servers = cluster.len();
     let sharder = {
         let endpoint = endpoint.clone();
         tokio::task::spawn_blocking(move || {
             for m in &measurements {
-                let item = shard(&endpoint, servers, m).map_err(|o| (m.line, o));
+                let item = shard(&endpoint, servers, m).map_err(|o| (m.clone(), o));
                 if sender.blocking_send(item).is_err() {
                     break;
                 }
@@ -386,10 +476,10 @@ pub async fn submit_many(
                 let item = receiver.lock().await.recv().await;
                 match item {
                     None => break,
-                    Some(Err((line, failed))) => summary.record(line, failed),
+                    Some(Err((measurement, failed))) => summary.record(&measurement, failed),
                     Some(Ok(report)) => {
                         let result = post(&cluster, &name, &report).await;
-                        summary.record(report.line, outcome(result, report.line));
+                        summary.record(&report.measurement, outcome(result));
                     }
                 }
                 bar.inc(1);
@@ -410,10 +500,18 @@ pub async fn submit_many(
 mod tests {
     use super::*;
 
-    fn failed(reason: &str, message: &str) -> Outcome {
-        Outcome::Failed {
-            reason: reason.into(),
+    fn failed(code: &str, server: Option<usize>, message: &str) -> Outcome {
+        Outcome::Failed(Refusal {
+            code: code.into(),
+            server,
             message: message.into(),
+        })
+    }
+
+    fn line(line: usize, json: &str) -> Measurement {
+        Measurement {
+            line,
+            json: json.into(),
         }
     }
 
@@ -422,63 +520,122 @@ mod tests {
         let lines = parse_lines("[1,2]\n\n  \n \"red\" \r\n7");
         assert_eq!(
             lines,
-            vec![
-                Measurement {
-                    line: 1,
-                    json: "[1,2]".into()
-                },
-                Measurement {
-                    line: 4,
-                    json: "\"red\"".into()
-                },
-                Measurement {
-                    line: 5,
-                    json: "7".into()
-                },
-            ]
+            vec![line(1, "[1,2]"), line(4, "\"red\""), line(5, "7")]
         );
     }
 
     #[test]
-    fn outcomes_are_counted_by_reason() {
+    fn every_failure_is_kept_with_its_own_reason() {
         let mut a = Summary::default();
-        a.record(1, Outcome::Stored);
-        a.record(2, failed("invalid_measurement", "line 2: bad"));
-        a.record(3, Outcome::Duplicate);
+        a.record(&line(1, "1"), Outcome::Stored);
+        a.record(&line(2, "x"), failed("invalid_measurement", None, "bad"));
+        a.record(&line(3, "3"), Outcome::Duplicate);
         let mut b = Summary::default();
-        b.record(5, failed("invalid_measurement", "line 5: bad too"));
-        b.record(4, failed("unreachable on server 1", "line 4: down"));
-        b.record(6, Outcome::Stored);
+        b.record(
+            &line(5, "-1"),
+            failed("invalid_measurement", None, "too small"),
+        );
+        b.record(&line(4, "4"), failed("unreachable", Some(1), "down"));
+        b.record(&line(6, "6"), Outcome::Stored);
         a.merge(b);
-        assert_eq!(a.sent, 6);
-        assert_eq!(a.stored, 2);
-        assert_eq!(a.duplicates, 1);
+        assert_eq!((a.sent, a.stored, a.duplicates), (6, 2, 1));
         assert_eq!(a.failed_total(), 3);
-        let invalid = &a.failed["invalid_measurement"];
-        assert_eq!(invalid.count, 2);
-        assert_eq!(invalid.example, "line 2: bad");
-        assert_eq!(invalid.lines, vec![2, 5]);
+        assert_eq!(
+            a.failures.iter().map(|f| f.line).collect::<Vec<_>>(),
+            vec![2, 4, 5],
+            "in input order"
+        );
+        assert_eq!(a.failures[2].message, "too small");
+        assert_eq!(
+            a.counts(),
+            BTreeMap::from([
+                ("invalid_measurement".to_owned(), 2),
+                ("unreachable on server 1".to_owned(), 1)
+            ])
+        );
+        assert_eq!(
+            a.failures_jsonl(),
+            "{\"line\":2,\"value\":\"x\",\"code\":\"invalid_measurement\",\"server\":null,\"message\":\"bad\"}\n\
+             {\"line\":4,\"value\":\"4\",\"code\":\"unreachable\",\"server\":1,\"message\":\"down\"}\n\
+             {\"line\":5,\"value\":\"-1\",\"code\":\"invalid_measurement\",\"server\":null,\"message\":\"too small\"}\n"
+        );
     }
 
     #[test]
-    fn the_summary_reads_well() {
+    fn few_failures_are_all_listed() {
         let mut summary = Summary::default();
-        for line in 1..=3 {
-            summary.record(line, Outcome::Stored);
-        }
-        for line in (4..=15).rev() {
-            summary.record(line, failed("unreachable on server 1", "line 15: down"));
-        }
+        summary.record(&line(1, "1"), Outcome::Stored);
+        summary.record(
+            &line(2, "\"red\""),
+            failed("invalid_measurement", None, "not a number"),
+        );
+        summary.record(
+            &line(3, &"9".repeat(50)),
+            failed("invalid_measurement", None, "too large"),
+        );
+        summary.record(
+            &line(4, "4"),
+            failed("unreachable", Some(1), "server 1: down"),
+        );
         assert_eq!(
-            summary.render(),
-            "sent 15, stored 3, duplicates 0, failed 12\n\
-             \x20 12 failed: unreachable on server 1 (lines 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, …)\n\
-             \x20   e.g. line 15: down\n\
+            summary.render(None),
+            format!(
+                "sent 4, stored 1, duplicates 0, failed 3\n\
+                 \x20 line 2 (\"red\"): invalid_measurement: not a number\n\
+                 \x20 line 3 ({}…): invalid_measurement: too large\n\
+                 \x20 line 4 (4): unreachable on server 1: server 1: down\n\
+                 \x20 A report that reached only some servers is never counted: it stays out of every batch and expires.\n",
+                "9".repeat(40)
+            )
+        );
+        assert_eq!(
+            summary.render(Some(Path::new("bad.jsonl"))),
+            "sent 4, stored 1, duplicates 0, failed 3\n\
+             \x20 2 failed: invalid_measurement\n\
+             \x20 1 failed: unreachable on server 1\n\
+             \x20 every failed line (line, value, code, server, message) is in bad.jsonl\n\
              \x20 A report that reached only some servers is never counted: it stays out of every batch and expires.\n"
         );
         let mut clean = Summary::default();
-        clean.record(1, Outcome::Stored);
-        assert_eq!(clean.render(), "sent 1, stored 1, duplicates 0, failed 0\n");
+        clean.record(&line(1, "1"), Outcome::Stored);
+        assert_eq!(
+            clean.render(None),
+            "sent 1, stored 1, duplicates 0, failed 0\n"
+        );
+    }
+
+    #[test]
+    fn many_failures_are_counted_and_the_first_listed() {
+        let mut summary = Summary::default();
+        for n in 1..=30 {
+            let code = if n % 3 == 0 {
+                "unreachable"
+            } else {
+                "invalid_measurement"
+            };
+            let server = (n % 3 == 0).then_some(0);
+            summary.record(&line(n, &n.to_string()), failed(code, server, "no"));
+        }
+        let text = summary.render(None);
+        assert!(
+            text.starts_with(
+                "sent 30, stored 0, duplicates 0, failed 30\n\
+                 \x20 20 failed: invalid_measurement\n\
+                 \x20 10 failed: unreachable on server 0\n\
+                 \x20 the first 20:\n\
+                 \x20 line 1 (1): invalid_measurement: no\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  line 20 (20): invalid_measurement: no\n"),
+            "{text}"
+        );
+        assert!(!text.contains("line 21 "), "{text}");
+        assert!(
+            text.ends_with("  … and 10 more: give --errors FILE to get every failed line\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -489,12 +646,13 @@ mod tests {
             has_token: true,
             kind: super::super::http::ErrorKind::Unreachable("connection refused".into()),
         };
-        match outcome(Err(error), 9) {
-            Outcome::Failed { reason, message } => {
-                assert_eq!(reason, "unreachable on server 1");
+        match outcome(Err(error)) {
+            Outcome::Failed(refusal) => {
+                assert_eq!(refusal.reason(), "unreachable on server 1");
                 assert!(
-                    message.starts_with("line 9: server 1 (http://s1)"),
-                    "{message}"
+                    refusal.message.starts_with("server 1 (http://s1)"),
+                    "{}",
+                    refusal.message
                 );
             }
             other => panic!("{other:?}"),

@@ -262,11 +262,8 @@ impl Runtime {
     /// for a plugin that is already loaded.
     pub fn load(&self, wasm: &[u8]) -> Result<Plugin, LoadError> {
         let digest: [u8; 32] = Sha256::digest(wasm).into();
-        if wasmparser_is_core_module(wasm) {
-            return Err(LoadError::NotAComponent(
-                "this is a core WebAssembly module; build a component (e.g. --target wasm32-wasip2)"
-                    .into(),
-            ));
+        if let Some(what) = not_a_component(wasm) {
+            return Err(LoadError::NotAComponent(what.into()));
         }
         let cached = self
             .cache
@@ -314,16 +311,82 @@ impl Runtime {
         match v2::PluginPre::new(pre) {
             Ok(pre) => Ok(AnyPool::V2(Pool::new(pre, options, stats))),
             Err(as_v2) => Err(LoadError::WrongWorld(format!(
-                "as 0.1.0: {as_v1:#}; as 0.2.0: {as_v2:#}"
+                "{}as 0.1.0: {as_v1:#}; as 0.2.0: {as_v2:#}",
+                missing_export_hint(component, &self.engine.wasmtime)
             ))),
         }
     }
 }
 
-/// A core module starts with the magic and version 1; a component uses another
-/// version/layer field. Checked up front so the message can say what to do.
-fn wasmparser_is_core_module(wasm: &[u8]) -> bool {
-    wasm.len() >= 8 && wasm[..4] == *b"\0asm" && wasm[4..8] == [1, 0, 0, 0]
+/// What the file is when it is not a component, with what to do, from its
+/// first bytes; `None` when it may be one. Checked up front so that the
+/// message says what the author built instead of what the parser tripped on.
+fn not_a_component(wasm: &[u8]) -> Option<&'static str> {
+    // A component is `\0asm` with version 0x0d and layer 1; a core module
+    // has version 1 and layer 0.
+    if wasm.starts_with(b"\0asm\x01\0\0\0") {
+        return Some(
+            "this is a core WebAssembly module, not a component: build the plugin crate \
+             with `cargo build --release --target wasm32-wasip2` (a wasm32-unknown-unknown \
+             build must be made a component with `wasm-tools component new`)",
+        );
+    }
+    if wasm.starts_with(b"!<arch>\n") {
+        return Some(
+            "this is an archive (an .rlib or .a: a Rust library), not a component: \
+             add `crate-type = [\"cdylib\", \"rlib\"]` under `[lib]` in the plugin's \
+             Cargo.toml, rebuild with `cargo build --release --target wasm32-wasip2` and \
+             use target/wasm32-wasip2/release/<crate>.wasm",
+        );
+    }
+    if wasm.starts_with(b"\x7fELF")
+        || wasm.starts_with(b"MZ")
+        || wasm.starts_with(&[0xcf, 0xfa, 0xed, 0xfe])
+        || wasm.starts_with(&[0xce, 0xfa, 0xed, 0xfe])
+    {
+        return Some(
+            "this is a native executable or library, not WebAssembly: build the plugin \
+             crate with `--target wasm32-wasip2`",
+        );
+    }
+    if !wasm.starts_with(b"\0asm") {
+        return Some(
+            "this is not WebAssembly at all (a component starts with the bytes \\0asm): \
+             upload the .wasm file that `cargo build --release --target wasm32-wasip2` \
+             writes under target/wasm32-wasip2/release/",
+        );
+    }
+    None
+}
+
+/// Says how to fix a component that exports nothing of `guardian:plugin`
+/// (the usual cause: a Rust plugin crate that never registered its type),
+/// or nothing when it exports something of that package.
+fn missing_export_hint(
+    component: &wasmtime::component::Component,
+    engine: &wasmtime::Engine,
+) -> String {
+    let exports: Vec<String> = component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    if exports
+        .iter()
+        .any(|name| name.starts_with("guardian:plugin/"))
+    {
+        return String::new();
+    }
+    let found = if exports.is_empty() {
+        "it exports nothing".to_owned()
+    } else {
+        format!("it exports only {}", exports.join(", "))
+    };
+    format!(
+        "the component exports no guardian:plugin algorithm ({found}): register the \
+         plugin in the crate's lib.rs with `guardian_sdk::export_plugin!(YourPlugin);` \
+         (robust plugins: `guardian_sdk::export_robust_plugin!(YourPlugin);`). "
+    )
 }
 
 /// A loaded plugin. Clones share the compiled code and the instance pool.

@@ -173,6 +173,15 @@ fn bytes_that_are_not_a_component_are_refused_with_a_reason() {
         (b"hello".to_vec(), "not a WebAssembly component"),
         (b"\0asm\x01\0\0\0".to_vec(), "core WebAssembly module"),
         (
+            b"!<arch>\nlib.rmeta".to_vec(),
+            "crate-type = [\"cdylib\", \"rlib\"]",
+        ),
+        (
+            b"\x7fELF\x02\x01\x01".to_vec(),
+            "native executable or library",
+        ),
+        (b"hello".to_vec(), "not WebAssembly at all"),
+        (
             builtin("sum")[..1000].to_vec(),
             "not a WebAssembly component",
         ),
@@ -180,6 +189,16 @@ fn bytes_that_are_not_a_component_are_refused_with_a_reason() {
         let err = runtime.load(&bytes).unwrap_err();
         assert!(matches!(err, LoadError::NotAComponent(_)), "{err}");
         assert!(err.to_string().contains(needle), "{err}");
+    }
+}
+
+#[test]
+fn a_component_without_the_export_is_refused_naming_the_macro() {
+    let err = runtime().load(&fixture("fixture_no_export")).unwrap_err();
+    assert!(matches!(err, LoadError::WrongWorld(_)), "{err}");
+    let message = err.to_string();
+    for needle in ["it exports nothing", "guardian_sdk::export_plugin!("] {
+        assert!(message.contains(needle), "{needle}: {message}");
     }
 }
 

@@ -383,7 +383,9 @@ fn cors(origins: &[String]) -> CorsLayer {
         .allow_headers([
             axum::http::header::AUTHORIZATION,
             axum::http::header::CONTENT_TYPE,
-        ]);
+        ])
+        // A browser client honours a 429's `Retry-After` only if it may read it.
+        .expose_headers([axum::http::header::RETRY_AFTER]);
     if origins.iter().any(|o| o == "*") {
         layer.allow_origin(AllowOrigin::any())
     } else {

@@ -173,13 +173,47 @@ impl Registry {
         self.runtime.stats()
     }
 
-    /// A plugin by built-in name or by digest (64 hex).
-    pub(super) fn plugin(&self, name_or_digest: &str) -> Option<Plugin> {
-        let digest = match self.builtin_names.get(name_or_digest) {
-            Some(digest) => *digest,
-            None => parse_digest(name_or_digest)?,
-        };
-        read(&self.plugins).get(&digest).cloned()
+    /// A loaded plugin by reference (see [`Registry::resolve`]); a digest this
+    /// server does not hold is `unknown_plugin`.
+    pub(super) fn plugin(&self, reference: &str) -> Result<Plugin, ApiError> {
+        let digest = self.resolve(reference)?;
+        read(&self.plugins).get(&digest).cloned().ok_or_else(|| {
+            ApiError::not_found(
+                "unknown_plugin",
+                format!("no plugin with digest {}", hex::encode(digest)),
+            )
+        })
+    }
+
+    /// The digest a plugin reference names: a digest (64 hex digits, returned
+    /// as is: the caller looks it up), a built-in's name or `name@version`, or
+    /// an uploaded plugin's `name@version` or `name`. See [`resolve`] for the
+    /// rules and the errors.
+    pub(super) fn resolve(&self, reference: &str) -> Result<[u8; 32], ApiError> {
+        let plugins = read(&self.plugins);
+        let builtins: HashMap<[u8; 32], &str> = self
+            .builtin_names
+            .iter()
+            .map(|(name, digest)| (*digest, name.as_str()))
+            .collect();
+        let known: Vec<Known<'_>> = plugins
+            .iter()
+            .map(|(digest, plugin)| match builtins.get(digest) {
+                Some(name) => Known {
+                    name,
+                    version: &plugin.info().version,
+                    digest: *digest,
+                    builtin: true,
+                },
+                None => Known {
+                    name: &plugin.info().name,
+                    version: &plugin.info().version,
+                    digest: *digest,
+                    builtin: false,
+                },
+            })
+            .collect();
+        resolve(reference, &known)
     }
 
     /// Whether this server's operator approves the plugin with this digest (the
@@ -360,8 +394,129 @@ fn stored(live: &LiveEndpoint, public_share: &[u8], share: Vec<u8>) -> Vec<u8> {
     }
 }
 
+/// A plugin this server holds, as a reference can name it.
+#[derive(Clone, Copy, Debug)]
+struct Known<'a> {
+    /// The built-in's name, or the name an uploaded plugin declares.
+    name: &'a str,
+    /// The version the plugin declares.
+    version: &'a str,
+    digest: [u8; 32],
+    builtin: bool,
+}
+
+impl Known<'_> {
+    fn describe(&self) -> String {
+        let kind = if self.builtin { ", built-in" } else { "" };
+        format!(
+            "{}@{} (digest {}{kind})",
+            self.name,
+            self.version,
+            hex::encode(self.digest)
+        )
+    }
+}
+
+/// How many plugins an `unknown_plugin` message lists at most.
+const LISTED: usize = 20;
+
+/// The digest `reference` names among `known`, in this order:
+///
+/// 1. 64 hex digits: that digest, as is (the caller looks it up, so a stored
+///    plugin that no longer loads is still found by its digest).
+/// 2. A built-in's name or `name@version`: the built-in. Built-ins always win,
+///    so `sum` keeps meaning the built-in even after someone uploads a plugin
+///    that calls itself `sum`; such an upload is named by its version (if it
+///    differs) or its digest.
+/// 3. An uploaded plugin's `name@version`, then its bare `name`: the plugin, if
+///    exactly one matches; several are `ambiguous_plugin` (409: the reference
+///    is well formed, but what this server holds leaves it open), listing each
+///    one's `name@version` and digest.
+///
+/// Anything else is `unknown_plugin` (404), listing the plugins of that name,
+/// or when there are none the names this server knows.
+fn resolve(reference: &str, known: &[Known<'_>]) -> Result<[u8; 32], ApiError> {
+    if let Some(digest) = parse_digest(reference) {
+        return Ok(digest);
+    }
+    let full = |k: &Known<'_>| format!("{}@{}", k.name, k.version) == reference;
+    let mut sorted = known.to_vec();
+    sorted.sort_by(|a, b| (a.name, a.version, a.digest).cmp(&(b.name, b.version, b.digest)));
+    let known = sorted;
+    if let Some(builtin) = known
+        .iter()
+        .find(|k| k.builtin && (k.name == reference || full(k)))
+    {
+        return Ok(builtin.digest);
+    }
+    let uploaded = |by_name: bool| -> Vec<Known<'_>> {
+        known
+            .iter()
+            .filter(|k| {
+                !k.builtin
+                    && if by_name {
+                        k.name == reference
+                    } else {
+                        full(k)
+                    }
+            })
+            .copied()
+            .collect()
+    };
+    for by_name in [false, true] {
+        match uploaded(by_name).as_slice() {
+            [] => {}
+            [one] => return Ok(one.digest),
+            several => {
+                let listed: Vec<String> = several.iter().map(Known::describe).collect();
+                return Err(ApiError::conflict(
+                    "ambiguous_plugin",
+                    format!(
+                        "{reference:?} names {} plugins on this server: {}; name one by name@version or by digest",
+                        several.len(),
+                        listed.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    // Unknown: list what this server holds of that name, else every name.
+    let name = reference
+        .rsplit_once('@')
+        .map_or(reference, |(name, _)| name);
+    let same_name: Vec<String> = known
+        .iter()
+        .filter(|k| k.name == name)
+        .map(Known::describe)
+        .collect();
+    let message = if same_name.is_empty() {
+        let mut names: Vec<String> = known
+            .iter()
+            .map(|k| format!("{}@{}", k.name, k.version))
+            .collect();
+        names.dedup();
+        let more = names.len().saturating_sub(LISTED);
+        names.truncate(LISTED);
+        let more = if more > 0 {
+            format!(" and {more} more (guardian plugin list)")
+        } else {
+            String::new()
+        };
+        format!(
+            "no plugin named {reference:?}: give a plugin's name, name@version or 64-hex digest; this server holds {}{more}",
+            names.join(", ")
+        )
+    } else {
+        format!(
+            "no plugin {reference:?}: this server holds {}; name one by name@version or by digest",
+            same_name.join(", ")
+        )
+    };
+    Err(ApiError::not_found("unknown_plugin", message))
+}
+
 /// 64 lower- or upper-case hex digits.
-pub(super) fn parse_digest(text: &str) -> Option<[u8; 32]> {
+fn parse_digest(text: &str) -> Option<[u8; 32]> {
     let mut digest = [0; 32];
     hex::decode_to_slice(text, &mut digest).ok()?;
     Some(digest)
@@ -420,6 +575,101 @@ mod tests {
             !budget.finish(budget.start(), long, || long),
             "moved only once"
         );
+    }
+
+    /// Resolves `reference` among a built-in `sum@0.1.0` (digest 1), an upload
+    /// also calling itself `sum` (2), two `variance@0.1.0` with different bytes
+    /// (3, 4), a `variance@0.2.0` (5) and a `mine@1.0.0` (6); `expected` is the
+    /// digest's first byte, or the error code and words the message must hold.
+    fn check(reference: &str, expected: Result<u8, (&str, &[&str])>) {
+        let known = [
+            ("sum", "0.1.0", 1, true),
+            ("sum", "9.0.0", 2, false),
+            ("variance", "0.1.0", 3, false),
+            ("variance", "0.1.0", 4, false),
+            ("variance", "0.2.0", 5, false),
+            ("mine", "1.0.0", 6, false),
+        ]
+        .map(|(name, version, first, builtin)| Known {
+            name,
+            version,
+            digest: [first; 32],
+            builtin,
+        });
+        match (resolve(reference, &known), expected) {
+            (Ok(digest), Ok(first)) => assert_eq!(digest, [first; 32], "{reference}"),
+            (Err(e), Err((code, words))) => {
+                assert_eq!(e.code, code, "{reference}: {}", e.message);
+                for word in words {
+                    assert!(
+                        e.message.contains(word),
+                        "{reference}: {word:?} not in {}",
+                        e.message
+                    );
+                }
+            }
+            (got, expected) => panic!("{reference}: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn plugin_references_resolve_by_digest_name_and_version() {
+        let digest = |first: u8| hex::encode([first; 32]);
+        // A digest is returned as is, even one not held (the caller looks it up).
+        check(&digest(6), Ok(6));
+        check(&digest(6).to_uppercase(), Ok(6));
+        check(&digest(9), Ok(9));
+        // Built-ins win, by name and by name@version; the upload named like one
+        // is reached by its version.
+        check("sum", Ok(1));
+        check("sum@0.1.0", Ok(1));
+        check("sum@9.0.0", Ok(2));
+        // Uploads by name@version, and by name when it is unique.
+        check("variance@0.2.0", Ok(5));
+        check("mine", Ok(6));
+        check("mine@1.0.0", Ok(6));
+    }
+
+    #[test]
+    fn ambiguous_and_unknown_references_list_what_the_server_holds() {
+        let (three, four, five) = (
+            hex::encode([3u8; 32]),
+            hex::encode([4u8; 32]),
+            hex::encode([5u8; 32]),
+        );
+        // Two uploads with one name and version: only their digests tell them apart.
+        check(
+            "variance@0.1.0",
+            Err(("ambiguous_plugin", &["2 plugins", &three, &four])),
+        );
+        check(
+            "variance",
+            Err((
+                "ambiguous_plugin",
+                &["3 plugins", "variance@0.2.0", &three, &four, &five],
+            )),
+        );
+        // A version the server lacks: the versions and digests it holds.
+        check(
+            "variance@0.3.0",
+            Err((
+                "unknown_plugin",
+                &["variance@0.1.0", "variance@0.2.0", &three, &five],
+            )),
+        );
+        check(
+            "sum@2.0.0",
+            Err(("unknown_plugin", &["sum@0.1.0", "built-in", "sum@9.0.0"])),
+        );
+        // A name the server lacks: every name it knows.
+        check(
+            "median",
+            Err((
+                "unknown_plugin",
+                &["no plugin named \"median\"", "mine@1.0.0", "sum@0.1.0"],
+            )),
+        );
+        check("", Err(("unknown_plugin", &["variance@0.2.0"])));
     }
 
     #[test]

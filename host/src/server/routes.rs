@@ -23,7 +23,7 @@ use super::extract::{Body, Json, Path, Query};
 use super::openapi::{AuthErrors, RoleErrors, STORAGE_500, STORAGE_503};
 use super::paging::{PageQuery, cut, listed_json, page};
 use super::rate_limit::ClientIp;
-use super::registry::{LiveEndpoint, parse_digest};
+use super::registry::LiveEndpoint;
 use crate::storage::{
     CreateEndpointOutcome, Endpoint, EndpointCounts, EndpointRecord, InsertReportOutcome,
     PluginInfo, UserQuota,
@@ -208,6 +208,20 @@ impl PluginView {
     }
 }
 
+/// How a route's path names a plugin.
+const PLUGIN_REFERENCE: &str = "The plugin: its digest (64 hex digits), a built-in's \
+    name or `name@version`, or an uploaded plugin's `name@version` or `name` (when one \
+    plugin has it). A built-in's name always means the built-in.";
+
+/// `unknown_plugin`, as the routes that take a plugin answer it.
+const UNKNOWN_PLUGIN: &str = "No such plugin: `unknown_plugin`, listing the \
+    `name@version` and digest of the plugins of that name this server holds (or the \
+    names it knows).";
+
+/// `ambiguous_plugin`, as the routes that take a plugin answer it.
+const AMBIGUOUS_PLUGIN: &str = "The name (or `name@version`) fits several uploaded \
+    plugins: `ambiguous_plugin`, listing each one's `name@version` and digest.";
+
 /// Uploads a plugin: the body is the `.wasm` component. It is compiled and
 /// type-checked before it is stored.
 #[utoipa::path(post, path = "/plugins", tag = "plugins", security(("bearer" = [])),
@@ -286,27 +300,25 @@ pub(super) async fn list_plugins(
     json(StatusCode::OK, PluginList { plugins, next })
 }
 
-/// Shows one plugin.
+/// Shows one plugin, named by digest, `name@version` or `name` (see
+/// [`PLUGIN_REFERENCE`]).
 #[utoipa::path(get, path = "/plugins/{digest}", tag = "plugins", security(("bearer" = [])),
-    params(("digest" = String, Path, description = "The plugin's digest: 64 hex digits.",
-        pattern = "^[0-9a-fA-F]{64}$")),
+    params(("digest" = String, Path, description = PLUGIN_REFERENCE)),
     responses(
         (status = 200, description = "The plugin.", body = PluginView),
-        (status = 400, description = "Not 64 hex digits: `invalid_digest`, `invalid_path`.",
-            body = ErrorBody),
+        (status = 400, description = "`invalid_path`.", body = ErrorBody),
         RoleErrors,
-        (status = 404, description = "No such plugin: `unknown_plugin`.", body = ErrorBody),
+        (status = 404, description = UNKNOWN_PLUGIN, body = ErrorBody),
+        (status = 409, description = AMBIGUOUS_PLUGIN, body = ErrorBody),
         (status = 500, description = STORAGE_500, body = ErrorBody),
         (status = 503, description = STORAGE_503, body = ErrorBody),
     ))]
 pub(super) async fn get_plugin(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::DeveloperOrScientist>,
-    Path(digest): Path<String>,
+    Path(reference): Path<String>,
 ) -> Answer {
-    let digest = parse_digest(&digest).ok_or_else(|| {
-        ApiError::bad_request("invalid_digest", "a plugin digest is 64 hex digits")
-    })?;
+    let digest = state.registry.resolve(&reference)?;
     match state.storage.get_plugin(digest).await? {
         Some(info) => json(StatusCode::OK, PluginView::new(info, &state)),
         None => Err(ApiError::not_found(
@@ -332,28 +344,26 @@ impl IntoResponse for Wasm {
 }
 
 /// The component itself, so clients shard and unshard with exactly the code
-/// the servers run.
+/// the servers run. Named like `GET /plugins/{digest}`; clients that must get
+/// exact bytes name it by digest (and check it).
 #[utoipa::path(get, path = "/plugins/{digest}/wasm", tag = "plugins", security(("bearer" = [])),
-    params(("digest" = String, Path, description = "The plugin's digest: 64 hex digits.",
-        pattern = "^[0-9a-fA-F]{64}$")),
+    params(("digest" = String, Path, description = PLUGIN_REFERENCE)),
     responses(
         (status = 200, description = "The component's bytes.", body = Wasm,
             content_type = "application/wasm"),
-        (status = 400, description = "Not 64 hex digits: `invalid_digest`, `invalid_path`.",
-            body = ErrorBody),
+        (status = 400, description = "`invalid_path`.", body = ErrorBody),
         AuthErrors,
-        (status = 404, description = "No such plugin: `unknown_plugin`.", body = ErrorBody),
+        (status = 404, description = UNKNOWN_PLUGIN, body = ErrorBody),
+        (status = 409, description = AMBIGUOUS_PLUGIN, body = ErrorBody),
         (status = 500, description = STORAGE_500, body = ErrorBody),
         (status = 503, description = STORAGE_503, body = ErrorBody),
     ))]
 pub(super) async fn get_plugin_wasm(
     State(state): State<Arc<AppState>>,
     _caller: Caller<need::AnyRole>,
-    Path(digest): Path<String>,
+    Path(reference): Path<String>,
 ) -> Answer {
-    let digest = parse_digest(&digest).ok_or_else(|| {
-        ApiError::bad_request("invalid_digest", "a plugin digest is 64 hex digits")
-    })?;
+    let digest = state.registry.resolve(&reference)?;
     match state.storage.plugin_wasm(digest).await? {
         Some(wasm) => Ok(Wasm(wasm).into_response()),
         None => Err(ApiError::not_found(
@@ -373,8 +383,9 @@ pub(super) struct CreateEndpoint {
     /// with a letter or digit.
     #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$", example = "demo")]
     name: String,
-    /// A built-in plugin's name (`sum`, `count`, `histogram`, `mean`, …) or an
-    /// uploaded plugin's digest.
+    /// The plugin: a built-in's name (`sum`, `count`, `histogram`, `mean`, …),
+    /// or an uploaded plugin's `name@version`, `name` (when one plugin has it)
+    /// or 64-hex digest. A built-in's name always means the built-in.
     #[schema(example = "sum")]
     plugin: String,
     /// The plugin's parameters (its `params_schema`); `{}` when left out.
@@ -577,10 +588,12 @@ pub fn config_hash(
             the plugin is an uploaded one this server's operator has not approved: \
             `plugin_not_approved`, with the digest and how to approve it \
             (`plugins.approved`, `GUARDIAN_PLUGINS_APPROVED`).", body = ErrorBody),
-        (status = 404, description = "No such plugin: `unknown_plugin`.", body = ErrorBody),
+        (status = 404, description = UNKNOWN_PLUGIN, body = ErrorBody),
         (status = 409, description = "An endpoint of this name exists with another \
             definition: `endpoint_conflict`; or the server holds `limits.max_endpoints`: \
-            `too_many_endpoints`.", body = ErrorBody),
+            `too_many_endpoints`; or `plugin` names several uploaded plugins: \
+            `ambiguous_plugin`, listing each one's `name@version` and digest.",
+            body = ErrorBody),
         (status = 413, description = "Larger than `limits.max_body_bytes`: `body_too_large`; \
             params longer than `limits.max_params_bytes`: `params_too_large`.",
             body = ErrorBody),
@@ -634,15 +647,7 @@ pub(super) async fn create_endpoint(
             ),
         ));
     }
-    let plugin = state.registry.plugin(&body.plugin).ok_or_else(|| {
-        ApiError::not_found(
-            "unknown_plugin",
-            format!(
-                "no plugin named {:?}: give a built-in name or an uploaded plugin's digest",
-                body.plugin
-            ),
-        )
-    })?;
+    let plugin = state.registry.plugin(&body.plugin)?;
     if !state.registry.is_approved(&plugin.digest()) {
         return Err(not_approved(
             StatusCode::FORBIDDEN,

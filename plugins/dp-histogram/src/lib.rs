@@ -3,7 +3,12 @@
 //! discrete Laplace noise of scale 1/epsilon to each bucket of its aggregate
 //! share, once per batch. Adding or removing one user changes one bucket by
 //! one (L1 sensitivity 1), so each server's noise alone makes the released
-//! result epsilon-DP, whatever the other servers do.
+//! result epsilon-DP, whatever the other servers do. The result carries one
+//! draw per server on each bucket; the batch's count is exact and public, so
+//! against one user's bucket replaced by another (two buckets move) the
+//! noise gives 2·epsilon: declare half the epsilon you want. The SDK's
+//! [differential privacy chapter](guardian_sdk#differential-privacy) explains
+//! these points, and how to split epsilon across endpoints and batches.
 //!
 //! Parameters: `{"buckets": N or [labels], "epsilon": e}` with
 //! 0 < epsilon <= 100. Results are signed (noise can make a count negative).

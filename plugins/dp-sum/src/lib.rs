@@ -6,12 +6,13 @@
 //!
 //! ## Privacy
 //!
-//! Adding or removing one user moves each element of the sum by at most
-//! `bound`: the whole vector by at most `length·bound` in L1 norm and
-//! `sqrt(length)·bound` in L2 norm. Each server draws its noise from its own
-//! release seed, so that server's noise alone makes the released result
-//! private, whatever the other servers do (their noise is independent of the
-//! data and can only add to it):
+//! What every server's noise, the budget and the public report count mean is
+//! explained once, for every plugin, in the SDK's
+//! [differential privacy chapter](guardian_sdk#differential-privacy). For this
+//! plugin: adding or removing one user moves each element of the sum by at
+//! most `bound`, the whole vector by at most `length·bound` in L1 norm and
+//! `sqrt(length)·bound` in L2 norm, and every server adds one draw per
+//! element, from its own release seed:
 //!
 //! - `"laplace"` (the default): discrete Laplace noise of scale
 //!   `length·bound / epsilon` on each element; epsilon-DP, no delta.
@@ -20,9 +21,13 @@
 //!   `sqrt(length)·bound`; (epsilon, delta)-DP. It suits long vectors: σ grows
 //!   with `sqrt(length)` where the Laplace scale grows with `length`.
 //!
-//! The bound is checked where the measurement is sharded, on the client. That
-//! stops honest mistakes; without validity proofs a malicious client can still
-//! share an out-of-range value.
+//! The epsilon of an endpoint covers its whole vector, once per batch;
+//! several endpoints or batches about the same users spend it again. Since a
+//! batch's count is exact, a value replaced by another (from `-bound` to
+//! `bound`) moves the sum twice as far: against that, Laplace noise gives
+//! 2·epsilon (declare half the epsilon you want). The bound is checked on the
+//! client, where the measurement is sharded: that stops honest mistakes, not
+//! a malicious client.
 //!
 //! ## Parameters
 //!
