@@ -6,12 +6,8 @@
 //! client-side errors a user meets: a wrong or missing token, a server down, an
 //! unknown endpoint, a measurement the plugin rejects, too small a batch.
 
-use std::io::{BufRead as _, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -19,219 +15,37 @@ use rand::Rng as _;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-const GUARDIAN: &str = env!("CARGO_BIN_EXE_guardian");
-/// `guardian dev` compiles the built-in plugins on its first start.
-const START_TIMEOUT: Duration = Duration::from_secs(300);
-const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+#[path = "common/dev.rs"]
+mod dev;
+
+use dev::{Dev, GUARDIAN, free_base_port, ok, run, text};
+
 const MEASUREMENTS: usize = 1000;
 const COLORS: [&str; 4] = ["red", "green", "blue", "yellow"];
 
-/// A running `guardian dev`, killed if the test fails before stopping it.
-struct Dev {
-    child: Option<Child>,
-    dir: TempDir,
-    /// The value of the `export GUARDIAN_SERVERS=` line of the banner.
-    servers: String,
-    /// Every line `guardian dev` printed so far, for failure messages.
-    lines: mpsc::Receiver<String>,
-    stderr: PathBuf,
+/// Starts `guardian dev` and checks that its banner shows the next three
+/// commands to try, with the client commands.
+fn start_dev() -> Dev {
+    let dev = Dev::start();
+    let banner = dev.banner().join("\n");
+    for next in [
+        "guardian endpoint list",
+        "guardian submit demo --file -",
+        "guardian collect demo",
+    ] {
+        assert!(banner.contains(next), "{next:?} in the banner:\n{banner}");
+    }
+    dev
 }
 
-/// A base port p with p and p + 1 free (for two servers).
-fn free_base_port() -> u16 {
-    for _ in 0..100 {
-        let first = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-        let port = first.local_addr().expect("reading the port").port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("found no two consecutive free ports");
-}
-
-impl Dev {
-    fn start() -> Dev {
-        let dir = tempfile::tempdir().expect("a temporary folder");
-        let stderr = dir.path().join("dev.stderr");
-        let port = free_base_port();
-        let mut child = Command::new(GUARDIAN)
-            .args(["dev", "--dir"])
-            .arg(dir.path().join("data"))
-            .args(["--port", &port.to_string()])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).expect("creating the stderr file"))
-            .spawn()
-            .expect("starting guardian dev");
-        // Read stdout to the end on a thread, so that `guardian dev` never blocks
-        // on a full pipe, and hand the lines over.
-        let stdout = child.stdout.take().expect("the piped stdout");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut dev = Dev {
-            child: Some(child),
-            dir,
-            servers: String::new(),
-            lines,
-            stderr,
-        };
-        let mut banner = Vec::new();
-        loop {
-            match dev.lines.recv_timeout(START_TIMEOUT) {
-                Ok(line) => {
-                    if let Some(servers) = line.trim().strip_prefix("export GUARDIAN_SERVERS=") {
-                        dev.servers = servers.to_owned();
-                    }
-                    let done = line.contains("guardian collect demo");
-                    banner.push(line);
-                    if done {
-                        break;
-                    }
-                }
-                Err(e) => panic!(
-                    "guardian dev printed no complete banner ({e}); stdout so far:\n{}\nstderr:\n{}",
-                    banner.join("\n"),
-                    std::fs::read_to_string(&dev.stderr).unwrap_or_default()
-                ),
-            }
-        }
-        let banner = banner.join("\n");
-        assert_eq!(
-            dev.servers.split(',').count(),
-            2,
-            "two servers in the banner:\n{banner}"
-        );
-        // The banner shows the next three commands to try, with the client commands.
-        for next in [
-            "guardian endpoint list",
-            "guardian submit demo --file -",
-            "guardian collect demo",
-        ] {
-            assert!(banner.contains(next), "{next:?} in the banner:\n{banner}");
-        }
-        dev
-    }
-
-    fn issuer_dir(&self) -> PathBuf {
-        self.dir.path().join("data").join("dev-issuer")
-    }
-
-    /// Mints a token with `guardian token`, as the banner says.
-    fn token(&self, role: &str) -> String {
-        let out = run(
-            self.dir.path(),
-            &[
-                "token",
-                "--role",
-                role,
-                "--issuer-dir",
-                self.issuer_dir().to_str().expect("a UTF-8 path"),
-            ],
-            &[],
-        );
-        assert!(
-            out.status.success(),
-            "guardian token: {}",
-            text(&out.stderr)
-        );
-        text(&out.stdout).trim().to_owned()
-    }
-
-    /// Runs a client command with `GUARDIAN_SERVERS` and `GUARDIAN_TOKEN` set.
-    fn client(&self, token: &str, args: &[&str]) -> Output {
-        run(
-            self.dir.path(),
-            args,
-            &[
-                ("GUARDIAN_SERVERS", &self.servers),
-                ("GUARDIAN_TOKEN", token),
-            ],
-        )
-    }
-
-    /// Stops `guardian dev` with SIGTERM, as Ctrl-C would, and checks that it
-    /// exits cleanly.
-    fn stop(mut self) {
-        let mut child = self.child.take().expect("guardian dev is running");
-        let pid = child.id().to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("running kill");
-        assert!(status.success(), "kill -TERM {pid}");
-        let (sender, done) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = sender.send(child.wait());
-        });
-        match done.recv_timeout(STOP_TIMEOUT) {
-            Ok(status) => {
-                let status = status.expect("waiting for guardian dev");
-                assert!(
-                    status.success(),
-                    "guardian dev exited with {status}; stderr:\n{}",
-                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
-                );
-            }
-            Err(_) => {
-                let _ = Command::new("kill").args(["-KILL", &pid]).status();
-                panic!("guardian dev did not stop within {STOP_TIMEOUT:?} of SIGTERM");
-            }
-        }
-        let rest: Vec<String> = self.lines.try_iter().collect();
-        assert!(
-            rest.iter().any(|l| l.contains("stopping")),
-            "guardian dev said it was stopping: {rest:?}"
-        );
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Runs the binary in `dir` with exactly the `GUARDIAN_*` variables given.
-fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(GUARDIAN);
-    command
-        .args(args)
-        .current_dir(dir)
-        .env_remove("GUARDIAN_SERVERS")
-        .env_remove("GUARDIAN_TOKEN")
-        .stdin(Stdio::null());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.output().expect("running guardian")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Asserts success and returns stdout.
-#[track_caller]
-fn ok(out: &Output) -> String {
+/// Stops `guardian dev` with SIGTERM, as Ctrl-C would: it exits cleanly and
+/// says it is stopping.
+fn stop_dev(dev: Dev) {
+    let rest = dev.stop();
     assert!(
-        out.status.success(),
-        "expected success, got {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
+        rest.iter().any(|l| l.contains("stopping")),
+        "guardian dev said it was stopping: {rest:?}"
     );
-    text(&out.stdout)
 }
 
 /// Asserts failure and returns stderr.
@@ -281,11 +95,11 @@ fn write_lines(dir: &Path, name: &str, lines: &[String]) -> String {
 
 #[test]
 fn every_party_uses_the_command_line_end_to_end() {
-    let dev = Dev::start();
-    let developer = dev.token("developer");
-    let user = dev.token("user");
-    let scientist = dev.token("scientist");
-    let dir = dev.dir.path().to_owned();
+    let dev = start_dev();
+    let developer = dev.mint_token("developer");
+    let user = dev.mint_token("user");
+    let scientist = dev.mint_token("scientist");
+    let dir = dev.dir().to_owned();
 
     help_shows_examples(&dev);
 
@@ -429,7 +243,7 @@ fn every_party_uses_the_command_line_end_to_end() {
     contains(&error, "needs at least 10 per batch");
 
     client_errors_are_clear(&dev, &developer, &user, &scientist);
-    dev.stop();
+    stop_dev(dev);
 }
 
 /// A robust endpoint through the command line: honest reports from a file, one
@@ -458,7 +272,7 @@ fn robust_endpoints_reject_a_tampered_report(
     ));
     let picks = [0, 1, 1, 2, 3, 3, 3];
     let lines: Vec<String> = picks.iter().map(|&b| format!("{:?}", COLORS[b])).collect();
-    let file = write_lines(dev.dir.path(), "votes.jsonl", &lines);
+    let file = write_lines(dev.dir(), "votes.jsonl", &lines);
     let out = ok(&dev.client(user, &["submit", "votes", "--file", &file]));
     contains(&out, "sent 7, stored 7, duplicates 0, failed 0");
 
@@ -482,7 +296,7 @@ fn robust_endpoints_reject_a_tampered_report(
         .collect();
     assert_eq!(shares.len(), 2, "{report}");
     shares[1][0] ^= 0x01;
-    let servers: Vec<&str> = dev.servers.split(',').collect();
+    let servers: Vec<&str> = dev.servers().split(',').collect();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     for (index, share) in shares.iter().enumerate() {
         let posted = runtime.block_on(async {
@@ -531,7 +345,7 @@ fn help_shows_examples(dev: &Dev) {
     ] {
         let mut args = command.to_vec();
         args.push("--help");
-        let help = ok(&run(dev.dir.path(), &args, &[]));
+        let help = ok(&run(dev.dir(), &args, &[]));
         contains(&help, "Example: guardian ");
         contains(&help, "--servers");
         contains(&help, "GUARDIAN_SERVERS");
@@ -555,7 +369,7 @@ fn client_errors_are_clear(dev: &Dev, developer: &str, user: &str, scientist: &s
 
     // A file with one bad line: the rest is posted, the summary counts by reason.
     let file = write_lines(
-        dev.dir.path(),
+        dev.dir(),
         "mixed.jsonl",
         &[r#""red""#, r#""pink""#, "2", r#""blue""#].map(String::from),
     );
@@ -574,9 +388,9 @@ fn client_errors_are_clear(dev: &Dev, developer: &str, user: &str, scientist: &s
 
     // Tokens: none, garbage, and one without the role.
     let error = fails(&run(
-        dev.dir.path(),
+        dev.dir(),
         &["submit", "sum3", "--value", "[1, 2, 3]"],
-        &[("GUARDIAN_SERVERS", &dev.servers)],
+        &[("GUARDIAN_SERVERS", dev.servers())],
     ));
     contains(&error, "needs a token");
     contains(&error, "server 0");
@@ -593,10 +407,10 @@ fn client_errors_are_clear(dev: &Dev, developer: &str, user: &str, scientist: &s
     let down = format!("http://127.0.0.1:{}", free_base_port());
     let servers = format!(
         "{},{down}",
-        dev.servers.split(',').next().expect("a server URL")
+        dev.servers().split(',').next().expect("a server URL")
     );
     let error = fails(&run(
-        dev.dir.path(),
+        dev.dir(),
         &[
             "submit",
             "sum3",
@@ -610,9 +424,9 @@ fn client_errors_are_clear(dev: &Dev, developer: &str, user: &str, scientist: &s
     contains(&error, &format!("server 1 ({down}) could not be reached"));
 
     // Servers in the wrong order, or too few of them.
-    let reversed: Vec<&str> = dev.servers.split(',').rev().collect();
+    let reversed: Vec<&str> = dev.servers().split(',').rev().collect();
     let error = fails(&run(
-        dev.dir.path(),
+        dev.dir(),
         &[
             "collect",
             "sum3",
@@ -624,7 +438,7 @@ fn client_errors_are_clear(dev: &Dev, developer: &str, user: &str, scientist: &s
     ));
     contains(&error, "server-index order");
     let error = fails(&run(
-        dev.dir.path(),
+        dev.dir(),
         &[
             "submit",
             "sum3",
@@ -722,7 +536,7 @@ fn plugins_by_version_and_failures_by_line(dev: &Dev, developer: &str, user: &st
         "-1",
         r#""blue""#,
     ];
-    let file = dev.dir.path().join("bad.jsonl");
+    let file = dev.dir().join("bad.jsonl");
     std::fs::write(&file, lines.join("\n")).expect("writing measurements");
     let file = file.to_str().expect("a UTF-8 path");
     let out = dev.client(user, &["submit", "colors", "--file", file]);
@@ -747,7 +561,7 @@ fn plugins_by_version_and_failures_by_line(dev: &Dev, developer: &str, user: &st
     );
 
     // --errors FILE: every failed line as a JSON object, the counts on screen.
-    let errors = dev.dir.path().join("errors.jsonl");
+    let errors = dev.dir().join("errors.jsonl");
     let errors_arg = errors.to_str().expect("a UTF-8 path");
     let out = dev.client(
         user,
@@ -788,7 +602,7 @@ fn plugins_by_version_and_failures_by_line(dev: &Dev, developer: &str, user: &st
     }
     // Many failures: the counts, the first twenty, and where to get the rest.
     let many: Vec<String> = (0..25).map(|i| format!("\"no{i}\"")).collect();
-    let file = dev.dir.path().join("many.jsonl");
+    let file = dev.dir().join("many.jsonl");
     std::fs::write(&file, many.join("\n")).expect("writing measurements");
     let out = dev.client(
         user,

@@ -24,11 +24,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -37,11 +37,12 @@ use guardian::client::dashboard::TOKEN_HEADER;
 use hyper_util::client::legacy::connect::HttpConnector;
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
-const GUARDIAN: &str = env!("CARGO_BIN_EXE_guardian");
-/// `guardian dev` compiles the built-in plugins on its first start.
-const START_TIMEOUT: Duration = Duration::from_secs(300);
+#[path = "common/dev.rs"]
+mod dev;
+
+use dev::{Dev, GUARDIAN, START_TIMEOUT, read_lines};
+
 /// The page refreshes every 2 s; the first total also loads the plugin.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -101,33 +102,6 @@ impl Running {
     }
 }
 
-/// Reads `stdout` to the end on a thread (so that the child never blocks on a
-/// full pipe) and hands the lines over.
-fn read_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
-    let (sender, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    lines
-}
-
-/// A base port p with p and p + 1 free (for two servers).
-fn free_base_port() -> u16 {
-    for _ in 0..100 {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = first.local_addr().unwrap().port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("found no two consecutive free ports");
-}
-
 /// The program `name` on the PATH; the test fails (it never skips) without it.
 fn required_program(name: &str) -> PathBuf {
     std::env::var_os("PATH")
@@ -142,30 +116,6 @@ fn required_program(name: &str) -> PathBuf {
                  then runs every test. This test never skips."
             )
         })
-}
-
-/// Runs a `guardian` command in `dir` with exactly the `GUARDIAN_*` variables given.
-fn guardian(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    let mut command = Command::new(GUARDIAN);
-    command
-        .args(args)
-        .current_dir(dir)
-        .env_remove("GUARDIAN_SERVERS")
-        .env_remove("GUARDIAN_TOKEN")
-        .stdin(Stdio::null());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let out: Output = command.output().unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    assert!(
-        out.status.success(),
-        "guardian {args:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
 }
 
 /// Waits until the page has an element matching `css`.
@@ -208,82 +158,40 @@ async fn table(browser: &Client, endpoint: &str) -> Value {
 /// Two share servers of `guardian dev` with the demo histogram (red, green,
 /// blue; min batch 3), and tokens of its issuer.
 struct Demo {
-    dev: Running,
-    /// `guardian dev`'s output, read to the end so that it never blocks.
-    _dev_lines: mpsc::Receiver<String>,
-    servers: String,
+    dev: Dev,
     user: String,
     scientist: String,
     developer: String,
-    tmp: TempDir,
 }
 
 impl Demo {
     fn start() -> Demo {
-        let tmp = TempDir::new().unwrap();
-        let dir = tmp.path();
-        let (dev, dev_lines) = Running::start(
-            "guardian dev",
-            Command::new(GUARDIAN)
-                .args(["dev", "--dir"])
-                .arg(dir.join("data"))
-                .args(["--port", &free_base_port().to_string()])
-                .current_dir(dir)
-                .stderr(Stdio::null()),
-        );
-        let servers = dev.wait_for(&dev_lines, |line| {
-            line.trim()
-                .strip_prefix("export GUARDIAN_SERVERS=")
-                .map(str::to_owned)
-        });
-        let banner_dashboard = dev.wait_for(&dev_lines, |line| {
-            line.contains("guardian dashboard").then(|| line.to_owned())
-        });
+        let dev = Dev::start();
+        let banner_dashboard = dev
+            .banner()
+            .iter()
+            .find(|line| line.contains("guardian dashboard"))
+            .unwrap_or_else(|| panic!("no guardian dashboard in the banner:\n{:#?}", dev.banner()));
         assert!(
             banner_dashboard.contains("127.0.0.1:8080"),
             "{banner_dashboard}"
         );
-        let issuer = dir.join("data").join("dev-issuer");
-        let token = |role: &str| {
-            guardian(
-                dir,
-                &[
-                    "token",
-                    "--role",
-                    role,
-                    "--issuer-dir",
-                    issuer.to_str().unwrap(),
-                ],
-                &[],
-            )
-            .trim()
-            .to_owned()
-        };
         Demo {
-            user: token("user"),
-            scientist: token("scientist"),
-            developer: token("developer"),
+            user: dev.mint_token("user"),
+            scientist: dev.mint_token("scientist"),
+            developer: dev.mint_token("developer"),
             dev,
-            _dev_lines: dev_lines,
-            servers,
-            tmp,
         }
     }
 
     fn dir(&self) -> &Path {
-        self.tmp.path()
+        self.dev.dir()
     }
 
-    /// Runs `guardian` with the servers and `token`.
+    /// Runs `guardian` with the servers and `token`; asserts success and
+    /// returns stdout.
     fn guardian(&self, args: &[&str], token: &str) -> String {
-        guardian(
-            self.dir(),
-            args,
-            &[
-                ("GUARDIAN_SERVERS", &self.servers),
-                ("GUARDIAN_TOKEN", token),
-            ],
-        )
+        self.dev.client_ok(token, args)
     }
 
     fn submit(&self, colors: &[&str]) {
@@ -305,7 +213,7 @@ impl Demo {
             Command::new(GUARDIAN)
                 .args(["dashboard", "--listen", "127.0.0.1:0"])
                 .current_dir(self.dir())
-                .env("GUARDIAN_SERVERS", &self.servers)
+                .env("GUARDIAN_SERVERS", self.dev.servers())
                 .env("GUARDIAN_TOKEN", &self.scientist)
                 .stderr(Stdio::null()),
         );
@@ -322,7 +230,7 @@ impl Demo {
     async fn batches(&self, endpoint: &str) -> Vec<usize> {
         let http = reqwest::Client::new();
         let mut counts = Vec::new();
-        for server in self.servers.split(',') {
+        for server in self.dev.servers().split(',') {
             let url = format!(
                 "{}/api/v1/endpoints/{endpoint}/batches",
                 server.trim_end_matches('/')
@@ -653,8 +561,7 @@ async fn the_page_charts_totals_and_seals(mut demo: Demo, browser: &Client, page
     std::fs::write(target.join("dashboard.png"), png).unwrap();
 
     // The servers stop: the page says so instead of showing a stale chart.
-    let _ = demo.dev.child.kill();
-    let _ = demo.dev.child.wait();
+    demo.dev.kill();
     let problem = wait_for(browser, r#"#problems p[data-code="unreachable"]"#).await;
     let text = problem.text().await.unwrap();
     assert!(text.contains("could not be reached"), "{text}");

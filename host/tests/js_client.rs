@@ -12,71 +12,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead as _, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
-const GUARDIAN: &str = env!("CARGO_BIN_EXE_guardian");
+#[path = "common/dev.rs"]
+mod dev;
+
+use dev::{Dev, GUARDIAN, succeeded};
 
 fn package() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/js")
-}
-
-/// A `guardian dev` of two servers, stopped when dropped.
-struct Dev {
-    child: Child,
-    urls: Vec<String>,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_base_port() -> u16 {
-    for _ in 0..100 {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = first.local_addr().unwrap().port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("found no two consecutive free ports");
-}
-
-/// Starts `guardian dev` and waits for its banner. Every test file shares it
-/// (each uses endpoints of its own names): one start instead of one per file.
-fn start_dev() -> Dev {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_base_port();
-    let mut child = Command::new(GUARDIAN)
-        .args(["dev", "--port", &port.to_string(), "--dir"])
-        .arg(dir.path())
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let started = lines.any(|line| line.is_ok_and(|l| l.contains("share servers are running")));
-    // Keep reading its output so that it never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    let urls = (0..2)
-        .map(|i| format!("http://127.0.0.1:{}", port + i))
-        .collect();
-    let dev = Dev { child, urls, dir };
-    assert!(
-        started,
-        "guardian dev did not start:\n{}",
-        std::fs::read_to_string(dev.dir.path().join("stderr.log")).unwrap_or_default()
-    );
-    dev
 }
 
 /// Runs `program args` in the package (with `dev`'s servers, if given); panics
@@ -89,24 +34,18 @@ fn run(program: &str, args: &[&str], dev: Option<&Dev>) -> String {
         .env("GUARDIAN_BIN", GUARDIAN);
     if let Some(dev) = dev {
         command
-            .env("GUARDIAN_DEV_URLS", dev.urls.join(","))
-            .env("GUARDIAN_DEV_DIR", dev.dir.path());
+            .env("GUARDIAN_DEV_URLS", dev.servers())
+            .env("GUARDIAN_DEV_DIR", dev.data_dir());
     }
     let output: Output = command.output().unwrap_or_else(|e| {
         panic!(
             "cannot run {program} ({e}): install Node.js 20 with npm, then `cargo xtask prepare`"
         )
     });
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    assert!(
-        output.status.success(),
-        "`{program} {}` in clients/js failed ({}):\n{}\n{}",
-        args.join(" "),
-        output.status,
-        text(&output.stdout),
-        text(&output.stderr)
-    );
-    text(&output.stdout)
+    succeeded(
+        &format!("`{program} {}` in clients/js", args.join(" ")),
+        &output,
+    )
 }
 
 #[test]
@@ -117,7 +56,9 @@ fn the_javascript_client_in_node_and_in_chromium() {
     );
     // The package as a user builds it: TypeScript, then the browser bundle.
     run("npm", &["run", "--silent", "build"], None);
-    let dev = start_dev();
+    // One `guardian dev` for every test file (each uses endpoints of its own
+    // names): one start instead of one per file.
+    let dev = Dev::start();
     let report = run(
         "node",
         &[
