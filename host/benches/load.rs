@@ -24,6 +24,8 @@
 //!   they are valid; within one server process no token is used twice.
 //! - `reused`: the same server setup, 1,000 users each reusing one token (the
 //!   server's verified-token cache makes all but the first use cheap).
+//! - `bulk`: `reused`, but each request a bulk upload (`POST …/reports/bulk`) of
+//!   100 length-10 reports; reports/s counts reports, latency is per request.
 //! - `seal`: two servers wired as peers, auth off; N length-10 reports posted to
 //!   both over HTTP (real additive shares of `[1, …, 10]`), then `POST …/batches`
 //!   on server 0 and `GET …/batches/{id}` from both, timed, with each server's peak
@@ -85,6 +87,8 @@ mod verify;
 const PEER_TOKEN: &str = "load-bench-peer-credential-0123456789abcdef";
 /// The endpoint every scenario creates.
 const ENDPOINT: &str = "bench";
+/// Reports per request of the `bulk` scenario.
+const BULK_REPORTS: usize = 100;
 /// Users of the `reused` scenario.
 const USERS: usize = 1000;
 /// Lifetime of minted tokens; cached tokens are reused while they have at least
@@ -889,24 +893,49 @@ enum TokenUse {
     Cycle(Arc<Vec<HeaderValue>>),
 }
 
-/// A pre-built request body with a placeholder report id, patched per request.
+/// A pre-built request body with placeholder report ids, patched per request:
+/// one report, or a bulk upload of many.
 struct Template {
     body: Vec<u8>,
-    /// Offset of the 32 hex characters of the report id.
-    id_at: usize,
+    /// Offsets of the 32 hex characters of each report id.
+    ids_at: Vec<usize>,
 }
 
 impl Template {
     fn new(share: &[u8], public_share: Option<&[u8]>) -> Template {
         Template {
             body: report_body(0, share, public_share),
-            id_at: REPORT_ID_AT.len(),
+            ids_at: vec![REPORT_ID_AT.len()],
         }
     }
 
-    fn with_id(&self, id: u128) -> Vec<u8> {
+    /// The body of `POST …/reports/bulk` with `reports` reports of `share`.
+    fn bulk(share: &[u8], reports: usize) -> Template {
+        let mut body = br#"{"reports":["#.to_vec();
+        let mut ids_at = Vec::with_capacity(reports);
+        for k in 0..reports {
+            if k > 0 {
+                body.push(b',');
+            }
+            ids_at.push(body.len() + REPORT_ID_AT.len());
+            body.extend_from_slice(&report_body(0, share, None));
+        }
+        body.extend_from_slice(b"]}");
+        Template { body, ids_at }
+    }
+
+    /// Reports per request.
+    fn reports(&self) -> usize {
+        self.ids_at.len()
+    }
+
+    /// The body of request `i`: reports `i * n` to `i * n + n - 1`.
+    fn request(&self, i: u64) -> Vec<u8> {
         let mut body = self.body.clone();
-        write_hex(&mut body[self.id_at..self.id_at + 32], id);
+        let n = self.ids_at.len() as u64;
+        for (k, &at) in self.ids_at.iter().enumerate() {
+            write_hex(&mut body[at..at + 32], report_id(i * n + k as u64));
+        }
         body
     }
 }
@@ -978,7 +1007,7 @@ async fn drive(
                     request = request.header(AUTHORIZATION, token);
                 }
                 let request = request
-                    .body(axum::body::Body::from(template.with_id(report_id(i))))
+                    .body(axum::body::Body::from(template.request(i)))
                     .expect("request");
                 let sent = Instant::now();
                 let result = post(&mut sender, address, request).await;
@@ -1051,6 +1080,15 @@ async fn post(
     .await;
     match exchanged {
         Ok((StatusCode::CREATED, Ok(_))) => Ok(()),
+        // A bulk upload: every report stored.
+        Ok((StatusCode::OK, Ok(body)))
+            if body.starts_with(br#"{"results""#)
+                && !body
+                    .windows(br#""status":"s"#.len())
+                    .any(|w| w.starts_with(br#""status":""#) && w != br#""status":"s"#) =>
+        {
+            Ok(())
+        }
         Ok((status, Ok(body))) => Err(format!("{status} {}", String::from_utf8_lossy(&body))),
         Ok((_, Err(e))) => {
             *sender = None;
@@ -1097,6 +1135,15 @@ struct IngestLoad {
 }
 
 impl IngestLoad {
+    /// [`IngestLoad::sum`] posted in bulk uploads of `reports` reports each.
+    fn sum_bulk(length: usize, reports: usize) -> IngestLoad {
+        let share: Vec<u8> = (0..length * 8).map(|i| (i * 37 % 251) as u8).collect();
+        IngestLoad {
+            endpoint: Endpoint::sum(length),
+            template: Arc::new(Template::bulk(&share, reports)),
+        }
+    }
+
     /// `sum` of `length`: any bytes of the right length (`sum` validates only
     /// the length).
     fn sum(length: usize) -> IngestLoad {
@@ -1116,7 +1163,13 @@ impl IngestLoad {
         let plugin = guardian::runtime::testing::builtin("prio3-count");
         let config = plugin.configure("{}").expect("configure prio3-count");
         let report = plugin
-            .shard_report(&config, "true", 2, &rand::random::<[u8; 16]>(), &[7; 32])
+            .shard_report(
+                &config,
+                "true",
+                2,
+                &guardian::report_id::new_report_id(std::time::SystemTime::now()),
+                &[7; 32],
+            )
             .expect("shard prio3-count");
         IngestLoad {
             endpoint: Endpoint {
@@ -1168,9 +1221,15 @@ async fn ingest_run(
         &[pid],
     );
     let meter = Meter::start(&[pid]);
+    let path = if load.template.reports() > 1 {
+        format!("/api/v1/endpoints/{ENDPOINT}/reports/bulk")
+    } else {
+        format!("/api/v1/endpoints/{ENDPOINT}/reports")
+    };
+    let per_request = load.template.reports() as u64;
     let mut outcome = drive(
         address,
-        &format!("/api/v1/endpoints/{ENDPOINT}/reports"),
+        &path,
         load.template.clone(),
         use_tokens,
         options.connections,
@@ -1187,14 +1246,15 @@ async fn ingest_run(
             .get(((done.max(1) - 1) as f64 * q) as usize)
             .map_or(0.0, |&us| f64::from(us) / 1e3)
     };
-    let ok = done as u64 - outcome.failed;
+    let ok = (done as u64 - outcome.failed) * per_request;
+    let reports = done as u64 * per_request;
     row.push("reports/s", ok as f64 / usage.elapsed);
     row.push("p50 ms", pick(0.5));
     row.push("p99 ms", pick(0.99));
     row.push("max ms", pick(1.0));
     row.push(
         "server CPU s / 1k",
-        usage.server_cpu / done.max(1) as f64 * 1e3,
+        usage.server_cpu / reports.max(1) as f64 * 1e3,
     );
     row.push("peak RSS MB", peak_rss_mb(pid));
     let (group, commit_ms) = group_commits(&client, &cluster.servers[0].url).await;
@@ -1269,10 +1329,17 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The id of the `i`-th report: unique, and as scattered as the random ids real
-/// clients send (sequential ids would flatter the storage's unique index).
+/// The id of the `i`-th report: unique, and laid out as real clients make them
+/// (`guardian::report_id`): the time (when the generator started, so inside every
+/// server's window), then bits as scattered as the random rest of real ids.
 fn report_id(i: u64) -> u128 {
-    (u128::from(mix(i ^ 0x5eed)) << 64) | u128::from(i)
+    static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let started = *STARTED.get_or_init(|| {
+        u128::from_be_bytes(guardian::report_id::first_id_at(
+            std::time::SystemTime::now(),
+        ))
+    });
+    started | (u128::from(mix(i ^ 0x5eed) & 0xffff) << 64) | u128::from(i)
 }
 
 /// The two servers' shares of report `i` of `sum`: additive shares of
@@ -1371,7 +1438,8 @@ fn shard_reports(
                 scope.spawn(move || {
                     part.iter()
                         .map(|measurement| {
-                            let id: [u8; 16] = rand::random();
+                            let id =
+                                guardian::report_id::new_report_id(std::time::SystemTime::now());
                             let report = plugin
                                 .shard_report(
                                     config,
@@ -1897,7 +1965,8 @@ fn main() {
 
     let wants_fresh = options.wants("fresh");
     let wants_reused = options.wants("reused");
-    if wants_fresh || wants_reused {
+    let wants_bulk = options.wants("bulk");
+    if wants_fresh || wants_reused || wants_bulk {
         let needed = if wants_fresh {
             options.fresh_tokens.max(USERS)
         } else {
@@ -1918,6 +1987,21 @@ fn main() {
                 "reused",
             ),
         ];
+        if wants_bulk {
+            let row = Row::new(
+                INGEST_TABLE,
+                "RS256, 1,000 users reusing tokens, bulk of 100, length 10",
+                json!({"scenario": "bulk", "auth": "rs256-dev-issuer", "length": 10, "bulk": BULK_REPORTS, "connections": options.connections, "seconds": options.seconds, "tokens": USERS}),
+            );
+            rows.push(ingest_row(
+                &runtime,
+                &options,
+                row,
+                &IngestLoad::sum_bulk(10, BULK_REPORTS),
+                &IngestAuth::Reused,
+                Some(&tokens),
+            ));
+        }
         let load = IngestLoad::sum(10);
         for (wanted, auth, label, name) in scenarios {
             if !wanted {

@@ -223,6 +223,12 @@ pub struct LimitsConfig {
     /// Largest `params` of an endpoint, as JSON (413 `params_too_large` beyond).
     /// Default 64 KiB.
     pub max_params_bytes: usize,
+    /// Most reports in one bulk upload (`POST .../reports/bulk`); a larger one is
+    /// refused whole (413 `too_many_reports`). Default 1000.
+    pub max_bulk_reports: usize,
+    /// Largest body of a bulk upload, in bytes (413 `body_too_large` beyond); every
+    /// other route keeps `max_body_bytes`. Default 16 MiB.
+    pub max_bulk_body_bytes: usize,
     /// Largest request head (request line and headers) accepted, in bytes; hyper
     /// answers 431 beyond. Must leave room for the longest token
     /// (`auth.max_token_bytes`). Default 16 KiB.
@@ -266,6 +272,8 @@ impl Default for LimitsConfig {
             plugin_compile_timeout_ms: 20_000,
             max_endpoints: 1000,
             max_params_bytes: 64 << 10,
+            max_bulk_reports: 1000,
+            max_bulk_body_bytes: 16 << 20,
             max_header_bytes: 16 << 10,
             header_read_timeout_ms: 10_000,
             reports_per_second_per_user: 1000,
@@ -323,10 +331,15 @@ pub struct EndpointsConfig {
     /// seal). Bounds the memory and time of a seal and the size of peer messages.
     /// Default 2,000,000.
     pub max_batch: u64,
-    /// Seconds an unbatched report is kept before it expires (its share deleted, its
-    /// id kept against replays): reports that only some servers received can never be
-    /// sealed. Default 604800 (7 days).
+    /// The report window, in seconds: a report whose id (see [`crate::report_id`])
+    /// was made longer ago is refused (`report_too_old`), and every report older
+    /// than that, batched or not (reports that only some servers received can never
+    /// be sealed), is deleted with its id: a replay of it is refused by its age.
+    /// Released batches stay. Default 604800 (7 days).
     pub report_retention_secs: u64,
+    /// Seconds a report id's time may be ahead of the server's clock (clients'
+    /// clocks drift); later ids are refused (`report_from_future`). Default 300.
+    pub report_max_future_skew_secs: u64,
     /// Milliseconds a peer call of a seal may take before the peer counts as
     /// unavailable. A seal request also stops waiting at 90 % of
     /// `limits.request_timeout_ms`, whichever comes first, so its answer is never a
@@ -346,6 +359,7 @@ impl Default for EndpointsConfig {
             min_batch_floor: 2,
             max_batch: 2_000_000,
             report_retention_secs: 7 * 24 * 3600,
+            report_max_future_skew_secs: 300,
             peer_timeout_ms: 20_000,
             distinct_users: true,
         }
@@ -356,6 +370,15 @@ impl EndpointsConfig {
     /// See [`EndpointsConfig::report_retention_secs`].
     pub fn report_retention(&self) -> Duration {
         Duration::from_secs(self.report_retention_secs)
+    }
+
+    /// Which report ids the server takes: `report_retention_secs` old at most,
+    /// `report_max_future_skew_secs` ahead at most.
+    pub fn report_window(&self) -> crate::report_id::ReportWindow {
+        crate::report_id::ReportWindow {
+            max_age: self.report_retention(),
+            max_future_skew: Duration::from_secs(self.report_max_future_skew_secs),
+        }
     }
 
     /// See [`EndpointsConfig::peer_timeout_ms`].

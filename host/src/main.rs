@@ -90,6 +90,12 @@ enum Command {
     /// Create or list endpoints (developer).
     #[command(subcommand)]
     Endpoint(EndpointCommand),
+    /// Read or delete released batches (scientist, admin).
+    #[command(subcommand)]
+    Batch(BatchCommand),
+    /// Operate a server: backups (run on the server's machine).
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Shard measurements locally and post share i to server i (user).
     ///
     /// The endpoint's plugin is fetched from the servers (checked against its
@@ -157,8 +163,16 @@ enum Command {
         /// The endpoint.
         name: String,
         /// Combine every released batch instead of sealing a new one.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["latest", "since"])]
         total: bool,
+        /// Combine the newest released batch, without sealing (e.g. one the
+        /// servers sealed on their schedule).
+        #[arg(long, conflicts_with = "since")]
+        latest: bool,
+        /// Combine every batch sealed at or after TIME (RFC 3339, e.g.
+        /// 2026-01-31T00:00:00Z), without sealing.
+        #[arg(long, value_name = "TIME", value_parser = parse_since)]
+        since: Option<std::time::SystemTime>,
         /// Print one JSON object: {"endpoint", "batch_id" or "batches", "count", "result"}.
         #[arg(long)]
         json: bool,
@@ -268,6 +282,14 @@ enum EndpointCommand {
         /// next seal (default: no limit).
         #[arg(long, value_name = "K")]
         max_reports_per_user: Option<u64>,
+        /// Server 0 seals the endpoint by itself this often, e.g. 1h, 30m, 1day
+        /// (whole seconds; default: only when asked).
+        #[arg(long, value_name = "DURATION", value_parser = parse_seal_every)]
+        seal_every: Option<std::time::Duration>,
+        /// Server 0 seals the endpoint by itself as soon as every server holds
+        /// this many reports (at least the min batch).
+        #[arg(long, value_name = "K")]
+        seal_at: Option<u64>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -277,6 +299,55 @@ enum EndpointCommand {
     List {
         #[command(flatten)]
         client: ClientArgs,
+    },
+}
+
+/// `guardian batch …`
+#[derive(Subcommand)]
+enum BatchCommand {
+    /// Delete one released batch on every server: its stored share and its
+    /// record (admin).
+    ///
+    /// Released batches are kept until an admin deletes them. The batch's
+    /// reports stay counted as batched and are never sealed again; the batch
+    /// just leaves the listings and the total. A batch whose seal is not
+    /// finished is refused (`batch_not_released`); deleting it again on a
+    /// server that has deleted it answers `unknown_batch`, so after a partial
+    /// failure run the same command again.
+    ///
+    /// Example: guardian batch delete demo 0123456789abcdef0123456789abcdef
+    Delete {
+        /// The endpoint.
+        name: String,
+        /// The batch's id, 32 hex digits, as `guardian collect` prints it.
+        batch_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `guardian admin …`
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Copy this server's database to DEST while it serves (SQLite's online
+    /// backup, one consistent snapshot).
+    ///
+    /// Run it on the server's machine with the server's configuration (the same
+    /// --config, `.env` and environment as `guardian serve`): it reads the
+    /// database at `storage.path`. The copy is written beside DEST, checked,
+    /// and renamed to DEST at the end, so DEST is never a half backup. README,
+    /// "Backup and restore", says how to restore and what it means for sealing.
+    ///
+    /// Example: guardian admin backup /backups/guardian-2026-12-07.sqlite --config guardian.toml
+    Backup {
+        /// The backup file to write (its folder must exist).
+        dest: PathBuf,
+        /// A TOML configuration file (the server's).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Replace DEST if it exists.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -335,6 +406,12 @@ fn main() -> ExitCode {
         } => token(role, &sub, ttl, issuer_dir),
         Command::Plugin(command) => client(plugin(command)),
         Command::Endpoint(command) => client(endpoint(command)),
+        Command::Batch(command) => client(batch(command)),
+        Command::Admin(AdminCommand::Backup {
+            dest,
+            config,
+            force,
+        }) => backup(config, &dest, force),
         Command::Submit {
             name,
             value,
@@ -354,9 +431,19 @@ fn main() -> ExitCode {
         Command::Collect {
             name,
             total,
+            latest,
+            since,
             json,
             client: args,
-        } => client(collect(name, total, json, args)),
+        } => {
+            let read = match (total, latest, since) {
+                (true, _, _) => collect::Read::Total,
+                (_, true, _) => collect::Read::Latest,
+                (_, _, Some(since)) => collect::Read::Since(since),
+                _ => collect::Read::Seal,
+            };
+            client(collect(name, read, json, args))
+        }
         Command::Dashboard {
             listen,
             client: args,
@@ -511,6 +598,8 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
             params,
             min_batch,
             max_reports_per_user,
+            seal_every,
+            seal_at,
             client,
         } => {
             let cluster = client.cluster()?;
@@ -522,6 +611,8 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
                 params,
                 min_batch,
                 max_reports_per_user,
+                seal_every,
+                seal_at,
             };
             let report = admin::create_endpoint(&cluster, &new).await;
             print!("{}", clean(&report.render()));
@@ -534,6 +625,35 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
             print_listing(listing)
         }
     }
+}
+
+async fn batch(command: BatchCommand) -> anyhow::Result<()> {
+    match command {
+        BatchCommand::Delete {
+            name,
+            batch_id,
+            client,
+        } => {
+            let report = admin::delete_batch(&client.cluster()?, &name, &batch_id).await;
+            print!("{}", clean(&report.render()));
+            report.check()?;
+            println!("{} is deleted on every server", clean(&report.what));
+            Ok(())
+        }
+    }
+}
+
+fn backup(file: Option<PathBuf>, dest: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let env = Environment::capture(&std::env::current_dir()?)?;
+    let loaded = config::load(file.as_deref(), &env)?;
+    let source = loaded.config.storage_path();
+    let options = guardian::storage::backup::BackupOptions {
+        force,
+        ..Default::default()
+    };
+    let report = guardian::storage::backup::backup(&source, dest, &options)?;
+    print!("{}", clean(&report.render()));
+    Ok(())
 }
 
 fn print_listing(listing: admin::Listing) -> anyhow::Result<()> {
@@ -590,9 +710,14 @@ async fn submit(
     }
 }
 
-async fn collect(name: String, total: bool, json: bool, client: ClientArgs) -> anyhow::Result<()> {
+async fn collect(
+    name: String,
+    read: collect::Read,
+    json: bool,
+    client: ClientArgs,
+) -> anyhow::Result<()> {
     let cluster = client.cluster()?;
-    let collected = collect::collect(&cluster, &name, total).await?;
+    let collected = collect::collect(&cluster, &name, read).await?;
     if json {
         println!("{}", clean(&collected.to_json()));
     } else {
@@ -703,3 +828,20 @@ fn stop_quietly_on_closed_output() {
 
 #[cfg(not(unix))]
 fn stop_quietly_on_closed_output() {}
+
+/// `--seal-every`: a duration such as `1h` or `90s`, at least a second and in
+/// whole seconds.
+fn parse_seal_every(text: &str) -> Result<std::time::Duration, String> {
+    let every = humantime::parse_duration(text)
+        .map_err(|e| format!("{e}: give a duration such as 1h, 30m or 1day"))?;
+    if every.as_secs() == 0 || every.subsec_nanos() != 0 {
+        return Err("give whole seconds, at least 1s (e.g. 1h, 30m, 90s)".to_owned());
+    }
+    Ok(every)
+}
+
+/// `--since`: a time in RFC 3339 form.
+fn parse_since(text: &str) -> Result<std::time::SystemTime, String> {
+    humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("{e}: give a time such as 2026-01-31T00:00:00Z"))
+}

@@ -62,7 +62,13 @@ fn report(id: &str, share: &[u8]) -> Value {
     json!({"report_id": id, "share": BASE64.encode(share)})
 }
 
-const ID: &str = "00112233445566778899aabbccddeeff";
+/// One report id, made when the tests start (ids carry their time, and servers
+/// take them only within their report window).
+static ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    hex::encode(guardian::report_id::new_report_id(
+        std::time::SystemTime::now(),
+    ))
+});
 
 #[tokio::test]
 async fn bad_inputs_get_their_status_and_code_and_the_server_keeps_serving() {
@@ -130,13 +136,13 @@ async fn bad_inputs_get_their_status_and_code_and_the_server_keeps_serving() {
         (
             "unknown field",
             http.post(&reports)
-                .json(&json!({"report_id": ID, "share": "AA==", "x": 1})),
+                .json(&json!({"report_id": ID.as_str(), "share": "AA==", "x": 1})),
             StatusCode::BAD_REQUEST,
             "malformed_json",
         ),
         (
             "missing field",
-            http.post(&reports).json(&json!({"report_id": ID})),
+            http.post(&reports).json(&json!({"report_id": ID.as_str()})),
             StatusCode::BAD_REQUEST,
             "malformed_json",
         ),
@@ -162,46 +168,46 @@ async fn bad_inputs_get_their_status_and_code_and_the_server_keeps_serving() {
         (
             "bad base64",
             http.post(&reports)
-                .json(&json!({"report_id": ID, "share": "!!!"})),
+                .json(&json!({"report_id": ID.as_str(), "share": "!!!"})),
             StatusCode::BAD_REQUEST,
             "invalid_share_encoding",
         ),
         (
             "oversized body",
-            http.post(&reports).json(&report(ID, &[0; 8192])),
+            http.post(&reports).json(&report(&ID, &[0; 8192])),
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
         ),
         (
             "unknown endpoint",
             http.post(format!("{api}/endpoints/nope/reports"))
-                .json(&report(ID, &[0; 16])),
+                .json(&report(&ID, &[0; 16])),
             StatusCode::NOT_FOUND,
             "unknown_endpoint",
         ),
         (
             "deleted endpoint",
             http.post(format!("{api}/endpoints/gone/reports"))
-                .json(&report(ID, &[0; 16])),
+                .json(&report(&ID, &[0; 16])),
             StatusCode::NOT_FOUND,
             "unknown_endpoint",
         ),
         (
             "share of wrong length",
-            http.post(&reports).json(&report(ID, &[0; 24])),
+            http.post(&reports).json(&report(&ID, &[0; 24])),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_share",
         ),
         (
             "truncated share",
-            http.post(&reports).json(&report(ID, &[0; 15])),
+            http.post(&reports).json(&report(&ID, &[0; 15])),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_share",
         ),
         (
             "a plugin that traps",
             http.post(format!("{api}/endpoints/trap/reports"))
-                .json(&report(ID, &[0; 8])),
+                .json(&report(&ID, &[0; 8])),
             StatusCode::UNPROCESSABLE_ENTITY,
             "plugin_trap",
         ),
@@ -329,7 +335,7 @@ async fn bad_inputs_get_their_status_and_code_and_the_server_keeps_serving() {
     }
 
     // The plugin's own words reach the client.
-    let (_, body) = send(http.post(&reports).json(&report(ID, &[0; 15]))).await;
+    let (_, body) = send(http.post(&reports).json(&report(&ID, &[0; 15]))).await;
     assert!(
         body["error"]["message"]
             .as_str()
@@ -339,7 +345,7 @@ async fn bad_inputs_get_their_status_and_code_and_the_server_keeps_serving() {
     );
     let (_, body) = send(
         http.post(format!("{api}/endpoints/trap/reports"))
-            .json(&report(ID, &[0; 8])),
+            .json(&report(&ID, &[0; 8])),
     )
     .await;
     assert!(
@@ -364,17 +370,17 @@ async fn bad_inputs_get_their_status_and_code_and_the_server_keeps_serving() {
 
     // After all that, good reports still go in, retries are idempotent, and
     // a different share under the same id is refused.
-    let (status, body) = send(http.post(&reports).json(&report(ID, &[1; 16]))).await;
+    let (status, body) = send(http.post(&reports).json(&report(&ID, &[1; 16]))).await;
     assert_eq!(
         (status, body["status"].as_str()),
         (StatusCode::CREATED, Some("stored"))
     );
-    let (status, body) = send(http.post(&reports).json(&report(ID, &[1; 16]))).await;
+    let (status, body) = send(http.post(&reports).json(&report(&ID, &[1; 16]))).await;
     assert_eq!(
         (status, body["status"].as_str()),
         (StatusCode::OK, Some("duplicate"))
     );
-    let (status, body) = send(http.post(&reports).json(&report(ID, &[2; 16]))).await;
+    let (status, body) = send(http.post(&reports).json(&report(&ID, &[2; 16]))).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (StatusCode::CONFLICT, Some("report_conflict"))
@@ -447,7 +453,7 @@ async fn plugins_and_endpoints_survive_a_restart_without_recompiling() {
     assert_eq!(status, StatusCode::CREATED);
     let (status, _) = send(
         http.post(format!("{url}/api/v1/endpoints/h/reports"))
-            .json(&report(ID, &[1, 0, 0, 0, 0, 0, 0, 0])),
+            .json(&report(&ID, &[1, 0, 0, 0, 0, 0, 0, 0])),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED);
@@ -486,7 +492,7 @@ async fn plugins_and_endpoints_survive_a_restart_without_recompiling() {
     assert_eq!(again["config_hash"], created["config_hash"]);
     let (status, body) = send(
         http.post(format!("{url}/api/v1/endpoints/h/reports"))
-            .json(&report(ID, &[1, 0, 0, 0, 0, 0, 0, 0])),
+            .json(&report(&ID, &[1, 0, 0, 0, 0, 0, 0, 0])),
     )
     .await;
     assert_eq!(

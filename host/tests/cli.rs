@@ -764,3 +764,103 @@ fn a_closed_output_ends_a_command_quietly() {
         out.status
     );
 }
+
+/// Sealing by schedule from the command line: an endpoint created with
+/// `--seal-at` is sealed by the servers themselves, and a scientist reads it
+/// without sealing: `collect --latest` (the newest batch) and `--since TIME`
+/// (every batch sealed since).
+#[test]
+fn scheduled_batches_are_read_without_sealing() {
+    let dev = Dev::start();
+    let developer = dev.mint_token("developer");
+    let user = dev.mint_token("user");
+    let scientist = dev.mint_token("scientist");
+    let before = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let args = [
+        "endpoint",
+        "create",
+        "every5",
+        "--plugin",
+        "sum",
+        "--params",
+        r#"{"length": 2}"#,
+        "--min-batch",
+        "2",
+        "--seal-at",
+        "5",
+        "--seal-every",
+        "1day",
+    ];
+    let out = ok(&dev.client(&developer, &args));
+    assert_eq!(out.matches(": created").count(), 2, "{out}");
+    let list = ok(&dev.client(&scientist, &["endpoint", "list"]));
+    contains(&list, "every 1day or at 5");
+    let bad = fails(&dev.client(
+        &developer,
+        &[
+            "endpoint",
+            "create",
+            "x",
+            "--plugin",
+            "sum",
+            "--seal-every",
+            "1.5s",
+        ],
+    ));
+    contains(&bad, "--seal-every");
+
+    // Nothing released yet: said in words.
+    let error = fails(&dev.client(&scientist, &["collect", "every5", "--latest"]));
+    contains(&error, "has no released batch yet");
+
+    // The newest batch, once it is not `previous`.
+    let latest = |previous: &Value| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let out = dev.client(&scientist, &["collect", "every5", "--latest", "--json"]);
+            if out.status.success() {
+                let result = collected(&out);
+                if result["batch_id"] != *previous {
+                    return result;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no new batch sealed by schedule: {}",
+                text(&out.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let dir = dev.dir().to_owned();
+    let first: Vec<String> = (1..=5).map(|i| format!("[{i}, 1]")).collect();
+    let file = write_lines(&dir, "first.jsonl", &first);
+    contains(
+        &ok(&dev.client(&user, &["submit", "every5", "--file", &file])),
+        "stored 5",
+    );
+    let result = latest(&Value::Null);
+    assert_eq!(result["count"], 5, "{result}");
+    assert_eq!(result["result"], json!([15, 5]), "{result}");
+    assert!(result["batch_id"].is_string(), "{result}");
+
+    let second: Vec<String> = (1..=5).map(|_| "[100, 0]".to_owned()).collect();
+    let file = write_lines(&dir, "second.jsonl", &second);
+    ok(&dev.client(&user, &["submit", "every5", "--file", &file]));
+    let result = latest(&result["batch_id"]);
+    assert_eq!(result["count"], 5, "{result}");
+    assert_eq!(result["result"], json!([500, 0]), "{result}");
+
+    let since = collected(&dev.client(
+        &scientist,
+        &["collect", "every5", "--since", &before, "--json"],
+    ));
+    assert_eq!(since["batches"], 2, "{since}");
+    assert_eq!(since["count"], 10, "{since}");
+    assert_eq!(since["result"], json!([515, 5]), "{since}");
+    let table = ok(&dev.client(&scientist, &["collect", "every5", "--since", &before]));
+    contains(&table, "2 batches sealed since");
+    let bad = fails(&dev.client(&scientist, &["collect", "every5", "--since", "yesterday"]));
+    contains(&bad, "2026-01-31T00:00:00Z");
+    stop_dev(dev);
+}

@@ -320,8 +320,15 @@ async fn roles_from_a_real_provider_decide_every_route() {
         Row {
             what: "post a report",
             request: |who| {
-                // One report id per client: 16 bytes, hex.
-                let id = format!("{:0>32}", hex_of(who));
+                // One report id per client: made now (servers take only ids
+                // within their window), the client's name after the time.
+                let mut name = [0u8; 16];
+                let who = &who.as_bytes()[..who.len().min(10)];
+                name[16 - who.len()..].copy_from_slice(who);
+                let id = hex::encode(guardian::report_id::with_time(
+                    std::time::SystemTime::now(),
+                    name,
+                ));
                 let share = base64::engine::general_purpose::STANDARD.encode([7u8; 16]);
                 let body = json!({"report_id": id, "share": share});
                 (Method::POST, "/endpoints/survey/reports".into(), Some(body))
@@ -455,11 +462,6 @@ async fn roles_from_a_real_provider_decide_every_route() {
 
     server.shutdown().await.unwrap();
     provider.stop().await;
-}
-
-/// A short hex string standing for `who`, as part of a report id.
-fn hex_of(who: &str) -> String {
-    hex::encode(&who.as_bytes()[..who.len().min(16)])
 }
 
 /// The real clock, moved forward by the test (so the refetch cooldown can pass

@@ -36,10 +36,16 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/api/v1/endpoints/{name}", "bearer"),
     ("delete", "/api/v1/endpoints/{name}", "bearer"),
     ("post", "/api/v1/endpoints/{name}/reports", "bearer"),
+    ("post", "/api/v1/endpoints/{name}/reports/bulk", "bearer"),
     ("post", "/api/v1/endpoints/{name}/batches", "bearer"),
     ("get", "/api/v1/endpoints/{name}/batches", "bearer"),
     (
         "get",
+        "/api/v1/endpoints/{name}/batches/{batch_id}",
+        "bearer",
+    ),
+    (
+        "delete",
         "/api/v1/endpoints/{name}/batches/{batch_id}",
         "bearer",
     ),
@@ -179,12 +185,13 @@ async fn the_document_describes_every_route_the_server_serves() {
                 ),
                 // The peers' binary bodies (report ids, verifier messages)
                 // carry their metadata in the query; listings take their page
-                // there.
+                // there, and the batch listing the time to read from.
                 Some("query") => assert!(
                     path.ends_with("/prepare")
                         || path.ends_with("/recommit")
                         || path.ends_with("/messages")
-                        || (method == "get" && ["limit", "after"].contains(&name)),
+                        || (method == "get" && ["limit", "after"].contains(&name))
+                        || (method == "get" && path.ends_with("/batches") && name == "since"),
                     "{method} {path}: {name}"
                 ),
                 other => panic!("{method} {path}: {name} in {other:?}"),

@@ -90,7 +90,28 @@ fn prepare() -> Result<(), String> {
 }
 
 fn test(args: &[OsString]) -> Result<(), String> {
-    let status = Command::new(cargo())
+    let mut command = Command::new(cargo());
+    // `cargo run` gave this process the variables of the xtask package itself;
+    // build scripts that watch one (ring's `rerun-if-env-changed=
+    // CARGO_MANIFEST_DIR`) would see it change between this build and a plain
+    // `cargo run` of the demo, and rebuild.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_MANIFEST_LINKS",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&name.as_ref())
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let status = command
         .args(["test", "--workspace"])
         .args(args)
         .current_dir(root())

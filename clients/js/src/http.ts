@@ -39,6 +39,8 @@ export interface RequestOptions {
   retry?: Retry;
   /** Budget of each attempt, ms. */
   timeoutMs?: number;
+  /** Query parameters (percent-encoded here). */
+  query?: Record<string, string>;
 }
 
 /** A 2xx answer. */
@@ -98,7 +100,8 @@ export class Cluster {
    * percent-encoded, so a name cannot change the route), retrying as allowed;
    * a non-2xx answer throws the error class of its status. */
   async request(index: number, segments: string[], options: RequestOptions = {}): Promise<Answer> {
-    const url = `${this.urls[index]}/${segments.map(encodeURIComponent).join("/")}`;
+    const search = options.query === undefined ? "" : `?${new URLSearchParams(options.query).toString()}`;
+    const url = `${this.urls[index]}/${segments.map(encodeURIComponent).join("/")}${search}`;
     const method = options.method ?? "GET";
     const retry = options.retry ?? "idempotent";
     const attempts = this.down[index] ? 1 : Math.max(1, this.retry.attempts);

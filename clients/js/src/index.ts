@@ -15,7 +15,7 @@
  */
 import { base64, hex } from "@scure/base";
 
-import { AgreementError, GuardianError, NotApprovedError, ServerError } from "./errors.js";
+import { AgreementError, GuardianError, NotApprovedError, NotFoundError, ServerError } from "./errors.js";
 import { Cluster, type RetryPolicy, type TokenSource } from "./http.js";
 import { type LoadTimings, type Plugin, type PluginInfo, loadPlugin } from "./plugin.js";
 
@@ -205,7 +205,7 @@ export class Endpoint {
   }
 
   /** Shards `value` (any JSON value the plugin takes) under a fresh random
-   * report id and seed (`crypto.getRandomValues`), without posting it. Refuses
+   * report id (the time, then random bits) and seed (`crypto.getRandomValues`), without posting it. Refuses
    * unless every server approves the endpoint's plugin. */
   shard(value: unknown): Report {
     this.checkApproved();
@@ -213,6 +213,15 @@ export class Endpoint {
     // One draw for both: the report id (16 bytes) and the plugin's seed (32).
     const random = crypto.getRandomValues(new Uint8Array(48));
     const id = random.subarray(0, 16);
+    // The id starts with the time (big-endian Unix milliseconds, 48 bits; UUIDv7
+    // layout): servers take a report only while that time is within their window.
+    let now = Date.now();
+    for (let i = 5; i >= 0; i--) {
+      id[i] = now % 256;
+      now = Math.floor(now / 256);
+    }
+    id[6] = 0x70 | (id[6]! & 0x0f);
+    id[8] = 0x80 | (id[8]! & 0x3f);
     const seed = random.subarray(16);
     const sharded = this.plugin.shard(this.config, JSON.stringify(value), servers, id, seed);
     if (sharded.shares.length !== servers) {
@@ -325,6 +334,74 @@ export class Endpoint {
       count: zero.count,
       rejected: zero.rejected ?? 0,
       result: this.combine(totals.map((t) => base64.decode(t.share)), zero.count),
+    };
+  }
+
+  /** Scientist: the newest released batch, without sealing (e.g. one the
+   * servers sealed on their schedule). Fails with `NotFoundError` `no_batch`
+   * when none is. */
+  async latest(): Promise<Collected> {
+    const listed = await this.listBatches();
+    const last = listed[listed.length - 1];
+    if (last === undefined) {
+      throw new NotFoundError({
+        code: "no_batch",
+        message: `endpoint ${this.name} has no released batch yet: wait for its next scheduled seal, or seal one with collect()`,
+      });
+    }
+    return this.readBatch(last);
+  }
+
+  /** Scientist: every batch sealed at or after `time`, oldest first, each
+   * combined on its own, without sealing. */
+  async since(time: Date | string): Promise<Collected[]> {
+    const since = typeof time === "string" ? time : time.toISOString();
+    const listed = await this.listBatches(since);
+    const read: Collected[] = [];
+    for (const batch of listed) read.push(await this.readBatch(batch));
+    return read;
+  }
+
+  /** Server 0's batches (sealed since `since`, if given), oldest first, every page. */
+  private async listBatches(since?: string): Promise<{ batch_id: string; count: number; rejected?: number }[]> {
+    type Page = { batches: { batch_id: string; count: number; rejected?: number }[]; next: string | null };
+    const batches: Page["batches"] = [];
+    let after: string | null = null;
+    do {
+      const query: Record<string, string> = { limit: "1000" };
+      if (since !== undefined) query.since = since;
+      if (after !== null) query.after = after;
+      const answer = await this.cluster.request(0, ["api", "v1", "endpoints", this.name, "batches"], { query });
+      const page = JSON.parse(new TextDecoder().decode(answer.body)) as Page;
+      batches.push(...page.batches);
+      after = page.next;
+    } while (after !== null);
+    return batches;
+  }
+
+  /** Every server's share of a listed batch, checked to agree, combined. */
+  private async readBatch(listed: { batch_id: string; count: number; rejected?: number }): Promise<Collected> {
+    const shares = await Promise.all(
+      this.indexes().map(async (i) => {
+        const batch = await this.cluster.getJson<{ batch_id: string; count: number; server_index: number; share: string }>(i, ["api", "v1", "endpoints", this.name, "batches", listed.batch_id]);
+        if (batch.count !== listed.count) {
+          throw new AgreementError({
+            code: "servers_disagree",
+            message: `${this.cluster.describe(i)} describes batch ${listed.batch_id} with ${batch.count} reports, but server 0 lists it with ${listed.count}: the servers disagree, do not use this result`,
+            server: i,
+            url: this.cluster.urls[i]!,
+          });
+        }
+        this.checkIndex(i, batch.server_index);
+        return base64.decode(batch.share);
+      }),
+    );
+    return {
+      endpoint: this.name,
+      batchId: listed.batch_id,
+      count: listed.count,
+      rejected: listed.rejected ?? 0,
+      result: this.combine(shares, listed.count),
     };
   }
 

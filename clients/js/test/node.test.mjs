@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
-import { AgreementError, AuthenticationError, ConflictError, Guardian, InvalidError, PermissionError, UnreachableError } from "../dist/index.js";
+import { AgreementError, AuthenticationError, ConflictError, Guardian, InvalidError, NotFoundError, PermissionError, UnreachableError } from "../dist/index.js";
 import { startDev, startProxy } from "./harness.mjs";
 
 const quick = { attempts: 4, firstDelayMs: 10, maxDelayMs: 50 };
@@ -188,5 +188,44 @@ describe("errors carry the servers' codes", () => {
     const before = calls;
     await survey.submit("green");
     assert.equal(calls - before, 2, "one call per server");
+  });
+});
+
+describe("reading without sealing", () => {
+  test("report ids start with the time they were made (UUIDv7 layout)", async () => {
+    const survey = await client(dev.urls).endpoint("colors");
+    const before = Date.now();
+    const id = survey.shard("red").reportId;
+    const made = parseInt(id.slice(0, 12), 16);
+    assert.ok(made >= before && made <= Date.now(), `id ${id} made at ${made}, not between ${before} and now`);
+    assert.equal(id[12], "7", "version 7");
+    assert.ok("89ab".includes(id[16]), "RFC 9562 variant");
+  });
+
+  test("latest() and since() read released batches; neither seals", async () => {
+    await dev.createEndpoint("reads", "histogram", { buckets: ["red", "green", "blue"] }, { minBatch: 2 });
+    const survey = await client(dev.urls).endpoint("reads");
+    const scientist = await client(dev.urls, "scientist").endpoint("reads");
+    await refused(scientist.latest(), NotFoundError, "no_batch");
+
+    for (const answer of ["red", "red", "blue"]) await survey.submit(answer);
+    const first = await scientist.collect();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const between = new Date();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    for (const answer of ["green", "green"]) await survey.submit(answer);
+    const second = await scientist.collect();
+    await survey.submit("blue");
+
+    const latest = await scientist.latest();
+    assert.equal(latest.batchId, second.batchId);
+    assert.equal(latest.count, 2);
+    assert.deepEqual(latest.result, second.result);
+    assert.deepEqual((await scientist.since(between)).map((b) => [b.batchId, b.count]), [[second.batchId, 2]]);
+    const all = await scientist.since("1970-01-01T00:00:00Z");
+    assert.deepEqual(all.map((b) => b.batchId), [first.batchId, second.batchId]);
+    assert.deepEqual(all[0].result, first.result);
+    // Reading sealed nothing: the last answer still waits on every server.
+    assert.deepEqual(await unbatched("reads"), [1, 1]);
   });
 });

@@ -205,6 +205,10 @@ pub struct NewEndpoint {
     pub min_batch: Option<u64>,
     /// Most unbatched reports per user (no limit when absent).
     pub max_reports_per_user: Option<u64>,
+    /// Server 0 seals by itself every this often (whole seconds).
+    pub seal_every: Option<std::time::Duration>,
+    /// Server 0 seals by itself once every server holds this many reports.
+    pub seal_at: Option<u64>,
 }
 
 /// `guardian endpoint create`: creates the endpoint on every server and checks
@@ -220,6 +224,12 @@ pub async fn create_endpoint(cluster: &Cluster, endpoint: &NewEndpoint) -> PerSe
     }
     if let Some(max) = endpoint.max_reports_per_user {
         body["max_reports_per_user"] = max.into();
+    }
+    if let Some(every) = endpoint.seal_every {
+        body["seal_every"] = every.as_secs().into();
+    }
+    if let Some(at) = endpoint.seal_at {
+        body["seal_at"] = at.into();
     }
     let mut servers = Vec::new();
     let mut views: Vec<(usize, EndpointInfo)> = Vec::new();
@@ -464,6 +474,7 @@ fn endpoints_listing(
             first.plugin.clone(),
             first.params.to_string(),
             first.min_batch.to_string(),
+            sealing(first),
             per_server(|e| e.reports.map_or(0, |r| r.batches)),
             per_server(|e| e.reports.map_or(0, |r| r.unbatched)),
             presence(&indexes, servers),
@@ -476,6 +487,7 @@ fn endpoints_listing(
                 "plugin",
                 "params",
                 "min batch",
+                "sealed",
                 "batches",
                 "waiting",
                 "servers",
@@ -484,6 +496,114 @@ fn endpoints_listing(
         ),
         warnings,
     }
+}
+
+/// When an endpoint is sealed, for listings: `every 1h`, `at 10000`, both, or
+/// `when asked`.
+fn sealing(endpoint: &EndpointInfo) -> String {
+    let every = endpoint.seal_every.map(|secs| {
+        format!(
+            "every {}",
+            humantime::format_duration(std::time::Duration::from_secs(secs))
+        )
+    });
+    let at = endpoint.seal_at.map(|k| format!("at {k}"));
+    match (every, at) {
+        (Some(every), Some(at)) => format!("{every} or {at}"),
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => "when asked".to_owned(),
+    }
+}
+
+/// What one server did with a batch deletion.
+#[derive(Debug)]
+pub enum Deleted {
+    /// It held the batch and deleted it (204).
+    Now,
+    /// It does not hold the batch (404 `unknown_batch`): deleted before, or
+    /// never committed there.
+    NotThere,
+    /// It refused or could not be reached.
+    Failed(ServerError),
+}
+
+/// Per-server outcomes of `guardian batch delete`.
+#[derive(Debug)]
+pub struct Deletion {
+    /// `batch … of endpoint …`, for messages.
+    pub what: String,
+    /// `(server description, outcome)` in server-index order.
+    pub servers: Vec<(String, Deleted)>,
+}
+
+impl Deletion {
+    /// One line per server.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (who, done) in &self.servers {
+            let _ = match done {
+                Deleted::Now => writeln!(out, "{who}: deleted"),
+                Deleted::NotThere => writeln!(out, "{who}: not there (deleted before)"),
+                Deleted::Failed(e) => writeln!(out, "{who}: failed ({})", e.code()),
+            };
+        }
+        out
+    }
+
+    /// `Ok` once no server holds the batch and at least one held it; otherwise
+    /// what went wrong and how to go on.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let failed: Vec<String> = self
+            .servers
+            .iter()
+            .filter_map(|(_, d)| match d {
+                Deleted::Failed(e) => Some(e.to_string()),
+                _ => None,
+            })
+            .collect();
+        if !failed.is_empty() {
+            bail!(
+                "{} is not deleted on every server:\n  {}\nRerunning the same command is safe: servers that deleted it answer \"not there\".",
+                self.what,
+                failed.join("\n  ")
+            );
+        }
+        if self
+            .servers
+            .iter()
+            .all(|(_, d)| matches!(d, Deleted::NotThere))
+        {
+            bail!(
+                "unknown_batch: no server holds {}: check the id with `guardian collect --total --json` or GET …/batches",
+                self.what
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `guardian batch delete`: deletes a released batch on every server, in index
+/// order.
+pub async fn delete_batch(cluster: &Cluster, endpoint: &str, batch_id: &str) -> Deletion {
+    let what = format!("batch {batch_id} of endpoint {endpoint:?}");
+    let mut servers = Vec::new();
+    for index in 0..cluster.len() {
+        let result = cluster
+            .request(
+                index,
+                Method::DELETE,
+                &["api", "v1", "endpoints", endpoint, "batches", batch_id],
+            )
+            .send()
+            .await;
+        let done = match result {
+            Ok(_) => Deleted::Now,
+            Err(e) if e.code() == "unknown_batch" => Deleted::NotThere,
+            Err(e) => Deleted::Failed(e),
+        };
+        servers.push((cluster.describe(index), done));
+    }
+    Deletion { what, servers }
 }
 
 #[cfg(test)]
@@ -521,9 +641,9 @@ mod tests {
         let listing = endpoints_listing(2, answers, Vec::new());
         assert_eq!(
             listing.table,
-            "name  plugin  params        min batch  batches  waiting  servers\n\
-             a     sum     {\"length\":3}         10  1/1      5/4      all\n\
-             b     sum     {\"length\":3}         10  1        1        0\n"
+            "name  plugin  params        min batch  sealed      batches  waiting  servers\n\
+             a     sum     {\"length\":3}         10  when asked  1/1      5/4      all\n\
+             b     sum     {\"length\":3}         10  when asked  1        1        0\n"
         );
         assert!(listing.warnings.is_empty());
     }

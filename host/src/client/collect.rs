@@ -1,10 +1,11 @@
-//! `guardian collect`: seals a batch on server 0 (or takes the total over every
-//! released batch), fetches every server's released share, checks that they
+//! `guardian collect`: seals a batch on server 0 (or reads without sealing: the
+//! total over every released batch, the latest batch, or the batches sealed
+//! since a time), fetches every server's released share, checks that they
 //! describe the same reports, and combines them locally with the plugin's
 //! `unshard`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, anyhow, bail};
 use base64::Engine as _;
@@ -28,9 +29,12 @@ pub struct Collected {
     /// The sealed batch (absent for `--total`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_id: Option<String>,
-    /// Number of released batches merged (only for `--total`).
+    /// Number of released batches merged (only for `--total` and `--since`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batches: Option<u64>,
+    /// The time given to `--since` (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
     /// Reports in the result.
     pub count: u64,
     /// Reports the seal rejected because their validity proofs failed (robust
@@ -75,23 +79,152 @@ struct TotalShare {
     share: String,
 }
 
-/// Seals a batch of endpoint `name` (or, with `total`, merges every released
-/// batch) and combines every server's share.
-pub async fn collect(cluster: &Cluster, name: &str, total: bool) -> anyhow::Result<Collected> {
+/// What `guardian collect` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// Seal a new batch and read it.
+    Seal,
+    /// Every released batch, merged (`--total`).
+    Total,
+    /// The newest released batch (`--latest`).
+    Latest,
+    /// Every batch sealed at or after this time, merged (`--since`).
+    Since(SystemTime),
+}
+
+/// A batch as `GET …/batches` lists it.
+#[derive(Deserialize)]
+struct ListedBatch {
+    batch_id: String,
+    count: u64,
+    #[serde(default)]
+    rejected: u64,
+}
+
+/// A page of `GET …/batches`.
+#[derive(Deserialize)]
+struct BatchPage {
+    batches: Vec<ListedBatch>,
+    next: Option<String>,
+}
+
+/// Reads endpoint `name` as `read` says and combines every server's share.
+pub async fn collect(cluster: &Cluster, name: &str, read: Read) -> anyhow::Result<Collected> {
     let endpoint = Arc::new(endpoint::open(cluster, name).await?);
-    let (shares, mut collected) = if total {
-        fetch_total(cluster, name).await?
-    } else {
-        let sealed = seal(cluster, name).await?;
-        fetch_batch(cluster, name, &sealed).await.with_context(|| {
-            format!(
-                "batch {} is sealed, but its shares could not all be fetched; `guardian collect {name} --total` includes it",
-                sealed.batch_id
-            )
-        })?
+    let (shares, mut collected) = match read {
+        Read::Total => fetch_total(cluster, name).await?,
+        Read::Seal => {
+            let sealed = seal(cluster, name).await?;
+            fetch_batch(cluster, name, &sealed).await.with_context(|| {
+                format!(
+                    "batch {} is sealed, but its shares could not all be fetched; `guardian collect {name} --total` includes it",
+                    sealed.batch_id
+                )
+            })?
+        }
+        Read::Latest => {
+            let latest = list_batches(cluster, name, None).await?.pop().ok_or_else(|| {
+                anyhow!(
+                    "endpoint {name:?} has no released batch yet: wait for its next scheduled seal, or seal one with `guardian collect {name}`"
+                )
+            })?;
+            let sealed = Sealed {
+                batch_id: latest.batch_id,
+                count: latest.count,
+                rejected: latest.rejected,
+            };
+            fetch_batch(cluster, name, &sealed).await?
+        }
+        Read::Since(since) => fetch_since(cluster, name, &endpoint, since).await?,
     };
     collected.result = combine(endpoint, shares, collected.count).await?;
     Ok(collected)
+}
+
+/// Server 0's batches of endpoint `name`, oldest first (those sealed at or
+/// after `since`, if given), every page.
+async fn list_batches(
+    cluster: &Cluster,
+    name: &str,
+    since: Option<SystemTime>,
+) -> anyhow::Result<Vec<ListedBatch>> {
+    let since = since.map(|t| humantime::format_rfc3339_millis(t).to_string());
+    let mut batches = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut query = vec![("limit", "1000".to_owned())];
+        if let Some(since) = &since {
+            query.push(("since", since.clone()));
+        }
+        if let Some(after) = &after {
+            query.push(("after", after.clone()));
+        }
+        let page: BatchPage = cluster
+            .request(0, Method::GET, &endpoint_path(name, &["batches"]))
+            .query(&query)
+            .send()
+            .await?
+            .json()?;
+        batches.extend(page.batches);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(batches),
+        }
+    }
+}
+
+/// Every server's merge of its shares of the batches sealed since `since`.
+async fn fetch_since(
+    cluster: &Cluster,
+    name: &str,
+    endpoint: &Arc<LocalEndpoint>,
+    since: SystemTime,
+) -> anyhow::Result<(Vec<Vec<u8>>, Collected)> {
+    let listed = list_batches(cluster, name, Some(since)).await?;
+    let mut per_server: Vec<Vec<Vec<u8>>> = vec![Vec::new(); cluster.len()];
+    let (mut count, mut rejected) = (0, 0);
+    for batch in &listed {
+        let sealed = Sealed {
+            batch_id: batch.batch_id.clone(),
+            count: batch.count,
+            rejected: batch.rejected,
+        };
+        let (shares, _) = fetch_batch(cluster, name, &sealed).await?;
+        for (server, share) in per_server.iter_mut().zip(shares) {
+            server.push(share);
+        }
+        count += batch.count;
+        rejected += batch.rejected;
+    }
+    let merging = endpoint.clone();
+    let shares = tokio::task::spawn_blocking(move || {
+        let (plugin, config) = (&merging.plugin, &merging.config);
+        per_server
+            .into_iter()
+            .map(|shares| {
+                let mut total = plugin.init(config)?;
+                for share in shares {
+                    total = plugin.merge(config, &total, &share)?;
+                }
+                Ok(total)
+            })
+            .collect::<Result<Vec<_>, crate::runtime::CallError>>()
+            .map_err(|e| anyhow!("the plugin could not merge the batches' shares: {e}"))
+    })
+    .await
+    .context("the merging thread stopped")??;
+    Ok((
+        shares,
+        Collected {
+            endpoint: name.to_owned(),
+            batch_id: None,
+            batches: Some(listed.len() as u64),
+            since: Some(humantime::format_rfc3339_millis(since).to_string()),
+            count,
+            rejected,
+            result: Value::Null,
+        },
+    ))
 }
 
 /// Combines every server's released share with the plugin's `unshard`, on a
@@ -195,6 +328,7 @@ async fn fetch_batch(
             endpoint: name.to_owned(),
             batch_id: Some(sealed.batch_id.clone()),
             batches: None,
+            since: None,
             count: sealed.count,
             rejected: sealed.rejected,
             result: Value::Null,
@@ -238,6 +372,7 @@ pub(crate) async fn fetch_total(
             endpoint: name.to_owned(),
             batch_id: None,
             batches: Some(batches),
+            since: None,
             count,
             rejected,
             result: Value::Null,
@@ -271,6 +406,13 @@ impl Collected {
     pub fn render(&self) -> String {
         let heading = match (&self.batch_id, self.batches) {
             (Some(id), _) => format!("endpoint {}, batch {id}", self.endpoint),
+            (None, Some(n)) if let Some(since) = &self.since => {
+                let batches = if n == 1 { "batch" } else { "batches" };
+                format!(
+                    "endpoint {}, {n} {batches} sealed since {since}",
+                    self.endpoint
+                )
+            }
             (None, Some(1)) => format!("endpoint {}, total of 1 batch", self.endpoint),
             (None, Some(n)) => format!("endpoint {}, total of {n} batches", self.endpoint),
             (None, None) => format!("endpoint {}", self.endpoint),
@@ -426,6 +568,7 @@ mod tests {
             endpoint: "sum3".into(),
             batch_id: Some("ab".repeat(16)),
             batches: None,
+            since: None,
             count: 3,
             rejected: 0,
             result: json!([1, 2, 3]),
@@ -461,6 +604,7 @@ mod tests {
             endpoint: "colors".into(),
             batch_id: None,
             batches: Some(1),
+            since: None,
             count: 1,
             rejected: 0,
             result: json!(7),
@@ -476,6 +620,16 @@ mod tests {
         assert_eq!(
             robust.render(),
             "endpoint colors, total of 1 batch: 1 report (1 more rejected: their validity proofs failed)\n\nresult: 7\n"
+        );
+        let since = Collected {
+            batches: Some(2),
+            since: Some("2026-01-31T00:00:00.000Z".into()),
+            rejected: 0,
+            ..robust
+        };
+        assert_eq!(
+            since.render(),
+            "endpoint colors, 2 batches sealed since 2026-01-31T00:00:00.000Z: 1 report\n\nresult: 7\n"
         );
     }
 

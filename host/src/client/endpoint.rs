@@ -38,7 +38,14 @@ pub struct EndpointInfo {
     /// Most unbatched reports one user may hold, if the endpoint has a quota.
     #[serde(default)]
     pub max_reports_per_user: Option<u64>,
-    /// What every server must agree on (plugin, config, min batch, quota), hex.
+    /// Seconds between the seals server 0 makes by itself, if scheduled.
+    #[serde(default)]
+    pub seal_every: Option<u64>,
+    /// Reports held by every server at which server 0 seals by itself, if set.
+    #[serde(default)]
+    pub seal_at: Option<u64>,
+    /// What every server must agree on (plugin, config, min batch, quota,
+    /// schedule), hex.
     pub config_hash: String,
     /// When it was created on this server.
     #[serde(default)]
@@ -283,11 +290,15 @@ fn load(info: EndpointInfo, wasm: &[u8]) -> anyhow::Result<LocalEndpoint> {
     let mut digest = [0u8; 32];
     hex::decode_to_slice(&info.plugin_digest, &mut digest)
         .context("the endpoint's plugin digest is not 64 hex digits")?;
-    let hash = hex::encode(crate::server::config_hash(
+    let hash = hex::encode(crate::server::scheduled_config_hash(
         &digest,
         &config,
         info.min_batch,
         info.max_reports_per_user,
+        &crate::storage::SealSchedule {
+            every_secs: info.seal_every,
+            at: info.seal_at,
+        },
     ));
     if hash != info.config_hash {
         bail!(

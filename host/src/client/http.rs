@@ -252,6 +252,12 @@ impl Request<'_> {
         self
     }
 
+    /// Adds `pairs` to the query string (each percent-encoded).
+    pub(crate) fn query(mut self, pairs: &[(&str, String)]) -> Self {
+        self.url.query_pairs_mut().extend_pairs(pairs);
+        self
+    }
+
     /// Sends `wasm` as an `application/wasm` body.
     pub(crate) fn wasm(mut self, wasm: Vec<u8>) -> Self {
         self.body = Some(Body::Wasm(wasm));

@@ -7,6 +7,13 @@
 //! one blocking thread, feeding a bounded queue that a fixed number of posting
 //! tasks drain, so a large file neither waits for its last line to be sharded
 //! nor holds every share in memory.
+//!
+//! `--file` posts the reports in bulk (`.../reports/bulk`), up to
+//! [`SubmitOptions::bulk`] per request: each server gets the reports every
+//! server before it took, and answers one result per report, so a line refused
+//! by one server is listed with that server's reason while the rest go on.
+//! Retrying a bulk request (on a transport error or a 5xx) is as safe as
+//! retrying one report: the reports it already stored answer `duplicate`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -26,8 +33,11 @@ use super::http::{Cluster, ServerError};
 /// How `--file` posts.
 #[derive(Clone, Copy, Debug)]
 pub struct SubmitOptions {
-    /// Reports in flight at once.
+    /// Bulk requests in flight at once.
     pub concurrency: usize,
+    /// Most reports in one bulk request (within the servers'
+    /// `limits.max_bulk_reports` and per-user burst).
+    pub bulk: usize,
     /// Whether to draw a progress bar on standard error (it is hidden anyway
     /// when standard error is not a terminal).
     pub progress: bool,
@@ -36,7 +46,8 @@ pub struct SubmitOptions {
 impl Default for SubmitOptions {
     fn default() -> Self {
         Self {
-            concurrency: 32,
+            concurrency: 4,
+            bulk: 100,
             progress: true,
         }
     }
@@ -281,7 +292,7 @@ struct Posted {
 struct Report {
     /// What it was sharded from.
     measurement: Measurement,
-    /// 16 random bytes, hex.
+    /// The report id (its time, then random bits; [`crate::report_id`]), hex.
     id: String,
     /// Base64 of the public share (robust plugins; `None` when empty).
     public_share: Option<String>,
@@ -292,7 +303,8 @@ struct Report {
 /// Shards `measurement` into one share per server under a fresh report id.
 fn shard(endpoint: &LocalEndpoint, servers: usize, m: &Measurement) -> Result<Report, Outcome> {
     let seed: [u8; 32] = rand::random();
-    let id: [u8; 16] = rand::random();
+    // Servers take a report only while its id's time is in their window.
+    let id = crate::report_id::new_report_id(std::time::SystemTime::now());
     let n = u32::try_from(servers).unwrap_or(u32::MAX);
     let report = endpoint
         .plugin
@@ -386,6 +398,119 @@ async fn post(cluster: &Cluster, name: &str, report: &Report) -> Result<bool, Se
     Ok(duplicate)
 }
 
+/// One report's result in a bulk answer.
+#[derive(Deserialize)]
+struct BulkResult {
+    status: String,
+    #[serde(default)]
+    error: Option<BulkError>,
+}
+
+#[derive(Deserialize)]
+struct BulkError {
+    code: String,
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct BulkAnswer {
+    results: Vec<BulkResult>,
+}
+
+/// Posts `reports` in one bulk request per server, in index order: server i
+/// gets the reports that every server before it took. One outcome per report.
+async fn post_bulk(cluster: &Cluster, name: &str, reports: &[Report]) -> Vec<Outcome> {
+    let path = endpoint_path(name, &["reports", "bulk"]);
+    let mut failed: Vec<Option<Outcome>> = vec![None; reports.len()];
+    let mut duplicate = vec![false; reports.len()];
+    for index in 0..cluster.len() {
+        let pending: Vec<usize> = (0..reports.len())
+            .filter(|&i| failed[i].is_none())
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        let body: Vec<serde_json::Value> = pending
+            .iter()
+            .map(|&i| {
+                let report = &reports[i];
+                match &report.public_share {
+                    Some(public_share) => serde_json::json!({
+                        "report_id": report.id,
+                        "share": report.shares[index],
+                        "public_share": public_share,
+                    }),
+                    None => serde_json::json!({
+                        "report_id": report.id,
+                        "share": report.shares[index],
+                    }),
+                }
+            })
+            .collect();
+        let answer = cluster
+            .request(index, Method::POST, &path)
+            .json(&serde_json::json!({ "reports": body }))
+            .send()
+            .await;
+        let results = answer.and_then(|answer| {
+            let parsed: BulkAnswer = answer.json()?;
+            if parsed.results.len() == pending.len() {
+                Ok(parsed.results)
+            } else {
+                Err(ServerError {
+                    server: index,
+                    url: cluster.url(index).to_owned(),
+                    has_token: true,
+                    kind: super::http::ErrorKind::BadAnswer(format!(
+                        "answer of {} results to {} reports",
+                        parsed.results.len(),
+                        pending.len()
+                    )),
+                })
+            }
+        });
+        match results {
+            // The whole request failed: every report still pending fails here.
+            Err(e) => {
+                for &i in &pending {
+                    failed[i] = Some(outcome(Err(e.clone())));
+                }
+            }
+            Ok(results) => {
+                for (&i, result) in pending.iter().zip(results) {
+                    match result.status.as_str() {
+                        "stored" => {}
+                        "duplicate" => duplicate[i] = true,
+                        status => {
+                            let (code, message) = result.error.map_or_else(
+                                || (status.to_owned(), String::new()),
+                                |e| (e.code, e.message),
+                            );
+                            failed[i] = Some(Outcome::Failed(Refusal {
+                                message: format!(
+                                    "{} refused the report: {message} ({code})",
+                                    cluster.describe(index)
+                                ),
+                                code,
+                                server: Some(index),
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    failed
+        .into_iter()
+        .zip(duplicate)
+        .map(|(failed, duplicate)| match failed {
+            Some(outcome) => outcome,
+            None if duplicate => Outcome::Duplicate,
+            None => Outcome::Stored,
+        })
+        .collect()
+}
+
 fn outcome(result: Result<bool, ServerError>) -> Outcome {
     match result {
         Ok(false) => Outcome::Stored,
@@ -425,8 +550,9 @@ pub async fn submit_value(cluster: &Cluster, name: &str, json: &str) -> anyhow::
     Ok(report.id)
 }
 
-/// `guardian submit NAME --file FILE`: shards and posts every measurement, at most
-/// `options.concurrency` reports in flight, and counts what happened.
+/// `guardian submit NAME --file FILE`: shards and posts every measurement in bulk
+/// requests of up to `options.bulk` reports, at most `options.concurrency` of
+/// them in flight, and counts what happened.
 pub async fn submit_many(
     cluster: &Cluster,
     name: &str,
@@ -447,8 +573,10 @@ pub async fn submit_many(
         ProgressBar::hidden()
     };
     let concurrency = options.concurrency.max(1);
-    let (sender, receiver) =
-        tokio::sync::mpsc::channel::<Result<Report, (Measurement, Outcome)>>(concurrency * 4);
+    let bulk = options.bulk.max(1);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Report, (Measurement, Outcome)>>(
+        concurrency.saturating_mul(bulk),
+    );
     let servers = cluster.len();
     let sharder = {
         let endpoint = endpoint.clone();
@@ -473,16 +601,36 @@ pub async fn submit_many(
         workers.spawn(async move {
             let mut summary = Summary::default();
             loop {
-                let item = receiver.lock().await.recv().await;
-                match item {
-                    None => break,
-                    Some(Err((measurement, failed))) => summary.record(&measurement, failed),
-                    Some(Ok(report)) => {
-                        let result = post(&cluster, &name, &report).await;
-                        summary.record(&report.measurement, outcome(result));
+                // The next bulk: one report waited for, then whatever else is ready.
+                let mut items = Vec::with_capacity(bulk);
+                {
+                    let mut receiver = receiver.lock().await;
+                    match receiver.recv().await {
+                        None => break,
+                        Some(item) => items.push(item),
+                    }
+                    while items.len() < bulk {
+                        match receiver.try_recv() {
+                            Ok(item) => items.push(item),
+                            Err(_) => break,
+                        }
                     }
                 }
-                bar.inc(1);
+                let taken = items.len() as u64;
+                let mut reports = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Err((measurement, failed)) => summary.record(&measurement, failed),
+                        Ok(report) => reports.push(report),
+                    }
+                }
+                if !reports.is_empty() {
+                    let outcomes = post_bulk(&cluster, &name, &reports).await;
+                    for (report, outcome) in reports.iter().zip(outcomes) {
+                        summary.record(&report.measurement, outcome);
+                    }
+                }
+                bar.inc(taken);
             }
             summary
         });

@@ -318,6 +318,12 @@ pub(super) static KEYS: &[Key] = &[
     ),
     key!("limits.max_endpoints", limits.max_endpoints, number),
     key!("limits.max_params_bytes", limits.max_params_bytes, number),
+    key!("limits.max_bulk_reports", limits.max_bulk_reports, number),
+    key!(
+        "limits.max_bulk_body_bytes",
+        limits.max_bulk_body_bytes,
+        number
+    ),
     key!("limits.max_header_bytes", limits.max_header_bytes, number),
     key!(
         "limits.header_read_timeout_ms",
@@ -363,6 +369,11 @@ pub(super) static KEYS: &[Key] = &[
     key!(
         "endpoints.report_retention_secs",
         endpoints.report_retention_secs,
+        number
+    ),
+    key!(
+        "endpoints.report_max_future_skew_secs",
+        endpoints.report_max_future_skew_secs,
         number
     ),
     key!(

@@ -303,6 +303,8 @@ fn every_key_can_be_set_from_the_environment() {
         ("GUARDIAN_LIMITS_PLUGIN_COMPILE_TIMEOUT_MS", "9000"),
         ("GUARDIAN_LIMITS_MAX_ENDPOINTS", "12"),
         ("GUARDIAN_LIMITS_MAX_PARAMS_BYTES", "4096"),
+        ("GUARDIAN_LIMITS_MAX_BULK_REPORTS", "76"),
+        ("GUARDIAN_LIMITS_MAX_BULK_BODY_BYTES", "77000"),
         ("GUARDIAN_LIMITS_MAX_HEADER_BYTES", "32768"),
         ("GUARDIAN_LIMITS_HEADER_READ_TIMEOUT_MS", "71"),
         ("GUARDIAN_LIMITS_REPORTS_PER_SECOND_PER_USER", "72"),
@@ -314,6 +316,7 @@ fn every_key_can_be_set_from_the_environment() {
         ("GUARDIAN_ENDPOINTS_MIN_BATCH_FLOOR", "3"),
         ("GUARDIAN_ENDPOINTS_MAX_BATCH", "80"),
         ("GUARDIAN_ENDPOINTS_REPORT_RETENTION_SECS", "81"),
+        ("GUARDIAN_ENDPOINTS_REPORT_MAX_FUTURE_SKEW_SECS", "83"),
         ("GUARDIAN_ENDPOINTS_PEER_TIMEOUT_MS", "82"),
         ("GUARDIAN_ENDPOINTS_DISTINCT_USERS", "false"),
         ("GUARDIAN_PLUGINS_APPROVED", &approved),
@@ -402,6 +405,10 @@ fn every_key_can_be_set_from_the_environment() {
         (32768, 71)
     );
     assert_eq!(
+        (limits.max_bulk_reports, limits.max_bulk_body_bytes),
+        (76, 77000)
+    );
+    assert_eq!(
         (
             limits.reports_per_second_per_user,
             limits.reports_burst_per_user,
@@ -419,9 +426,10 @@ fn every_key_can_be_set_from_the_environment() {
         (
             c.endpoints.max_batch,
             c.endpoints.report_retention_secs,
+            c.endpoints.report_max_future_skew_secs,
             c.endpoints.peer_timeout_ms
         ),
-        (80, 81, 82)
+        (80, 81, 83, 82)
     );
     assert!(!c.endpoints.distinct_users);
     assert_eq!(
@@ -803,6 +811,8 @@ fn validation_of_limits() {
         "plugin_compile_timeout_ms",
         "max_endpoints",
         "max_params_bytes",
+        "max_bulk_reports",
+        "max_bulk_body_bytes",
     ] {
         let var = format!("GUARDIAN_LIMITS_{}", key.to_ascii_uppercase());
         let path = format!("limits.{key}");

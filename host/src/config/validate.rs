@@ -320,6 +320,8 @@ fn limits(c: &mut Checker<'_>, l: &LimitsConfig) {
     );
     c.positive("limits.max_endpoints", l.max_endpoints as u64);
     c.positive("limits.max_params_bytes", l.max_params_bytes as u64);
+    c.positive("limits.max_bulk_reports", l.max_bulk_reports as u64);
+    c.positive("limits.max_bulk_body_bytes", l.max_bulk_body_bytes as u64);
     if l.plugin_memory_bytes < MIN_PLUGIN_MEMORY {
         let at = c.at("limits.plugin_memory_bytes", l.plugin_memory_bytes);
         c.fail(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Serialize;
@@ -20,7 +21,7 @@ use super::paging::{PageQuery, cut};
 use super::registry::LiveEndpoint;
 use super::routes::{Answer, json, timestamp, unknown_endpoint};
 use super::{AppState, seal};
-use crate::storage::BatchInfo;
+use crate::storage::{BatchInfo, DeleteBatchOutcome};
 
 fn live(state: &AppState, name: &str) -> Result<Arc<LiveEndpoint>, ApiError> {
     state
@@ -43,6 +44,43 @@ pub(super) struct BatchView {
     rejected: u64,
     /// When this server committed it (RFC 3339).
     sealed_at: String,
+    /// The earliest report time among its reports (RFC 3339); left out for
+    /// batches sealed before spans were recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reports_from: Option<String>,
+    /// The latest report time among its reports (RFC 3339); left out with
+    /// `reports_from`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reports_to: Option<String>,
+}
+
+/// The query of `GET /api/v1/endpoints/{name}/batches` beside its paging.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct SinceQuery {
+    /// Only the batches this server sealed at or after this time (RFC 3339, e.g.
+    /// `2026-01-31T00:00:00Z`): what a scientist reads without sealing.
+    #[param(example = "2026-01-31T00:00:00Z")]
+    since: Option<String>,
+}
+
+impl SinceQuery {
+    /// The time asked for; 400 `bad_since` when it is not RFC 3339.
+    fn since(&self) -> Result<Option<std::time::SystemTime>, ApiError> {
+        self.since
+            .as_deref()
+            .map(|since| {
+                humantime::parse_rfc3339_weak(since).map_err(|e| {
+                    ApiError::bad_request(
+                        "bad_since",
+                        format!(
+                            "since must be a time in RFC 3339 form such as 2026-01-31T00:00:00Z, not {since:?} ({e})"
+                        ),
+                    )
+                })
+            })
+            .transpose()
+    }
 }
 
 /// Answer of `GET /api/v1/endpoints/{name}/batches`.
@@ -67,6 +105,13 @@ pub(super) struct BatchShare {
     rejected: u64,
     /// When this server committed it (RFC 3339).
     sealed_at: String,
+    /// The earliest report time among its reports (RFC 3339); left out for
+    /// batches sealed before spans were recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reports_from: Option<String>,
+    /// The latest report time among its reports (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reports_to: Option<String>,
     /// This server's index: add the shares of every index with the plugin's `unshard`.
     server_index: u32,
     /// This server's released share of the batch's aggregate, base64; it never changes.
@@ -97,6 +142,8 @@ impl From<BatchInfo> for BatchView {
             count: info.count,
             rejected: info.rejected,
             sealed_at: timestamp(info.sealed_at),
+            reports_from: info.span.map(|(first, _)| timestamp(first)),
+            reports_to: info.span.map(|(_, last)| timestamp(last)),
         }
     }
 }
@@ -165,12 +212,12 @@ pub(super) async fn seal_batch(
 #[utoipa::path(get, path = "/endpoints/{name}/batches", tag = "batches",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The endpoint's name.", example = "demo"),
-        PageQuery),
+        PageQuery, SinceQuery),
     responses(
         (status = 200, description = "A page of the batches.", body = BatchList),
         (status = 400, description = "Undecodable path: `invalid_path`; `bad_query`, \
-            `bad_limit`, `bad_batch_id` (the cursor), `unknown_batch` (a cursor that is \
-            no batch of the endpoint).", body = ErrorBody),
+            `bad_limit`, `bad_since`, `bad_batch_id` (the cursor), `unknown_batch` (a \
+            cursor that is no batch of the listing).", body = ErrorBody),
         RoleErrors,
         (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
         (status = 500, description = STORAGE_500, body = ErrorBody),
@@ -181,11 +228,16 @@ pub(super) async fn list_batches(
     _caller: Caller<need::Scientist>,
     Path(name): Path<String>,
     query: Result<Query<PageQuery>, ApiError>,
+    since: Result<Query<SinceQuery>, ApiError>,
 ) -> Answer {
     let live = live(&state, &name)?;
     let Query(query) = query?;
     let limit = query.limit()?;
+    let since = since?.0.since()?;
     let mut batches = state.storage.list_batches(live.endpoint.id).await?;
+    if let Some(since) = since {
+        batches.retain(|batch| batch.sealed_at >= since);
+    }
     // Oldest first, so the cursor is a position: just after the batch it names.
     let start = match query.after() {
         None => 0,
@@ -250,10 +302,64 @@ pub(super) async fn get_batch(
             count: batch.info.count,
             rejected: batch.info.rejected,
             sealed_at: timestamp(batch.info.sealed_at),
+            reports_from: batch.info.span.map(|(first, _)| timestamp(first)),
+            reports_to: batch.info.span.map(|(_, last)| timestamp(last)),
             server_index: state.config.server.index,
             share: BASE64.encode(&batch.share),
         },
     )
+}
+
+/// Deletes one released batch on this server: its row and its share, so it
+/// leaves the listings and the total. Its reports stay batched (never sealed
+/// again) and a retried commit of it stays answered; run it on every server.
+#[utoipa::path(delete, path = "/endpoints/{name}/batches/{batch_id}", tag = "batches",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "The endpoint's name.", example = "demo"),
+        ("batch_id" = String, Path, description = "The batch's id: 32 hex digits.",
+            pattern = "^[0-9a-fA-F]{32}$"),
+    ),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 400, description = "Not 32 hex digits: `bad_batch_id`, `invalid_path`.",
+            body = ErrorBody),
+        RoleErrors,
+        (status = 404, description = "No such endpoint or batch (or deleted before): \
+            `unknown_endpoint`, `unknown_batch`.", body = ErrorBody),
+        (status = 409, description = "`batch_not_released`: its seal is not finished on \
+            every server yet (it completes by itself; try again then).", body = ErrorBody),
+        (status = 500, description = STORAGE_500, body = ErrorBody),
+        (status = 503, description = STORAGE_503, body = ErrorBody),
+    ))]
+pub(super) async fn delete_batch(
+    State(state): State<Arc<AppState>>,
+    _caller: Caller<need::Admin>,
+    Path((name, batch_id)): Path<(String, String)>,
+) -> Answer {
+    let live = live(&state, &name)?;
+    let id = seal::parse_batch_id(&batch_id)?;
+    let now = state.clock.now();
+    match state
+        .storage
+        .delete_batch(live.endpoint.id, id, now)
+        .await?
+    {
+        DeleteBatchOutcome::Deleted(info) => {
+            tracing::info!(endpoint = %name, batch = %hex::encode(info.batch_id), count = info.count, "released batch deleted");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        DeleteBatchOutcome::NotReleased => Err(ApiError::conflict(
+            "batch_not_released",
+            format!(
+                "the seal of batch {batch_id} of endpoint {name:?} is not finished on every server yet: it completes by itself; delete it then"
+            ),
+        )),
+        DeleteBatchOutcome::Unknown => Err(ApiError::not_found(
+            "unknown_batch",
+            format!("endpoint {name:?} has no batch {batch_id} on this server (or it was deleted)"),
+        )),
+    }
 }
 
 /// The merge of this server's released shares of every batch.

@@ -20,6 +20,7 @@
 
 pub mod auth;
 mod batches;
+mod bulk;
 mod error;
 mod extract;
 mod metrics;
@@ -27,6 +28,7 @@ mod openapi;
 mod paging;
 mod rate_limit;
 mod registry;
+mod report_time;
 mod routes;
 mod seal;
 mod uploads;
@@ -54,9 +56,10 @@ use utoipa_axum::routes;
 pub use self::error::ApiError;
 use self::metrics::Metrics;
 use self::registry::Registry;
-pub use self::routes::config_hash;
 pub(crate) use self::routes::parse_report_body;
+pub use self::routes::{config_hash, scheduled_config_hash};
 pub use self::seal::FAULT_VAR;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, LimitsConfig};
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::storage::{Storage, StorageOptions};
@@ -72,6 +75,8 @@ pub struct AppState {
     sealer: Arc<seal::Sealer>,
     /// Per-user and per-IP limits on posting reports.
     rate_limits: rate_limit::RateLimits,
+    /// The time of day for every decision by time (tests inject a manual one).
+    clock: Arc<dyn Clock>,
 }
 
 /// How often the rate limiters forget the keys whose allowance is full again.
@@ -95,6 +100,16 @@ impl Server {
     pub async fn start_with(
         config: Config,
         auth: Box<dyn auth::Authenticator>,
+    ) -> anyhow::Result<Server> {
+        Self::start_with_clock(config, auth, Arc::new(SystemClock)).await
+    }
+
+    /// [`Server::start_with`] on a given clock (tests drive time with a
+    /// [`crate::clock::ManualClock`]).
+    pub async fn start_with_clock(
+        config: Config,
+        auth: Box<dyn auth::Authenticator>,
+        clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Server> {
         let data_dir = config.server.data_dir();
         std::fs::create_dir_all(&data_dir)
@@ -150,10 +165,12 @@ impl Server {
             peer_auth,
             sealer,
             rate_limits,
+            clock,
         });
         let mut background = tokio::task::JoinSet::new();
         if state.config.server.is_coordinator() {
             background.spawn(seal::retry_decided(state.clone()));
+            background.spawn(seal::run_schedule(state.clone()));
         }
         background.spawn(seal::expire_reports(state.clone()));
         background.spawn(forget_idle_rate_limit_keys(state.clone()));
@@ -320,8 +337,13 @@ fn routes(state: &AppState) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(routes::create_endpoint, routes::list_endpoints))
         .routes(routes!(routes::get_endpoint, routes::delete_endpoint))
         .routes(routes!(routes::post_report))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(bulk::post_reports))
+                .layer(DefaultBodyLimit::max(limits.max_bulk_body_bytes)),
+        )
         .routes(routes!(batches::seal_batch, batches::list_batches))
-        .routes(routes!(batches::get_batch))
+        .routes(routes!(batches::get_batch, batches::delete_batch))
         .routes(routes!(batches::total));
     // Decisions carry two bitmaps over up to `max_batch` proposed reports (the
     // agreed and the rejected), in base64 (proposals are read as a stream and

@@ -9,6 +9,10 @@
 //! the keys that are back to a fresh allowance, so memory stays bounded by the
 //! keys active within one burst period.
 //!
+//! Limits count reports, not requests: a bulk upload of n reports takes n from
+//! each allowance at once, or none of them; one larger than a burst can never
+//! pass and is refused as such (413 `too_many_reports`), not told to retry.
+//!
 //! IPv6 clients are keyed by their /64 network: one host usually holds a whole
 //! /64, and would otherwise get a fresh allowance per address.
 
@@ -63,9 +67,24 @@ impl<K: std::hash::Hash + Eq + Clone, C: Clock> Limiter<K, C> {
         })
     }
 
-    /// Takes one report from `key`'s allowance, or says when to come back.
-    fn check(&self, key: &K) -> Result<(), ApiError> {
-        self.limiter.check_key(key).map_err(|not_until| {
+    /// Takes `reports` reports from `key`'s allowance (all or none), or says when
+    /// to come back, or that so many never fit.
+    fn check(&self, key: &K, reports: NonZeroU32) -> Result<(), ApiError> {
+        let allowed = if reports.get() == 1 {
+            self.limiter.check_key(key)
+        } else {
+            self.limiter.check_key_n(key, reports).map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_many_reports",
+                    format!(
+                        "{reports} reports in one request, but {} may post at most {} at once; send them in smaller requests",
+                        self.whose, self.burst
+                    ),
+                )
+            })?
+        };
+        allowed.map_err(|not_until| {
             let wait = not_until.wait_time_from(self.limiter.clock().now());
             let seconds = retry_after_secs(wait);
             ApiError::new(
@@ -126,12 +145,23 @@ impl<C: Clock + Clone> RateLimits<C> {
     /// Counts one post by `user` (`None`: no token, so no per-user limit) from
     /// `ip`; the first limit exceeded is the error.
     pub(super) fn check(&self, user: Option<&str>, ip: IpAddr) -> Result<(), ApiError> {
+        self.check_reports(user, ip, NonZeroU32::MIN)
+    }
+
+    /// Counts a post of `reports` reports at once (a bulk upload), as
+    /// [`RateLimits::check`] counts one.
+    pub(super) fn check_reports(
+        &self,
+        user: Option<&str>,
+        ip: IpAddr,
+        reports: NonZeroU32,
+    ) -> Result<(), ApiError> {
         if let (Some(limiter), Some(user)) = (&self.per_user, user) {
             // governor's keyed store looks keys up by their own type: one copy.
-            limiter.check(&user.to_owned())?;
+            limiter.check(&user.to_owned(), reports)?;
         }
         if let Some(limiter) = &self.per_ip {
-            limiter.check(&network(ip))?;
+            limiter.check(&network(ip), reports)?;
         }
         Ok(())
     }
@@ -279,6 +309,36 @@ mod tests {
         assert!(limits.check(None, mapped).is_err(), "IPv4-mapped is IPv4");
         clock.advance(Duration::from_secs(1));
         limits.check(None, HOME).unwrap();
+    }
+
+    #[test]
+    fn a_bulk_costs_its_reports_all_or_none_and_never_more_than_a_burst() {
+        let n = |n: u32| NonZeroU32::new(n).unwrap();
+        let (limits, clock) = limits((10, 100), (0, 0));
+        limits.check_reports(Some("gateway"), HOME, n(60)).unwrap();
+        // 40 left: a bulk of 41 takes nothing, so 40 singles still pass after it.
+        let error = limits
+            .check_reports(Some("gateway"), HOME, n(41))
+            .unwrap_err();
+        assert_eq!(
+            (error.status, error.code, error.retry_after.is_some()),
+            (StatusCode::TOO_MANY_REQUESTS, "rate_limited", true)
+        );
+        for _ in 0..40 {
+            limits.check(Some("gateway"), HOME).unwrap();
+        }
+        assert!(limits.check(Some("gateway"), HOME).is_err());
+        // Larger than the burst: no wait would let it in.
+        clock.advance(Duration::from_secs(60));
+        let error = limits
+            .check_reports(Some("gateway"), HOME, n(101))
+            .unwrap_err();
+        assert_eq!(
+            (error.status, error.code, error.retry_after),
+            (StatusCode::PAYLOAD_TOO_LARGE, "too_many_reports", None)
+        );
+        assert!(error.message.contains("at most 100"), "{}", error.message);
+        limits.check_reports(Some("gateway"), HOME, n(100)).unwrap();
     }
 
     #[test]

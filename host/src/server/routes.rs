@@ -26,7 +26,7 @@ use super::rate_limit::ClientIp;
 use super::registry::LiveEndpoint;
 use crate::storage::{
     CreateEndpointOutcome, Endpoint, EndpointCounts, EndpointRecord, InsertReportOutcome,
-    PluginInfo, UserQuota,
+    PluginInfo, SealSchedule, UserQuota,
 };
 
 pub(super) type Answer = Result<Response, ApiError>;
@@ -403,6 +403,16 @@ pub(super) struct CreateEndpoint {
     /// user flooding a batch.
     #[schema(minimum = 1)]
     max_reports_per_user: Option<u64>,
+    /// Server 0 seals the endpoint by itself every this many seconds (counted
+    /// from its last seal attempt); a seal below `min_batch` waits for the next
+    /// one. Only when asked if left out (as without `seal_at`).
+    #[schema(minimum = 1, example = 3600)]
+    seal_every: Option<u64>,
+    /// Server 0 seals the endpoint by itself as soon as this many reports are
+    /// held by every server (at least `min_batch`); a seal takes at least this
+    /// many.
+    #[schema(minimum = 2, example = 10000)]
+    seal_at: Option<u64>,
 }
 
 fn empty_object() -> Value {
@@ -434,9 +444,19 @@ pub(super) struct EndpointView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     max_reports_per_user: Option<u64>,
-    /// SHA-256 over the plugin, its configuration, `min_batch` and
-    /// `max_reports_per_user`, 64 hex digits: equal on every server of a
-    /// deployment.
+    /// Server 0 seals the endpoint by itself every this many seconds; left out
+    /// when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    seal_every: Option<u64>,
+    /// Server 0 seals the endpoint by itself as soon as this many reports are
+    /// held by every server; left out when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 2)]
+    seal_at: Option<u64>,
+    /// SHA-256 over the plugin, its configuration, `min_batch`,
+    /// `max_reports_per_user`, `seal_every` and `seal_at`, 64 hex digits: equal
+    /// on every server of a deployment.
     config_hash: String,
     /// When the endpoint was created (RFC 3339).
     created_at: String,
@@ -496,6 +516,8 @@ impl EndpointView {
             params,
             min_batch: record.min_batch,
             max_reports_per_user: record.max_reports_per_user,
+            seal_every: record.schedule.every_secs,
+            seal_at: record.schedule.at,
             config_hash: hex::encode(record.config_hash),
             created_at: timestamp(record.created_at),
             reports: counts.map(|c| ReportCounts {
@@ -512,7 +534,7 @@ impl EndpointView {
 /// The answer when a plugin this server's operator did not approve would collect
 /// reports: it names the plugin by its full digest and says how an operator
 /// approves it.
-fn not_approved(status: StatusCode, what: &str, digest: &[u8; 32]) -> ApiError {
+pub(super) fn not_approved(status: StatusCode, what: &str, digest: &[u8; 32]) -> ApiError {
     let digest = hex::encode(digest);
     ApiError::new(
         status,
@@ -572,6 +594,33 @@ pub fn config_hash(
     hasher.finalize().into()
 }
 
+/// [`config_hash`] of an endpoint with a seal schedule.
+///
+/// Without one it is [`config_hash`], so the hashes of endpoints created before
+/// schedules existed do not change; with one, another prefix keeps the forms
+/// apart, and each optional value is a presence byte and 8 bytes.
+pub fn scheduled_config_hash(
+    plugin_digest: &[u8; 32],
+    config: &[u8],
+    min_batch: u64,
+    max_reports_per_user: Option<u64>,
+    schedule: &SealSchedule,
+) -> [u8; 32] {
+    if schedule.is_manual() {
+        return config_hash(plugin_digest, config, min_batch, max_reports_per_user);
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(b"guardian:endpoint:v3\0");
+    hasher.update(plugin_digest);
+    hasher.update(min_batch.to_le_bytes());
+    for value in [max_reports_per_user, schedule.every_secs, schedule.at] {
+        hasher.update([u8::from(value.is_some())]);
+        hasher.update(value.unwrap_or(0).to_le_bytes());
+    }
+    hasher.update(config);
+    hasher.finalize().into()
+}
+
 /// Creates an endpoint; the same definition again is not an error.
 #[utoipa::path(post, path = "/endpoints", tag = "endpoints", security(("bearer" = [])),
     request_body = CreateEndpoint,
@@ -579,7 +628,9 @@ pub fn config_hash(
         (status = 201, description = "Created.", body = EndpointView),
         (status = 200, description = "An identical endpoint exists.", body = EndpointView),
         (status = 400, description = "Malformed request: `malformed_json`, `bad_body`, \
-            `invalid_endpoint_name`, `invalid_max_reports_per_user`, `params_too_deep`, or \
+            `invalid_endpoint_name`, `invalid_max_reports_per_user`, `invalid_seal_every`, \
+            `invalid_seal_at` (below `min_batch` or above `endpoints.max_batch`), \
+            `params_too_deep`, or \
             `invalid_min_batch` (below `endpoints.min_batch_floor` or above \
             `endpoints.max_batch`).",
             body = ErrorBody),
@@ -647,6 +698,12 @@ pub(super) async fn create_endpoint(
             ),
         ));
     }
+    let schedule = check_schedule(
+        body.seal_every,
+        body.seal_at,
+        min_batch,
+        state.config.endpoints.max_batch,
+    )?;
     let plugin = state.registry.plugin(&body.plugin)?;
     if !state.registry.is_approved(&plugin.digest()) {
         return Err(not_approved(
@@ -670,16 +727,18 @@ pub(super) async fn create_endpoint(
         plugin_digest: plugin.digest(),
         plugin_name: plugin.info().name.clone(),
         params,
-        config_hash: config_hash(
+        config_hash: scheduled_config_hash(
             &plugin.digest(),
             &config,
             min_batch,
             body.max_reports_per_user,
+            &schedule,
         ),
         config,
         min_batch,
         max_reports_per_user: body.max_reports_per_user,
         created_at: SystemTime::now(),
+        schedule,
     };
     // Counted and created under one lock, so the cap holds with creations at once.
     let _creating = state.registry.creating().await;
@@ -697,6 +756,7 @@ pub(super) async fn create_endpoint(
     match state.storage.create_endpoint(record).await? {
         CreateEndpointOutcome::Created(endpoint) => {
             state.registry.set_endpoint(endpoint.clone(), plugin);
+            state.sealer.endpoint_created();
             json(
                 StatusCode::CREATED,
                 EndpointView::new(&endpoint, None, &state),
@@ -720,6 +780,39 @@ pub(super) async fn create_endpoint(
             ),
         )),
     }
+}
+
+/// An endpoint's seal schedule, checked: `seal_every` at least a second,
+/// `seal_at` between `min_batch` (a smaller batch is never sealed) and
+/// `max_batch` (a seal takes no more), both within storage's integers.
+fn check_schedule(
+    seal_every: Option<u64>,
+    seal_at: Option<u64>,
+    min_batch: u64,
+    max_batch: u64,
+) -> Result<SealSchedule, ApiError> {
+    let most = i64::MAX as u64;
+    if seal_every.is_some_and(|every| every == 0 || every > most) {
+        return Err(ApiError::bad_request(
+            "invalid_seal_every",
+            format!(
+                "seal_every is a number of seconds between 1 and {most}, or left out to seal only when asked"
+            ),
+        ));
+    }
+    let max_batch = max_batch.min(most);
+    if seal_at.is_some_and(|at| at < min_batch || at > max_batch) {
+        return Err(ApiError::bad_request(
+            "invalid_seal_at",
+            format!(
+                "seal_at is a number of reports between the endpoint's min_batch ({min_batch}) and {max_batch}, the most one seal takes (endpoints.max_batch), or left out"
+            ),
+        ));
+    }
+    Ok(SealSchedule {
+        every_secs: seal_every,
+        at: seal_at,
+    })
 }
 
 /// Lists the endpoints with their report counts, a page at a time.
@@ -854,13 +947,15 @@ pub(super) async fn delete_endpoint(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PostReport {
-    /// The report's id, 32 hex digits (16 random bytes), the same on every
-    /// server: a retry with the same id and share is acknowledged again.
+    /// The report's id, 32 hex digits (16 bytes), the same on every server: a
+    /// retry with the same id and share is acknowledged again. Its first 48 bits
+    /// are the time the client made it (big-endian Unix milliseconds), the rest
+    /// random (UUIDv7 layout); servers take it only within their report window.
     #[schema(
         pattern = "^[0-9a-fA-F]{32}$",
-        example = "00112233445566778899aabbccddeeff"
+        example = "019af5e2a1c07d3e8f4a112233445566"
     )]
-    report_id: String,
+    pub(super) report_id: String,
     /// This server's share of the measurement, base64.
     #[schema(format = Byte, example = "AAAAAAAAAAA=")]
     share: String,
@@ -899,7 +994,11 @@ pub(super) enum ReportStatus {
         (status = 201, description = "Stored.", body = ReportAccepted),
         (status = 200, description = "The same report was stored before.", body = ReportAccepted),
         (status = 400, description = "Malformed request: `malformed_json`, `bad_body`, \
-            `invalid_report_id`, `invalid_share_encoding`, `invalid_path`.", body = ErrorBody),
+            `invalid_report_id`, `invalid_share_encoding`, `invalid_path`. Or the report id's \
+            time (its first 48 bits, Unix milliseconds) is outside the server's report window: \
+            `report_too_old` (older than `endpoints.report_retention_secs`), \
+            `report_from_future` (ahead by more than `endpoints.report_max_future_skew_secs`).",
+            body = ErrorBody),
         RoleErrors,
         (status = 404, description = "No such endpoint: `unknown_endpoint`.", body = ErrorBody),
         (status = 409, description = "This report id was posted with another share: \
@@ -970,7 +1069,7 @@ pub(crate) type DecodedReport = ([u8; 16], Vec<u8>, Vec<u8>);
 
 /// A report's id (32 hex digits), its share and public share (base64) as bytes,
 /// before any plugin sees them.
-fn decode_report(report: &PostReport) -> Result<DecodedReport, ApiError> {
+pub(super) fn decode_report(report: &PostReport) -> Result<DecodedReport, ApiError> {
     let mut report_id = [0u8; 16];
     if report.report_id.len() != 32
         || hex::decode_to_slice(&report.report_id, &mut report_id).is_err()
@@ -1005,13 +1104,14 @@ async fn store_report(
     report: PostReport,
 ) -> Answer {
     let (report_id, share, public_share) = decode_report(&report)?;
+    super::report_time::check_report_time(state, &report_id)?;
     let index = state.config.server.index;
     let share = state
         .registry
         .validate(live, public_share, share, index)
         .await?;
     let endpoint = live.endpoint.id;
-    let now = SystemTime::now();
+    let now = state.clock.now();
     let outcome = match live.endpoint.record.max_reports_per_user {
         // Who posted it, so that a batch can be required to hold many users.
         None if state.sealer.counts_users() => {
@@ -1038,6 +1138,9 @@ async fn store_report(
                 .await
         }
     };
+    if matches!(outcome, Ok(InsertReportOutcome::Stored)) {
+        state.sealer.reports_stored(&live.endpoint, 1);
+    }
     match outcome {
         Ok(InsertReportOutcome::Stored) => json(
             StatusCode::CREATED,

@@ -13,6 +13,8 @@
 //!   - `sqlite::migrations`: the versioned schema;
 //!   - `sqlite::writer`: the single writer thread and its group commit;
 //!   - `sqlite::sql`: every statement, as plain functions over a connection.
+//! - `backup`: online copies of the SQLite file while the server serves
+//!   (`guardian admin backup`).
 //!
 //! Invariants:
 //!
@@ -32,9 +34,14 @@
 
 #![warn(missing_docs)]
 
+pub mod backup;
+#[cfg(test)]
+mod batch_deletion_tests;
 mod sqlite;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod window_tests;
 
 use std::fmt;
 use std::path::Path;
@@ -220,6 +227,25 @@ impl Storage {
             .await
     }
 
+    /// Stores many reports of one endpoint durably, as [`Storage::insert_report`]
+    /// (with its `quota` and `poster` variants) stores each, and answers one outcome
+    /// per report, in order, once every one of them is committed.
+    ///
+    /// The reports are queued for the writer one after the other without waiting in
+    /// between, so they commit together in one or a few groups rather than one
+    /// group per report; the same report id twice in `reports` is stored once and
+    /// answered as a duplicate (or conflict) the second time.
+    pub async fn insert_reports(
+        &self,
+        endpoint: EndpointId,
+        received_at: SystemTime,
+        reports: Vec<NewReport>,
+    ) -> Vec<Result<InsertReportOutcome, StorageError>> {
+        self.backend
+            .insert_reports(endpoint, received_at, reports)
+            .await
+    }
+
     /// How many distinct users posted the unbatched reports at `rows` of an
     /// endpoint (see [`Storage::insert_report_from`]; the quota's user counts too),
     /// counting up to `enough` and no further. A report without a known poster
@@ -380,6 +406,41 @@ impl Storage {
         self.backend.all_batches(endpoint).await
     }
 
+    /// Deletes a released batch of an endpoint, its row and its share, as an
+    /// admin asks: it leaves the listings and the total. Its id and counts are
+    /// kept, so a retried commit of it is answered as committed (see
+    /// [`Storage::committed_batch`]), never folded and released again, and its
+    /// reports stay batched. Refused while a decided seal of this batch is pending
+    /// here (the coordinator's, until every server committed it).
+    pub async fn delete_batch(
+        &self,
+        endpoint: EndpointId,
+        batch_id: [u8; 16],
+        now: SystemTime,
+    ) -> Result<DeleteBatchOutcome, StorageError> {
+        self.backend.delete_batch(endpoint, batch_id, now).await
+    }
+
+    /// A batch committed on this server: stored, or deleted by an admin since
+    /// (then without its share). What a commit of a batch checks first, so that
+    /// a batch is released at most once here.
+    pub async fn committed_batch(
+        &self,
+        endpoint: EndpointId,
+        batch_id: [u8; 16],
+    ) -> Result<Option<BatchInfo>, StorageError> {
+        self.backend.committed_batch(endpoint, batch_id).await
+    }
+
+    /// The seed of the noise this server draws releasing batch `batch_id`: a
+    /// keyed hash under a secret of this database, so it is unpredictable to
+    /// anyone else, and the same if the batch is released again from the same
+    /// reports after the database was restored from a backup: the released
+    /// share is then the same bytes, not a second draw of its noise.
+    pub fn release_seed(&self, endpoint: EndpointId, batch_id: [u8; 16]) -> [u8; 32] {
+        self.backend.release_seed(endpoint, batch_id)
+    }
+
     /// Expires the unbatched reports of an endpoint received before `before`:
     /// deletes their shares and keeps their ids, so replays stay refused. Nothing
     /// expires while the endpoint has a seal in progress (its reports may be
@@ -392,12 +453,51 @@ impl Storage {
     ) -> Result<u64, StorageError> {
         self.backend.expire_reports(endpoint, before).await
     }
+
+    /// Deletes, in one small transaction, at most `limit` reports of an endpoint
+    /// that the report window no longer needs: made before `keep_from` (see
+    /// [`crate::report_id::ReportWindow::keep_from`]), or stored before ids
+    /// carried their time and received before `received_before`; batched or not,
+    /// with their shares and ids. Nothing while the endpoint has a seal in
+    /// progress; the caller also holds its seal lock. Released batches stay.
+    pub async fn collect_reports(
+        &self,
+        endpoint: EndpointId,
+        keep_from: [u8; 16],
+        received_before: SystemTime,
+        limit: usize,
+    ) -> Result<Collected, StorageError> {
+        self.backend
+            .collect_reports(endpoint, keep_from, received_before, limit)
+            .await
+    }
+
+    /// How many spans of id time the report-id filters cover.
+    #[cfg(test)]
+    pub(crate) async fn id_filter_spans(&self) -> Result<usize, StorageError> {
+        self.backend.id_filter_spans().await
+    }
 }
 
 /// A user as the quota of [`Storage::insert_report_for_user`] knows them: see
 /// [`Storage::user_key`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UserKey(pub(crate) [u8; 16]);
+
+/// One report of [`Storage::insert_reports`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReport {
+    /// Client-chosen id, the same on every server.
+    pub report_id: [u8; 16],
+    /// The encoded share, as the plugin's `validate` returned it.
+    pub share: Vec<u8>,
+    /// The endpoint's per-user quota with the poster, if the endpoint has one
+    /// (as [`Storage::insert_report_for_user`]).
+    pub quota: Option<UserQuota>,
+    /// Who posted it, when batches count distinct users (as
+    /// [`Storage::insert_report_from`]).
+    pub poster: Option<UserKey>,
+}
 
 /// The per-user quota a report is inserted under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -484,6 +584,9 @@ pub struct BatchInfo {
     pub rejected: u64,
     /// When this server sealed it.
     pub sealed_at: SystemTime,
+    /// The earliest and latest report time among its reports; `None` for batches
+    /// sealed before spans were recorded.
+    pub span: Option<(SystemTime, SystemTime)>,
 }
 
 /// A sealed batch with this server's released share of it.
@@ -543,7 +646,7 @@ impl Default for StorageOptions {
         StorageOptions {
             read_connections: 4,
             busy_timeout: Duration::from_secs(5),
-            max_group: 1024,
+            max_group: 16384,
             commit_observer: None,
             id_index_batch: sqlite::ids::FLUSH_AT,
         }
@@ -660,6 +763,25 @@ pub struct EndpointRecord {
     pub max_reports_per_user: Option<u64>,
     /// When the endpoint was created (kept to the millisecond).
     pub created_at: SystemTime,
+    /// When server 0 seals the endpoint by itself; the default: only when asked.
+    pub schedule: SealSchedule,
+}
+
+/// When server 0 seals an endpoint without being asked (both may be set: the
+/// first due wins). Part of the endpoint's definition and of its `config_hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SealSchedule {
+    /// Seal every this many seconds (counted from the last seal attempt).
+    pub every_secs: Option<u64>,
+    /// Seal as soon as this many reports are held by every server.
+    pub at: Option<u64>,
+}
+
+impl SealSchedule {
+    /// Whether the endpoint is sealed only when asked.
+    pub fn is_manual(&self) -> bool {
+        self.every_secs.is_none() && self.at.is_none()
+    }
 }
 
 /// A stored endpoint.
@@ -682,6 +804,27 @@ pub enum CreateEndpointOutcome {
     Identical(Endpoint),
     /// An endpoint with this name but a different definition exists; nothing changed.
     Conflict(Endpoint),
+}
+
+/// Result of [`Storage::delete_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteBatchOutcome {
+    /// The batch was released here and is now deleted.
+    Deleted(BatchInfo),
+    /// A decided seal of this batch is still pending here: not every server has
+    /// committed it yet.
+    NotReleased,
+    /// No such batch here (never committed, or deleted before).
+    Unknown,
+}
+
+/// What one [`Storage::collect_reports`] deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Collected {
+    /// Reports deleted.
+    pub reports: u64,
+    /// Whether more may be due: the limit was reached.
+    pub more: bool,
 }
 
 /// Report counts of one endpoint.

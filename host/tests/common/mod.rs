@@ -436,7 +436,9 @@ impl Sharder {
             .plugin
             .shard(&self.config, &measurement.to_string(), n as u32, &seed)
             .unwrap();
-        let id = hex::encode(rand::random::<[u8; 16]>());
+        let id = hex::encode(guardian::report_id::new_report_id(
+            std::time::SystemTime::now(),
+        ));
         (id, shares.iter().map(|s| BASE64.encode(s)).collect())
     }
 
@@ -466,7 +468,7 @@ impl Sharder {
     /// A report of a robust plugin (contract 0.2.0): its id, the public share
     /// and one share per server, as bytes.
     pub fn shard_report(&self, measurement: &Value, n: usize) -> RawReport {
-        let id: [u8; 16] = rand::random();
+        let id = guardian::report_id::new_report_id(std::time::SystemTime::now());
         let seed: [u8; 32] = rand::random();
         let report = self
             .plugin

@@ -36,6 +36,18 @@ pub(in crate::server) async fn seal(
     live: &Arc<LiveEndpoint>,
     deadline: Instant,
 ) -> Result<BatchInfo, ApiError> {
+    seal_at_least(state, live, deadline, 0).await
+}
+
+/// [`seal`], deciding a batch only if at least `at_least` reports (and the
+/// endpoint's `min_batch`) are held by every server: the scheduled seal of an
+/// endpoint with `seal_at`. Below that nothing is sealed (`batch_too_small`).
+pub(in crate::server) async fn seal_at_least(
+    state: &Arc<AppState>,
+    live: &Arc<LiveEndpoint>,
+    deadline: Instant,
+    at_least: u64,
+) -> Result<BatchInfo, ApiError> {
     let sealer = &state.sealer;
     let endpoint = &live.endpoint;
     let lock = sealer.lock(endpoint.id);
@@ -59,6 +71,7 @@ pub(in crate::server) async fn seal(
     }
     let needed = sealer.needed(endpoint.record.min_batch);
     let min_users = sealer.min_users(needed);
+    let needed = needed.max(at_least);
     let batch_id: [u8; 16] = rand::random();
     let number = sealer.next_seal_number(endpoint.id);
     let name = &endpoint.record.name;

@@ -1,32 +1,66 @@
-//! Expiry of unbatched reports, never under a seal in progress.
+//! The report window in the background: deletes the reports older than it (with
+//! their shares and ids, batched or not), never under a seal in progress.
+//!
+//! Ingest refuses a report whose id is older than the window
+//! (`server::report_time`), so what is older is needed neither to seal nor to
+//! catch a replay. Storage then stops growing once the window is full: the pages
+//! of deleted reports take the new ones.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::server::AppState;
 
-/// Expires unbatched reports past the retention, until shutdown: one endpoint at
-/// a time under its seal lock, so that a proposal being made or answered is never
-/// expired under a seal (and a seal in progress keeps its reports).
+/// Most reports deleted per transaction: a few milliseconds of the writer, so
+/// that report groups commit in between.
+const PER_TRANSACTION: usize = 2_000;
+
+/// Collects reports past the window, until shutdown: every tenth of the window
+/// (100 ms to a minute, on the server's clock), one endpoint at a time under its
+/// seal lock, one small transaction at a time, so that a proposal being made or
+/// answered never loses a report under it (a seal in progress keeps its reports).
 pub(in crate::server) async fn expire_reports(state: Arc<AppState>) {
-    let retention = state.config.endpoints.report_retention();
-    let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let window = state.config.endpoints.report_window();
+    let every = (window.max_age / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
     loop {
-        tokio::time::sleep(every).await;
-        let Some(before) = SystemTime::now().checked_sub(retention) else {
-            continue;
-        };
+        state.clock.sleep_until(state.clock.now() + every).await;
+        let now = state.clock.now();
+        let keep_from = window.keep_from(now);
+        let received_before = now.checked_sub(window.max_age).unwrap_or(now);
         for live in state.registry.endpoints() {
             let endpoint = live.endpoint.id;
-            let lock = state.sealer.lock(endpoint);
-            let _sealing = lock.lock().await;
-            match state.storage.expire_reports(endpoint, before).await {
-                Ok(0) => {}
-                Ok(expired) => {
-                    tracing::info!(endpoint = %live.endpoint.record.name, expired, "unbatched reports expired");
+            let mut collected = 0;
+            loop {
+                let step = {
+                    let lock = state.sealer.lock(endpoint);
+                    let _sealing = lock.lock().await;
+                    state
+                        .storage
+                        .collect_reports(endpoint, keep_from, received_before, PER_TRANSACTION)
+                        .await
+                };
+                match step {
+                    Ok(step) => {
+                        collected += step.reports;
+                        if !step.more {
+                            break;
+                        }
+                    }
+                    Err(crate::storage::StorageError::Closed) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "collecting reports past the window failed");
+                        break;
+                    }
                 }
-                Err(crate::storage::StorageError::Closed) => return,
-                Err(e) => tracing::warn!(error = %e, "expiring reports failed"),
+                // Let the requests queued meanwhile go first.
+                tokio::task::yield_now().await;
+            }
+            if collected > 0 {
+                tracing::info!(
+                    endpoint = %live.endpoint.record.name,
+                    collected,
+                    "reports past the report window deleted"
+                );
             }
         }
     }

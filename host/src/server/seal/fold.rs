@@ -58,8 +58,9 @@ pub(super) async fn commit_locally(
     checked: Option<Checked>,
 ) -> Result<BatchInfo, ApiError> {
     let endpoint = live.endpoint.id;
-    if let Some(batch) = state.storage.get_batch(endpoint, batch_id).await? {
-        return Ok(batch.info);
+    // Held, or released and deleted by an admin since: never released again.
+    if let Some(info) = state.storage.committed_batch(endpoint, batch_id).await? {
+        return Ok(info);
     }
     let count = rows.len() as u64;
     let registry = &state.registry;
@@ -81,8 +82,11 @@ pub(super) async fn commit_locally(
             Vec::new()
         }
     };
-    // Drawn once: the released share is stored and never computed again.
-    let seed: [u8; 32] = rand::random();
+    // Drawn once: the released share is stored and never computed again. The
+    // seed is this server's secret function of the batch, so a server restored
+    // from a backup that releases the batch again (from the same reports)
+    // releases the same bytes rather than a second draw of the noise.
+    let seed = state.storage.release_seed(endpoint, batch_id);
     let index = state.sealer.index;
     let call_live = live.clone();
     let share = registry

@@ -229,9 +229,9 @@ pub(in crate::server) async fn commit(
     let endpoint = live.endpoint.id;
     let lock = state.sealer.lock(endpoint);
     let _sealing = lock.lock().await;
-    if let Some(batch) = state.storage.get_batch(endpoint, batch_id).await? {
+    if let Some(info) = state.storage.committed_batch(endpoint, batch_id).await? {
         state.sealer.drop_messages(endpoint);
-        return Ok(committed(batch.info));
+        return Ok(committed(info));
     }
     let reservation = reserved_seal(state, endpoint, batch_id, body.seal, &body.batch_id).await?;
     let rows = reserved_rows(&agreed, &reservation, &body.batch_id)?;
@@ -378,8 +378,8 @@ pub(in crate::server) async fn recommit(
     let endpoint = live.endpoint.id;
     let lock = state.sealer.lock(endpoint);
     let _sealing = lock.lock().await;
-    if let Some(batch) = state.storage.get_batch(endpoint, batch_id).await? {
-        return Ok(committed(batch.info));
+    if let Some(info) = state.storage.committed_batch(endpoint, batch_id).await? {
+        return Ok(committed(info));
     }
     let held = held_by_id(state, endpoint).await?;
     let mut rows = Vec::with_capacity(ids.len() / 16);

@@ -58,11 +58,13 @@ mod coordinator;
 mod expiry;
 mod fold;
 mod follower;
+mod schedule;
 mod verify;
 
 pub(super) use self::coordinator::{retry_decided, seal};
 pub(super) use self::expiry::expire_reports;
 pub(super) use self::follower::{abort, commit, prepare, recommit};
+pub(super) use self::schedule::run as run_schedule;
 pub(super) use self::verify::{
     Messages, Received, Verified, Verify, messages, stored_report, verify,
 };
@@ -112,6 +114,8 @@ pub(super) struct Sealer {
     min_batch_floor: u64,
     /// The fault to inject ([`FAULT_VAR`]), if any.
     fault: Option<String>,
+    /// Coordinator: what wakes the seal scheduler.
+    wakeups: schedule::Wakeups,
 }
 
 /// Ids proposed per prepare call: `max_batch`, rounded down to whole bytes of the
@@ -312,6 +316,7 @@ impl Sealer {
             distinct_users: config.endpoints.distinct_users && !config.auth.disabled,
             min_batch_floor: config.endpoints.min_batch_floor.max(2),
             fault: std::env::var(FAULT_VAR).ok(),
+            wakeups: schedule::Wakeups::default(),
         })
     }
 

@@ -589,7 +589,12 @@ pub(in crate::server) async fn messages(
     let endpoint = live.endpoint.id;
     let lock = state.sealer.lock(endpoint);
     let _sealing = lock.lock().await;
-    if state.storage.get_batch(endpoint, batch_id).await?.is_some() {
+    if state
+        .storage
+        .committed_batch(endpoint, batch_id)
+        .await?
+        .is_some()
+    {
         // Committed already (the coordinator missed the answer): nothing to hold.
         return Ok(Received {
             received: query.from + part.len() as u64,

@@ -13,17 +13,32 @@
 //! Most lookups are for new ids, so before the table a Bloom filter per range
 //! ([`RangeFilter`]) tells, without reading a page, that an id is not there.
 //!
+//! Report ids start with the time they were made (see [`crate::report_id`]), and
+//! the filters are kept per span of that time ([`BUCKET_SHIFT`]): once the report
+//! window has passed a span, its filter is dropped whole ([`ReportIds::forget_before`])
+//! and the collection of old reports forgets their waiting ids
+//! ([`ReportIds::forget`]), so memory follows the window, not every id ever
+//! stored. A dropped filter answers "not there" for every id of its span, which
+//! is right because servers refuse those ids by their age before looking them up.
+//! Ids whose time is implausible (made before ids carried their time, or by
+//! tests) share one filter that is never dropped.
+//!
+//! With time-ordered ids nearly every new id falls into the same key range: moves
+//! of the other (empty) ranges cost nothing, and the busy range's ids, newer than
+//! everything in the table, are appended at its end.
+//!
 //! Nothing depends on the memory surviving a crash: an id waits only for reports
 //! already committed to `reports`, and at start every row after the watermark
 //! `report_ids_state.indexed_through` that is not in the table waits again. The
 //! watermark moves forward when a round over all ranges ends: every row that
 //! existed when the round began has been moved by then.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::report_id::time_of;
 use crate::storage::{EndpointId, StorageError};
 
 /// Key ranges the waiting ids are split into (by the id's first byte).
@@ -34,6 +49,24 @@ pub(crate) const RANGES: usize = 64;
 pub(crate) const FLUSH_AT: usize = 65_536;
 
 type Key = (i64, [u8; 16]);
+
+/// Each filter holds the ids of 2^16 ms (about 65 s) of id time.
+pub(crate) const BUCKET_SHIFT: u32 = 16;
+/// Id times (Unix milliseconds) that get filters of their own: from 2020 to 2200.
+/// Others, ids made before ids carried their time among them, share one.
+const PLAUSIBLE_MILLIS: std::ops::Range<u64> = 1_577_836_800_000..7_258_118_400_000;
+/// The bucket of the ids of implausible times; never dropped.
+const OTHER_TIMES: u64 = u64::MAX;
+
+/// Which filter holds `report_id`.
+fn bucket_of(report_id: &[u8; 16]) -> u64 {
+    let time = time_of(report_id);
+    if PLAUSIBLE_MILLIS.contains(&time) {
+        time >> BUCKET_SHIFT
+    } else {
+        OTHER_TIMES
+    }
+}
 
 /// Bits of a filter layer per id it is sized for.
 const FILTER_BITS_PER_ID: usize = 12;
@@ -123,6 +156,11 @@ impl RangeFilter {
     fn may_contain(&self, hash: u64) -> bool {
         self.layers.iter().any(|layer| layer.may_contain(hash))
     }
+
+    /// An empty filter; its first layer is made by the first insert.
+    fn empty() -> RangeFilter {
+        RangeFilter { layers: Vec::new() }
+    }
 }
 
 /// The ids of stored reports not yet in `report_ids`, with their rows; see the
@@ -130,8 +168,8 @@ impl RangeFilter {
 pub(crate) struct ReportIds {
     /// One map per key range ([`RANGES`] of them, fewer in tests).
     waiting: Vec<HashMap<Key, i64>>,
-    /// Per range, what `report_ids` holds.
-    filters: Vec<RangeFilter>,
+    /// What `report_ids` holds, per span of id time ([`bucket_of`]).
+    filters: BTreeMap<u64, RangeFilter>,
     /// Keyed per process, so that ids chosen to collide in one server's filters
     /// cannot be planned.
     hasher: RandomState,
@@ -165,7 +203,7 @@ impl ReportIds {
         )?;
         let mut ids = ReportIds {
             waiting: (0..ranges.clamp(1, 256)).map(|_| HashMap::new()).collect(),
-            filters: Vec::new(),
+            filters: BTreeMap::new(),
             hasher: RandomState::new(),
             len: 0,
             uncommitted: Vec::new(),
@@ -186,10 +224,7 @@ impl ReportIds {
             };
             ids.put((row.get(1)?, report_id), row.get(0)?);
         }
-        for range in 0..ids.waiting.len() {
-            let filter = ids.read_filter(conn, range)?;
-            ids.filters.push(filter);
-        }
+        ids.filters = ids.read_filters(conn)?;
         Ok(ids)
     }
 
@@ -202,30 +237,22 @@ impl ReportIds {
         usize::from(key.1[0]) * self.waiting.len() / 256
     }
 
-    /// A filter of the ids of `range` in `report_ids`.
-    fn read_filter(&self, conn: &Connection, range: usize) -> rusqlite::Result<RangeFilter> {
-        let ranges = self.waiting.len();
-        // The smallest first byte of the range, as a one-byte blob: it sorts before
-        // every 16-byte id that starts with it. 17 bytes of 0xff sort after all.
-        let first_byte = |range: usize| (range * 256).div_ceil(ranges);
-        let low = vec![u8::try_from(first_byte(range)).unwrap_or(u8::MAX)];
-        let high = match u8::try_from(first_byte(range + 1)) {
-            Ok(byte) if range + 1 < ranges => vec![byte],
-            _ => vec![u8::MAX; 17],
-        };
-        let mut statement = conn.prepare_cached(
-            "SELECT i.endpoint_id, i.report_id FROM endpoints AS e JOIN report_ids AS i \
-             ON i.endpoint_id = e.id AND i.report_id >= ?1 AND i.report_id < ?2",
-        )?;
-        let mut hashes = Vec::new();
-        let mut rows = statement.query(params![low, high])?;
+    /// The filters of every id in `report_ids`, one read of the table.
+    fn read_filters(&self, conn: &Connection) -> rusqlite::Result<BTreeMap<u64, RangeFilter>> {
+        let mut statement = conn.prepare_cached("SELECT endpoint_id, report_id FROM report_ids")?;
+        let mut hashes: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
             let report_id: Vec<u8> = row.get(1)?;
             if let Ok(report_id) = <[u8; 16]>::try_from(report_id.as_slice()) {
-                hashes.push(self.hasher.hash_one((row.get::<_, i64>(0)?, report_id)));
+                let hash = self.hasher.hash_one((row.get::<_, i64>(0)?, report_id));
+                hashes.entry(bucket_of(&report_id)).or_default().push(hash);
             }
         }
-        Ok(RangeFilter::of(&hashes))
+        Ok(hashes
+            .into_iter()
+            .map(|(bucket, hashes)| (bucket, RangeFilter::of(&hashes)))
+            .collect())
     }
 
     fn put(&mut self, key: Key, row: i64) {
@@ -247,7 +274,11 @@ impl ReportIds {
         if let Some(&row) = self.waiting[range].get(&key) {
             return Ok(Some(row));
         }
-        if !self.filters[range].may_contain(self.hasher.hash_one(key)) {
+        let held = self
+            .filters
+            .get(&bucket_of(report_id))
+            .is_some_and(|filter| filter.may_contain(self.hasher.hash_one(key)));
+        if !held {
             return Ok(None);
         }
         conn.prepare_cached("SELECT row FROM report_ids WHERE endpoint_id = ?1 AND report_id = ?2")?
@@ -284,6 +315,15 @@ impl ReportIds {
         if self.len < self.flush_at {
             return Ok(0);
         }
+        // Skip the empty ranges between the first and the last of a round (with
+        // time-ordered ids, nearly all of them): nothing to move, no transaction.
+        let last = self.waiting.len() - 1;
+        while self.next_range != 0
+            && self.next_range != last
+            && self.waiting[self.next_range].is_empty()
+        {
+            self.next_range += 1;
+        }
         let range = self.next_range;
         let mut keys: Vec<(&Key, &i64)> = self.waiting[range].iter().collect();
         keys.sort_unstable();
@@ -318,13 +358,64 @@ impl ReportIds {
         let moved = keys.len();
         for (key, _) in keys {
             let hash = self.hasher.hash_one(key);
-            self.filters[range].insert(hash);
+            self.filters
+                .entry(bucket_of(&key.1))
+                .or_insert_with(RangeFilter::empty)
+                .insert(hash);
         }
         self.waiting[range] = HashMap::new();
         self.len -= moved;
         self.round_start = round_start;
         self.next_range = (range + 1) % self.waiting.len();
         Ok(moved)
+    }
+}
+
+impl ReportIds {
+    /// The waiting ids of `endpoint` made before `keep_from` whose rows come after
+    /// `after_row`, at most `limit`, with their rows: what the collection of old
+    /// reports deletes (and then [`Self::forget`]s).
+    pub(crate) fn waiting_before(
+        &self,
+        endpoint: EndpointId,
+        keep_from: &[u8; 16],
+        after_row: i64,
+        limit: usize,
+    ) -> Vec<([u8; 16], i64)> {
+        self.waiting
+            .iter()
+            .flat_map(|range| range.iter())
+            .filter(|((e, id), row)| *e == endpoint.0 && id < keep_from && **row > after_row)
+            .map(|((_, id), row)| (*id, *row))
+            .take(limit)
+            .collect()
+    }
+
+    /// Forgets waiting ids of `endpoint` whose reports were deleted (committed).
+    pub(crate) fn forget(&mut self, endpoint: EndpointId, report_ids: &[[u8; 16]]) {
+        for report_id in report_ids {
+            let key = (endpoint.0, *report_id);
+            let range = self.range_of(&key);
+            if self.waiting[range].remove(&key).is_some() {
+                self.len -= 1;
+            }
+        }
+    }
+
+    /// Drops the filters of the ids made before `keep_from`, all of them outside
+    /// the report window (see the module documentation); returns how many.
+    pub(crate) fn forget_before(&mut self, keep_from: &[u8; 16]) -> usize {
+        let first_kept = time_of(keep_from) >> BUCKET_SHIFT;
+        let kept = self.filters.split_off(&first_kept);
+        let dropped = self.filters.len();
+        self.filters = kept;
+        dropped
+    }
+
+    /// How many time spans have filters (memory follows the window).
+    #[cfg(test)]
+    pub(crate) fn filter_spans(&self) -> usize {
+        self.filters.len()
     }
 }
 

@@ -247,6 +247,60 @@ ALTER TABLE seals ADD COLUMN rejected_rows BLOB;
 ALTER TABLE seals ADD COLUMN messages BLOB;
 "#,
     },
+    Migration {
+        description: "seal schedules, time span of each batch's reports",
+        sql: r#"
+-- Server 0 seals the endpoint by itself every `seal_every` seconds, and/or as
+-- soon as `seal_at` reports are held by every server (NULL: only when asked).
+ALTER TABLE endpoints ADD COLUMN seal_every INTEGER
+    CHECK (seal_every IS NULL OR seal_every > 0);
+ALTER TABLE endpoints ADD COLUMN seal_at INTEGER
+    CHECK (seal_at IS NULL OR seal_at > 0);
+-- The earliest and latest report time among the batch's reports; NULL for
+-- batches sealed before this step.
+ALTER TABLE batches ADD COLUMN first_report_at INTEGER;
+ALTER TABLE batches ADD COLUMN last_report_at INTEGER;
+"#,
+    },
+    Migration {
+        description: "report window: reports older than it are deleted with their ids",
+        sql: r#"
+-- Report ids now start with the time the client made them (48-bit Unix
+-- milliseconds), and reports older than the window are deleted with their ids
+-- (see `report_id` and `sqlite::collect`). Rows stored before this step hold
+-- random ids: those rows (up to `legacy_through`, the largest row id ever given)
+-- are collected by `received_at` instead.
+CREATE TABLE report_window (
+    singleton      INTEGER PRIMARY KEY CHECK (singleton = 0),
+    legacy_through INTEGER NOT NULL
+);
+INSERT INTO report_window (singleton, legacy_through)
+    SELECT 0, coalesce((SELECT max(seq) FROM sqlite_sequence WHERE name = 'reports'), 0);
+-- How many reports of the endpoint have been deleted by the window, so that the
+-- counts of expired reports stay right once their rows are gone.
+ALTER TABLE endpoints ADD COLUMN collected INTEGER NOT NULL DEFAULT 0;
+"#,
+    },
+    Migration {
+        description: "released batches deleted by an admin",
+        sql: r#"
+-- A released batch an admin deleted (its row and share are gone from `batches`):
+-- its id and counts stay, so a retried commit of it is answered as committed
+-- (never folded and released again) and its reports stay counted as batched.
+-- Deleted with the endpoint.
+CREATE TABLE deleted_batches (
+    endpoint_id     INTEGER NOT NULL,
+    batch_id        BLOB NOT NULL CHECK (length(batch_id) = 16),
+    count           INTEGER NOT NULL,
+    rejected        INTEGER NOT NULL,
+    sealed_at       INTEGER NOT NULL,
+    first_report_at INTEGER,
+    last_report_at  INTEGER,
+    deleted_at      INTEGER NOT NULL,
+    PRIMARY KEY (endpoint_id, batch_id)
+) WITHOUT ROWID;
+"#,
+    },
 ];
 
 /// Applies the migrations of `migrations` that the database does not have yet;

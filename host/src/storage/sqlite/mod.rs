@@ -6,6 +6,7 @@
 //! the read pool and the plumbing from async callers to these threads live here; the
 //! statements live in `sql`, the schema in `migrations`.
 
+pub(crate) mod collect;
 pub(crate) mod ids;
 pub(crate) mod migrations;
 pub(crate) mod sql;
@@ -23,9 +24,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use self::writer::{Command, InsertReport};
 use crate::storage::{
-    Batch, BatchInfo, CommitOutcome, CreateEndpointOutcome, Endpoint, EndpointCounts, EndpointId,
-    EndpointRecord, InsertReportOutcome, NewBatch, PluginInfo, PluginRecord, PutPluginOutcome,
-    Seal, SealReport, StorageError, StorageOptions, UserKey, UserQuota,
+    Batch, BatchInfo, CommitOutcome, CreateEndpointOutcome, DeleteBatchOutcome, Endpoint,
+    EndpointCounts, EndpointId, EndpointRecord, InsertReportOutcome, NewBatch, NewReport,
+    PluginInfo, PluginRecord, PutPluginOutcome, Seal, SealReport, StorageError, StorageOptions,
+    UserKey, UserQuota,
 };
 
 /// Commands that may wait for the writer, per slot of a group. Enough for callers to
@@ -238,6 +240,39 @@ impl SqliteBackend {
             .queue_insert(endpoint, report_id, share, received_at, Some(quota), None)
             .await?;
         outcome.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// See [`crate::storage::Storage::insert_reports`].
+    pub(crate) async fn insert_reports(
+        &self,
+        endpoint: EndpointId,
+        received_at: SystemTime,
+        reports: Vec<NewReport>,
+    ) -> Vec<Result<InsertReportOutcome, StorageError>> {
+        // Everything is queued before anything is awaited, so the writer finds the
+        // reports together; a report that cannot be queued gets its error.
+        let mut queued = Vec::with_capacity(reports.len());
+        for report in reports {
+            queued.push(
+                self.queue_insert(
+                    endpoint,
+                    report.report_id,
+                    report.share,
+                    received_at,
+                    report.quota,
+                    report.poster,
+                )
+                .await,
+            );
+        }
+        let mut outcomes = Vec::with_capacity(queued.len());
+        for outcome in queued {
+            outcomes.push(match outcome {
+                Ok(receiver) => receiver.await.unwrap_or(Err(StorageError::Closed)),
+                Err(error) => Err(error),
+            });
+        }
+        outcomes
     }
 
     /// See [`crate::storage::Storage::write_failure`].
@@ -555,6 +590,41 @@ impl SqliteBackend {
     ) -> Result<Vec<Batch>, StorageError> {
         self.read(move |conn| sql::all_batches(conn, endpoint))
             .await
+    }
+
+    /// See [`crate::storage::Storage::delete_batch`].
+    pub(crate) async fn delete_batch(
+        &self,
+        endpoint: EndpointId,
+        batch_id: [u8; 16],
+        now: SystemTime,
+    ) -> Result<DeleteBatchOutcome, StorageError> {
+        let now = sql::to_millis(now);
+        self.write(move |conn| Ok(sql::delete_batch(conn, endpoint, &batch_id, now)?))
+            .await
+    }
+
+    /// See [`crate::storage::Storage::committed_batch`].
+    pub(crate) async fn committed_batch(
+        &self,
+        endpoint: EndpointId,
+        batch_id: [u8; 16],
+    ) -> Result<Option<BatchInfo>, StorageError> {
+        self.read(move |conn| sql::committed_batch(conn, endpoint, &batch_id))
+            .await
+    }
+
+    /// See [`crate::storage::Storage::release_seed`].
+    pub(crate) fn release_seed(&self, endpoint: EndpointId, batch_id: [u8; 16]) -> [u8; 32] {
+        // HMAC-SHA256 under the database's secret, with its own label.
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &self.user_key_secret);
+        let mut context = aws_lc_rs::hmac::Context::with_key(&key);
+        context.update(b"guardian:release-seed:v1\0");
+        context.update(&endpoint.0.to_le_bytes());
+        context.update(&batch_id);
+        let mut seed = [0u8; 32];
+        seed.copy_from_slice(context.sign().as_ref());
+        seed
     }
 
     /// See [`crate::storage::Storage::expire_reports`].

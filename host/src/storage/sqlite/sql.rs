@@ -13,9 +13,10 @@ use sha2::Digest as _;
 use super::ids::ReportIds;
 
 use crate::storage::{
-    Batch, BatchInfo, CommitOutcome, CreateEndpointOutcome, Endpoint, EndpointCounts, EndpointId,
-    EndpointRecord, InsertReportOutcome, NewBatch, PluginInfo, PluginRecord, PutPluginOutcome,
-    Seal, SealReport, StorageError, UserKey, UserQuota, Verification,
+    Batch, BatchInfo, CommitOutcome, CreateEndpointOutcome, DeleteBatchOutcome, Endpoint,
+    EndpointCounts, EndpointId, EndpointRecord, InsertReportOutcome, NewBatch, PluginInfo,
+    PluginRecord, PutPluginOutcome, Seal, SealReport, SealSchedule, StorageError, UserKey,
+    UserQuota, Verification,
 };
 
 /// `reports.batch_id` of a report that expired unbatched.
@@ -128,7 +129,7 @@ pub(crate) fn plugin_wasm(
 
 /// Columns read into an [`Endpoint`] by [`endpoint`].
 const ENDPOINT_COLUMNS: &str = "id, name, plugin_digest, plugin_name, params, config, config_hash, \
-     min_batch, created_at, max_reports_per_user";
+     min_batch, created_at, max_reports_per_user, seal_every, seal_at";
 
 fn endpoint(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
     Ok(Endpoint {
@@ -143,6 +144,10 @@ fn endpoint(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
             min_batch: row.get(7)?,
             created_at: from_millis(row.get(8)?),
             max_reports_per_user: row.get(9)?,
+            schedule: SealSchedule {
+                every_secs: row.get(10)?,
+                at: row.get(11)?,
+            },
         },
     })
 }
@@ -159,11 +164,24 @@ pub(crate) fn create_endpoint(
         .map(i64::try_from)
         .transpose()
         .map_err(|_| StorageError::OutOfRange("max_reports_per_user"))?;
+    let seal_every = new
+        .schedule
+        .every_secs
+        .map(i64::try_from)
+        .transpose()
+        .map_err(|_| StorageError::OutOfRange("seal_every"))?;
+    let seal_at = new
+        .schedule
+        .at
+        .map(i64::try_from)
+        .transpose()
+        .map_err(|_| StorageError::OutOfRange("seal_at"))?;
     if let Some(existing) = get_endpoint(conn, &new.name)? {
         let same = existing.record.plugin_digest == new.plugin_digest
             && existing.record.config_hash == new.config_hash
             && existing.record.min_batch == new.min_batch
-            && existing.record.max_reports_per_user == new.max_reports_per_user;
+            && existing.record.max_reports_per_user == new.max_reports_per_user
+            && existing.record.schedule == new.schedule;
         return Ok(if same {
             CreateEndpointOutcome::Identical(existing)
         } else {
@@ -175,8 +193,8 @@ pub(crate) fn create_endpoint(
         .prepare_cached(
             "INSERT INTO endpoints \
              (name, plugin_digest, plugin_name, params, config, config_hash, min_batch, created_at, \
-              max_reports_per_user) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+              max_reports_per_user, seal_every, seal_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?
         .execute(params![
             new.name,
@@ -188,6 +206,8 @@ pub(crate) fn create_endpoint(
             min_batch,
             created_at,
             max_reports_per_user,
+            seal_every,
+            seal_at,
         ]);
     match inserted {
         Ok(_) => {}
@@ -252,7 +272,13 @@ pub(crate) fn delete_endpoint(conn: &Connection, name: &str) -> rusqlite::Result
     else {
         return Ok(false);
     };
-    for table in ["report_ids", "reports", "batches", "seals"] {
+    for table in [
+        "report_ids",
+        "reports",
+        "batches",
+        "deleted_batches",
+        "seals",
+    ] {
         conn.prepare_cached(&format!("DELETE FROM {table} WHERE endpoint_id = ?1"))?
             .execute([id])?;
     }
@@ -287,14 +313,22 @@ pub(crate) fn endpoint_counts(
             "SELECT count(*), coalesce(sum(count), 0) FROM batches WHERE endpoint_id = ?1",
         )?
         .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    // Counted as they are marked, not by scanning the reports.
-    let rejected: u64 = conn
-        .prepare_cached("SELECT rejected FROM endpoints WHERE id = ?1")?
+    // The reports of batches an admin deleted stay batched.
+    let deleted_batched: u64 = conn
+        .prepare_cached(
+            "SELECT coalesce(sum(count), 0) FROM deleted_batches WHERE endpoint_id = ?1",
+        )?
         .query_row([id], |row| row.get(0))?;
+    let batched = batched + deleted_batched;
+    // Counted as they are marked, not by scanning the reports.
+    // Reports deleted by the report window are counted as they go.
+    let (rejected, collected): (u64, u64) = conn
+        .prepare_cached("SELECT rejected, collected FROM endpoints WHERE id = ?1")?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))?;
     Ok(Some(EndpointCounts {
         unbatched,
         batched,
-        expired: total
+        expired: (total + collected)
             .saturating_sub(unbatched)
             .saturating_sub(batched)
             .saturating_sub(rejected),
@@ -753,22 +787,55 @@ pub(crate) fn report_ids(
     Ok(ids)
 }
 
-const BATCH_COLUMNS: &str = "batch_id, count, sealed_at, rejected";
+const BATCH_COLUMNS: &str = "batch_id, count, sealed_at, rejected, first_report_at, last_report_at";
 
 fn batch_info(row: &Row<'_>) -> rusqlite::Result<BatchInfo> {
+    let first: Option<i64> = row.get(4)?;
+    let last: Option<i64> = row.get(5)?;
     Ok(BatchInfo {
         batch_id: row.get(0)?,
         count: row.get(1)?,
         sealed_at: from_millis(row.get(2)?),
         rejected: row.get(3)?,
+        span: first
+            .zip(last)
+            .map(|(f, l)| (from_millis(f), from_millis(l))),
     })
 }
 
 fn batch(row: &Row<'_>) -> rusqlite::Result<Batch> {
     Ok(Batch {
         info: batch_info(row)?,
-        share: row.get(4)?,
+        share: row.get(6)?,
     })
+}
+
+/// The earliest and latest report time (Unix milliseconds) among the unbatched
+/// reports at `rows` (ascending) of an endpoint: the one place that says what a
+/// report's time is. It is when this server received it, by its own clock: the
+/// time in a report id is the client's word, good for the window's bounds but
+/// not for telling a scientist when the batch's reports came.
+fn report_span(
+    conn: &Connection,
+    endpoint: EndpointId,
+    rows: &[i64],
+) -> rusqlite::Result<Option<(i64, i64)>> {
+    let mut span = conn.prepare_cached(
+        "SELECT min(received_at), max(received_at) FROM reports \
+         WHERE id BETWEEN ?1 AND ?2 AND +endpoint_id = ?3 AND batch_id IS NULL",
+    )?;
+    let mut whole: Option<(i64, i64)> = None;
+    for run in rows.chunk_by(|a, b| b - a == 1) {
+        let (first, last) = (run[0], run[run.len() - 1]);
+        let found: (Option<i64>, Option<i64>) = span
+            .query_row(params![first, last, endpoint.0], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?;
+        if let (Some(low), Some(high)) = found {
+            whole = Some(whole.map_or((low, high), |(l, h)| (l.min(low), h.max(high))));
+        }
+    }
+    Ok(whole)
 }
 
 /// Seals reports into a batch; see [`crate::storage::Storage::commit_batch`].
@@ -778,8 +845,8 @@ pub(crate) fn commit_batch(
     new: &NewBatch,
     mut rows: Vec<i64>,
 ) -> Result<CommitOutcome, StorageError> {
-    if let Some(existing) = get_batch(conn, endpoint, &new.batch_id)? {
-        return Ok(CommitOutcome::AlreadyCommitted(existing.info));
+    if let Some(existing) = committed_batch(conn, endpoint, &new.batch_id)? {
+        return Ok(CommitOutcome::AlreadyCommitted(existing));
     }
     if rows.is_empty() {
         return Err(StorageError::OutOfRange("an empty batch"));
@@ -809,6 +876,14 @@ pub(crate) fn commit_batch(
     }
     let batch_row = conn.last_insert_rowid();
     rows.sort_unstable();
+    // Read before the rows are marked (a batched report is no longer unbatched).
+    let span = report_span(conn, endpoint, &rows)?;
+    if let Some((first, last)) = span {
+        conn.prepare_cached(
+            "UPDATE batches SET first_report_at = ?1, last_report_at = ?2 WHERE id = ?3",
+        )?
+        .execute(params![first, last, batch_row])?;
+    }
     if mark_rows(conn, endpoint, &rows, batch_row)? != count {
         // A report is already batched, gone, or listed twice. The caller drops the
         // transaction: nothing of this batch is kept.
@@ -830,6 +905,7 @@ pub(crate) fn commit_batch(
         count,
         rejected,
         sealed_at: from_millis(sealed_at),
+        span: span.map(|(f, l)| (from_millis(f), from_millis(l))),
     }))
 }
 
@@ -973,4 +1049,50 @@ pub(crate) fn distinct_posters(
         }
     }
     Ok(count)
+}
+
+/// Deletes a released batch; see [`crate::storage::Storage::delete_batch`].
+pub(crate) fn delete_batch(
+    conn: &Connection,
+    endpoint: EndpointId,
+    batch_id: &[u8; 16],
+    now: i64,
+) -> rusqlite::Result<DeleteBatchOutcome> {
+    let sealing: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM seals WHERE endpoint_id = ?1 AND batch_id = ?2 AND decided = 1)",
+        )?
+        .query_row(params![endpoint.0, batch_id], |row| row.get(0))?;
+    if sealing {
+        return Ok(DeleteBatchOutcome::NotReleased);
+    }
+    let Some(batch) = get_batch(conn, endpoint, batch_id)? else {
+        return Ok(DeleteBatchOutcome::Unknown);
+    };
+    conn.prepare_cached(
+        "INSERT INTO deleted_batches (endpoint_id, batch_id, count, rejected, sealed_at, \
+         first_report_at, last_report_at, deleted_at) \
+         SELECT endpoint_id, batch_id, count, rejected, sealed_at, first_report_at, \
+         last_report_at, ?3 FROM batches WHERE endpoint_id = ?1 AND batch_id = ?2",
+    )?
+    .execute(params![endpoint.0, batch_id, now])?;
+    conn.prepare_cached("DELETE FROM batches WHERE endpoint_id = ?1 AND batch_id = ?2")?
+        .execute(params![endpoint.0, batch_id])?;
+    Ok(DeleteBatchOutcome::Deleted(batch.info))
+}
+
+/// A batch committed on this server, held or deleted by an admin since.
+pub(crate) fn committed_batch(
+    conn: &Connection,
+    endpoint: EndpointId,
+    batch_id: &[u8; 16],
+) -> rusqlite::Result<Option<BatchInfo>> {
+    if let Some(batch) = get_batch(conn, endpoint, batch_id)? {
+        return Ok(Some(batch.info));
+    }
+    conn.prepare_cached(&format!(
+        "SELECT {BATCH_COLUMNS} FROM deleted_batches WHERE endpoint_id = ?1 AND batch_id = ?2"
+    ))?
+    .query_row(params![endpoint.0, batch_id], batch_info)
+    .optional()
 }

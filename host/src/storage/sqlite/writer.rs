@@ -47,12 +47,18 @@ pub(crate) enum Command {
     /// transaction and answers its caller itself). Boxed closures keep the writer
     /// ignorant of plugins and endpoints.
     Job(Job),
+    /// A write that also changes which report ids the writer knows (the
+    /// collection of reports older than the window), run like a [`Command::Job`].
+    IdsJob(IdsJob),
     /// Stop accepting commands; the ones already queued are still written.
     Shutdown,
 }
 
 /// A write other than a report insert; see [`Command::Job`].
 pub(crate) type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A write given the writer's [`ReportIds`] too; see [`Command::IdsJob`].
+pub(crate) type IdsJob = Box<dyn FnOnce(&mut Connection, &mut ReportIds) + Send>;
 
 /// One queued report and where to send its outcome.
 pub(crate) struct InsertReport {
@@ -189,6 +195,16 @@ fn run(
                     }
                     // Dropping an unrun job drops its reply sender: its caller is
                     // told the storage is closed.
+                    sync_mode = sync_mode.and_then(|()| set_sync(&conn, GROUP_SYNC));
+                }
+                Command::IdsJob(job) => {
+                    commit_group(
+                        &mut conn, &mut ids, &mut group, &sync_mode, syncer, observer, health,
+                    );
+                    sync_mode = sync_mode.and_then(|()| set_sync(&conn, JOB_SYNC));
+                    if sync_mode.is_ok() {
+                        job(&mut conn, &mut ids);
+                    }
                     sync_mode = sync_mode.and_then(|()| set_sync(&conn, GROUP_SYNC));
                 }
                 // Senders now fail with `Closed`; what is already queued is still
