@@ -37,6 +37,7 @@
 pub mod backup;
 #[cfg(test)]
 mod batch_deletion_tests;
+mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -53,16 +54,75 @@ use std::time::{Duration, SystemTime};
 /// Every public method is async and never blocks the calling executor thread.
 #[derive(Clone)]
 pub struct Storage {
-    /// The backend doing the work. Today only SQLite; a PostgreSQL backend would turn
-    /// this into an enum (or a trait object) without changing the methods below.
-    backend: Arc<sqlite::SqliteBackend>,
+    /// The backend doing the work.
+    backend: Arc<Backend>,
+    /// The database's secret, drawn once when it was created: the key of
+    /// [`Storage::user_key`] and [`Storage::release_seed`], so every replica over
+    /// one database derives the same values.
+    secret: [u8; 32],
+}
+
+/// The two backends behind [`Storage`], with the same methods and guarantees.
+enum Backend {
+    /// One SQLite file, one process.
+    Sqlite(sqlite::SqliteBackend),
+    /// A PostgreSQL database, shared by any number of replicas of one server.
+    Postgres(postgres::PgBackend),
+}
+
+/// Calls the backend's method of the same name and awaits it.
+macro_rules! dispatch {
+    ($self:ident, $method:ident ( $($arg:expr),* $(,)? )) => {
+        match &*$self.backend {
+            Backend::Sqlite(backend) => backend.$method($($arg),*).await,
+            Backend::Postgres(backend) => backend.$method($($arg),*).await,
+        }
+    };
+}
+
+/// Where a server's database is: `storage.url` when set, else `storage.path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageLocation {
+    /// A SQLite file, created if missing.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL database (`postgres://…` or `postgresql://…`; TLS when its
+    /// `sslmode` asks for it).
+    Postgres(String),
+}
+
+impl StorageLocation {
+    /// The location a `storage.url` names: PostgreSQL for `postgres://` and
+    /// `postgresql://` URLs; anything else is refused with the reason.
+    pub fn from_url(url: &str) -> Result<StorageLocation, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(StorageLocation::Postgres(url.to_owned()))
+        } else {
+            Err(format!(
+                "storage.url must start with postgres:// or postgresql:// (a SQLite file is set with storage.path), not {:?}",
+                url.split(':').next().unwrap_or_default()
+            ))
+        }
+    }
+}
+
+impl fmt::Display for StorageLocation {
+    /// The file, or the URL without its password, for logs and errors.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageLocation::Sqlite(path) => write!(f, "{}", path.display()),
+            StorageLocation::Postgres(url) => f.write_str(&postgres::redact(url)),
+        }
+    }
 }
 
 impl fmt::Debug for Storage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Storage")
-            .field("path", &self.backend.path())
-            .finish_non_exhaustive()
+        let mut debug = f.debug_struct("Storage");
+        match &*self.backend {
+            Backend::Sqlite(backend) => debug.field("path", &backend.path()),
+            Backend::Postgres(backend) => debug.field("url", &backend.redacted_url()),
+        };
+        debug.finish_non_exhaustive()
     }
 }
 
@@ -78,9 +138,53 @@ impl Storage {
             tokio::task::spawn_blocking(move || sqlite::SqliteBackend::open(&path, options))
                 .await
                 .map_err(|_| StorageError::TaskFailed)??;
+        let secret = backend.secret();
         Ok(Storage {
-            backend: Arc::new(backend),
+            backend: Arc::new(Backend::Sqlite(backend)),
+            secret,
         })
+    }
+
+    /// Connects to the PostgreSQL database at `url`, brings its schema up to date
+    /// (one replica at a time) and starts the report writer.
+    pub async fn open_postgres(
+        url: &str,
+        options: StorageOptions,
+    ) -> Result<Storage, StorageError> {
+        let backend = postgres::PgBackend::open(url, options).await?;
+        let secret = backend.secret();
+        Ok(Storage {
+            backend: Arc::new(Backend::Postgres(backend)),
+            secret,
+        })
+    }
+
+    /// Opens the database at `location`, whichever backend it is.
+    pub async fn connect(
+        location: &StorageLocation,
+        options: StorageOptions,
+    ) -> Result<Storage, StorageError> {
+        match location {
+            StorageLocation::Sqlite(path) => Storage::open(path, options).await,
+            StorageLocation::Postgres(url) => Storage::open_postgres(url, options).await,
+        }
+    }
+
+    /// The SQLite file, if this storage is one (online backups copy it).
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match &*self.backend {
+            Backend::Sqlite(backend) => Some(backend.path()),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The SQLite backend, for tests of its internals.
+    #[cfg(test)]
+    pub(crate) fn sqlite(&self) -> &sqlite::SqliteBackend {
+        match &*self.backend {
+            Backend::Sqlite(backend) => backend,
+            Backend::Postgres(_) => panic!("not a SQLite storage"),
+        }
     }
 
     /// Stops accepting work, commits everything already queued, answers its callers,
@@ -89,7 +193,7 @@ impl Storage {
     /// Affects every clone of this handle: afterwards their calls fail with
     /// [`StorageError::Closed`]. Calling it again (from another clone) is harmless.
     pub async fn close(self) -> Result<(), StorageError> {
-        self.backend.close().await
+        dispatch!(self, close())
     }
 
     /// Stores a plugin, unless one with the same digest is already stored.
@@ -97,22 +201,22 @@ impl Storage {
     /// The digest must be the SHA-256 of `wasm`; storage trusts the caller on this (the
     /// plugin runtime hashes uploads once) instead of hashing megabytes again.
     pub async fn put_plugin(&self, plugin: PluginRecord) -> Result<PutPluginOutcome, StorageError> {
-        self.backend.put_plugin(plugin).await
+        dispatch!(self, put_plugin(plugin))
     }
 
     /// Lists every stored plugin, without its wasm bytes, ordered by name then age.
     pub async fn list_plugins(&self) -> Result<Vec<PluginInfo>, StorageError> {
-        self.backend.list_plugins().await
+        dispatch!(self, list_plugins())
     }
 
     /// Returns the metadata of the plugin with this digest, if stored.
     pub async fn get_plugin(&self, digest: [u8; 32]) -> Result<Option<PluginInfo>, StorageError> {
-        self.backend.get_plugin(digest).await
+        dispatch!(self, get_plugin(digest))
     }
 
     /// Returns the wasm bytes of the plugin with this digest, if stored.
     pub async fn plugin_wasm(&self, digest: [u8; 32]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.backend.plugin_wasm(digest).await
+        dispatch!(self, plugin_wasm(digest))
     }
 
     /// Creates an endpoint, or reports the one that already has this name.
@@ -125,17 +229,17 @@ impl Storage {
         &self,
         endpoint: EndpointRecord,
     ) -> Result<CreateEndpointOutcome, StorageError> {
-        self.backend.create_endpoint(endpoint).await
+        dispatch!(self, create_endpoint(endpoint))
     }
 
     /// Returns the endpoint with this name, if any.
     pub async fn get_endpoint(&self, name: &str) -> Result<Option<Endpoint>, StorageError> {
-        self.backend.get_endpoint(name.to_owned()).await
+        dispatch!(self, get_endpoint(name.to_owned()))
     }
 
     /// Lists every endpoint, ordered by name.
     pub async fn list_endpoints(&self) -> Result<Vec<Endpoint>, StorageError> {
-        self.backend.list_endpoints().await
+        dispatch!(self, list_endpoints())
     }
 
     /// At most `limit` endpoints whose names come after `after` (from the first
@@ -145,12 +249,12 @@ impl Storage {
         after: Option<String>,
         limit: usize,
     ) -> Result<Vec<Endpoint>, StorageError> {
-        self.backend.endpoints_after(after, limit).await
+        dispatch!(self, endpoints_after(after, limit))
     }
 
     /// How many endpoints there are.
     pub async fn endpoint_count(&self) -> Result<u64, StorageError> {
-        self.backend.endpoint_count().await
+        dispatch!(self, endpoint_count())
     }
 
     /// Deletes the endpoint with this name and all its reports; returns whether it
@@ -160,7 +264,7 @@ impl Storage {
     /// [`StorageError::UnknownEndpoint`] instead of landing in a re-created endpoint
     /// whose configuration may differ.
     pub async fn delete_endpoint(&self, name: &str) -> Result<bool, StorageError> {
-        self.backend.delete_endpoint(name.to_owned()).await
+        dispatch!(self, delete_endpoint(name.to_owned()))
     }
 
     /// Counts the reports of the endpoint with this name (`None` if there is none).
@@ -168,7 +272,7 @@ impl Storage {
         &self,
         name: &str,
     ) -> Result<Option<EndpointCounts>, StorageError> {
-        self.backend.endpoint_counts(name.to_owned()).await
+        dispatch!(self, endpoint_counts(name.to_owned()))
     }
 
     /// Stores one report durably; returns only once it is committed.
@@ -184,9 +288,7 @@ impl Storage {
         share: Vec<u8>,
         received_at: SystemTime,
     ) -> Result<InsertReportOutcome, StorageError> {
-        self.backend
-            .insert_report(endpoint, report_id, share, received_at)
-            .await
+        dispatch!(self, insert_report(endpoint, report_id, share, received_at))
     }
 
     /// [`Storage::insert_report`] for an endpoint with a per-user quota: the report
@@ -207,9 +309,10 @@ impl Storage {
         received_at: SystemTime,
         quota: UserQuota,
     ) -> Result<InsertReportOutcome, StorageError> {
-        self.backend
-            .insert_report_for_user(endpoint, report_id, share, received_at, quota)
-            .await
+        dispatch!(
+            self,
+            insert_report_for_user(endpoint, report_id, share, received_at, quota)
+        )
     }
 
     /// [`Storage::insert_report`] recording who posted the report (kept until it is
@@ -222,9 +325,10 @@ impl Storage {
         received_at: SystemTime,
         poster: UserKey,
     ) -> Result<InsertReportOutcome, StorageError> {
-        self.backend
-            .insert_report_from(endpoint, report_id, share, received_at, poster)
-            .await
+        dispatch!(
+            self,
+            insert_report_from(endpoint, report_id, share, received_at, poster)
+        )
     }
 
     /// Stores many reports of one endpoint durably, as [`Storage::insert_report`]
@@ -241,9 +345,7 @@ impl Storage {
         received_at: SystemTime,
         reports: Vec<NewReport>,
     ) -> Vec<Result<InsertReportOutcome, StorageError>> {
-        self.backend
-            .insert_reports(endpoint, received_at, reports)
-            .await
+        dispatch!(self, insert_reports(endpoint, received_at, reports))
     }
 
     /// How many distinct users posted the unbatched reports at `rows` of an
@@ -258,14 +360,17 @@ impl Storage {
         enough: u64,
     ) -> Result<u64, StorageError> {
         rows.sort_unstable();
-        self.backend.distinct_posters(endpoint, rows, enough).await
+        dispatch!(self, distinct_posters(endpoint, rows, enough))
     }
 
     /// Why this server cannot write now, if it cannot: a failed sync (until a
     /// restart) or a failed group commit such as a full disk (until a group
     /// commits again).
     pub fn write_failure(&self) -> Option<String> {
-        self.backend.write_failure()
+        match &*self.backend {
+            Backend::Sqlite(backend) => backend.write_failure(),
+            Backend::Postgres(backend) => backend.write_failure(),
+        }
     }
 
     /// The key under which this server stores a user's reports for quotas: a hash
@@ -273,7 +378,16 @@ impl Storage {
     /// tells nothing about the user without that secret, and differs between
     /// servers.
     pub fn user_key(&self, sub: &str) -> UserKey {
-        self.backend.user_key(sub)
+        // The first 16 bytes of SHA-256(domain, secret, sub).
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(b"guardian:user-key:v1\0");
+        hasher.update(self.secret);
+        hasher.update(sub.as_bytes());
+        let digest = hasher.finalize();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        UserKey(key)
     }
 
     /// The oldest unbatched reports of an endpoint stored after row `after_row`
@@ -286,9 +400,7 @@ impl Storage {
         after_row: i64,
         limit: usize,
     ) -> Result<Vec<SealReport>, StorageError> {
-        self.backend
-            .unbatched_reports(endpoint, after_row, limit)
-            .await
+        dispatch!(self, unbatched_reports(endpoint, after_row, limit))
     }
 
     /// Records the seal in progress of `seal.endpoint`, replacing an undecided one
@@ -297,17 +409,17 @@ impl Storage {
     /// Fails with [`StorageError::SealPending`] if a decided seal with another batch id
     /// is pending: it must be completed first. Storing the same seal again is a no-op.
     pub async fn put_seal(&self, seal: &Seal) -> Result<(), StorageError> {
-        self.backend.put_seal(seal).await
+        dispatch!(self, put_seal(seal))
     }
 
     /// The seal in progress of an endpoint, if any.
     pub async fn pending_seal(&self, endpoint: EndpointId) -> Result<Option<Seal>, StorageError> {
-        self.backend.pending_seal(endpoint).await
+        dispatch!(self, pending_seal(endpoint))
     }
 
     /// Every decided seal not yet committed here, to be driven to completion.
     pub async fn decided_seals(&self) -> Result<Vec<Seal>, StorageError> {
-        self.backend.decided_seals().await
+        dispatch!(self, decided_seals())
     }
 
     /// Forgets the seal in progress of an endpoint if it has this batch id; returns
@@ -317,7 +429,7 @@ impl Storage {
         endpoint: EndpointId,
         batch_id: [u8; 16],
     ) -> Result<bool, StorageError> {
-        self.backend.drop_seal(endpoint, batch_id).await
+        dispatch!(self, drop_seal(endpoint, batch_id))
     }
 
     /// The shares of the reports stored at `rows` (ascending, see
@@ -331,7 +443,7 @@ impl Storage {
         endpoint: EndpointId,
         rows: Vec<i64>,
     ) -> Result<(Vec<u8>, Vec<u32>), StorageError> {
-        self.backend.read_shares(endpoint, rows).await
+        dispatch!(self, read_shares(endpoint, rows))
     }
 
     /// The report ids of an endpoint's reports at `rows` (ascending), batched or
@@ -343,7 +455,7 @@ impl Storage {
         endpoint: EndpointId,
         rows: Vec<i64>,
     ) -> Result<Vec<[u8; 16]>, StorageError> {
-        self.backend.report_ids(endpoint, rows).await
+        dispatch!(self, report_ids(endpoint, rows))
     }
 
     /// Seals the reports stored at `rows` into a batch with its released share, in
@@ -362,7 +474,7 @@ impl Storage {
         batch: NewBatch,
         rows: Vec<i64>,
     ) -> Result<CommitOutcome, StorageError> {
-        self.backend.commit_batch(endpoint, batch, rows).await
+        dispatch!(self, commit_batch(endpoint, batch, rows))
     }
 
     /// Marks the unbatched reports at `rows` of an endpoint as rejected (their proofs
@@ -374,7 +486,7 @@ impl Storage {
         mut rows: Vec<i64>,
     ) -> Result<u64, StorageError> {
         rows.sort_unstable();
-        self.backend.reject_reports(endpoint, rows).await
+        dispatch!(self, reject_reports(endpoint, rows))
     }
 
     /// The endpoint's verification key, storing `proposed` first if it has none
@@ -384,12 +496,12 @@ impl Storage {
         endpoint: EndpointId,
         proposed: Option<[u8; 32]>,
     ) -> Result<Option<[u8; 32]>, StorageError> {
-        self.backend.verify_key(endpoint, proposed).await
+        dispatch!(self, verify_key(endpoint, proposed))
     }
 
     /// The sealed batches of an endpoint, oldest first, without their shares.
     pub async fn list_batches(&self, endpoint: EndpointId) -> Result<Vec<BatchInfo>, StorageError> {
-        self.backend.list_batches(endpoint).await
+        dispatch!(self, list_batches(endpoint))
     }
 
     /// One sealed batch with its released share.
@@ -398,12 +510,12 @@ impl Storage {
         endpoint: EndpointId,
         batch_id: [u8; 16],
     ) -> Result<Option<Batch>, StorageError> {
-        self.backend.get_batch(endpoint, batch_id).await
+        dispatch!(self, get_batch(endpoint, batch_id))
     }
 
     /// Every sealed batch of an endpoint with its released share, oldest first.
     pub async fn all_batches(&self, endpoint: EndpointId) -> Result<Vec<Batch>, StorageError> {
-        self.backend.all_batches(endpoint).await
+        dispatch!(self, all_batches(endpoint))
     }
 
     /// Deletes a released batch of an endpoint, its row and its share, as an
@@ -418,7 +530,7 @@ impl Storage {
         batch_id: [u8; 16],
         now: SystemTime,
     ) -> Result<DeleteBatchOutcome, StorageError> {
-        self.backend.delete_batch(endpoint, batch_id, now).await
+        dispatch!(self, delete_batch(endpoint, batch_id, now))
     }
 
     /// A batch committed on this server: stored, or deleted by an admin since
@@ -429,7 +541,7 @@ impl Storage {
         endpoint: EndpointId,
         batch_id: [u8; 16],
     ) -> Result<Option<BatchInfo>, StorageError> {
-        self.backend.committed_batch(endpoint, batch_id).await
+        dispatch!(self, committed_batch(endpoint, batch_id))
     }
 
     /// The seed of the noise this server draws releasing batch `batch_id`: a
@@ -438,7 +550,15 @@ impl Storage {
     /// reports after the database was restored from a backup: the released
     /// share is then the same bytes, not a second draw of its noise.
     pub fn release_seed(&self, endpoint: EndpointId, batch_id: [u8; 16]) -> [u8; 32] {
-        self.backend.release_seed(endpoint, batch_id)
+        // HMAC-SHA256 under the database's secret, with its own label.
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &self.secret);
+        let mut context = aws_lc_rs::hmac::Context::with_key(&key);
+        context.update(b"guardian:release-seed:v1\0");
+        context.update(&endpoint.0.to_le_bytes());
+        context.update(&batch_id);
+        let mut seed = [0u8; 32];
+        seed.copy_from_slice(context.sign().as_ref());
+        seed
     }
 
     /// Expires the unbatched reports of an endpoint received before `before`:
@@ -451,7 +571,7 @@ impl Storage {
         endpoint: EndpointId,
         before: SystemTime,
     ) -> Result<u64, StorageError> {
-        self.backend.expire_reports(endpoint, before).await
+        dispatch!(self, expire_reports(endpoint, before))
     }
 
     /// Deletes, in one small transaction, at most `limit` reports of an endpoint
@@ -467,15 +587,16 @@ impl Storage {
         received_before: SystemTime,
         limit: usize,
     ) -> Result<Collected, StorageError> {
-        self.backend
-            .collect_reports(endpoint, keep_from, received_before, limit)
-            .await
+        dispatch!(
+            self,
+            collect_reports(endpoint, keep_from, received_before, limit)
+        )
     }
 
     /// How many spans of id time the report-id filters cover.
     #[cfg(test)]
     pub(crate) async fn id_filter_spans(&self) -> Result<usize, StorageError> {
-        self.backend.id_filter_spans().await
+        dispatch!(self, id_filter_spans())
     }
 }
 
@@ -892,6 +1013,14 @@ pub enum StorageError {
     /// that one failed group commit can answer every caller of the group.
     #[error("database error")]
     Database(#[source] Arc<rusqlite::Error>),
+    /// The PostgreSQL database failed or could not be reached; the source holds
+    /// the detail (for logs only).
+    #[error("database error")]
+    Postgres(#[source] Arc<tokio_postgres::Error>),
+    /// No connection to the PostgreSQL database could be had in time (the
+    /// database is down, unreachable or refusing connections).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     /// Syncing the write-ahead log to disk failed; the source holds the detail (for
     /// logs only). After one such failure the storage acknowledges no more writes:
     /// the kernel may have dropped the unsynced pages, so a later sync that succeeds
@@ -915,7 +1044,8 @@ impl StorageError {
     /// answers 503 and reports itself unready.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StorageError::Sync(_) => true,
+            StorageError::Sync(_) | StorageError::Unavailable(_) => true,
+            StorageError::Postgres(error) => postgres::is_unavailable(error),
             StorageError::Database(error) => matches!(
                 error.sqlite_error_code(),
                 Some(
@@ -927,6 +1057,12 @@ impl StorageError {
             ),
             _ => false,
         }
+    }
+}
+
+impl From<tokio_postgres::Error> for StorageError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        StorageError::Postgres(Arc::new(error))
     }
 }
 

@@ -141,7 +141,7 @@ async fn pause_writer(storage: &Storage) -> std::sync::mpsc::Sender<()> {
     let (release, released) = std::sync::mpsc::channel::<()>();
     let (started, on_start) = oneshot::channel();
     storage
-        .backend
+        .sqlite()
         .queue_job(Box::new(move |_conn| {
             let _ = started.send(());
             let _ = released.recv();
@@ -291,7 +291,7 @@ async fn open_sets_durable_pragmas() {
         .unwrap();
     let (reply, answer) = oneshot::channel();
     storage
-        .backend
+        .sqlite()
         .queue_job(Box::new(move |conn| {
             let read = |name: &str| -> String {
                 conn.pragma_query_value(None, name, |row| row.get::<_, rusqlite::types::Value>(0))
@@ -854,7 +854,7 @@ async fn one_group_behaves_like_sequential_inserts() {
     for (endpoint, id, share) in queued {
         replies.push(
             storage
-                .backend
+                .sqlite()
                 .queue_report(endpoint, id, share, at(6))
                 .await
                 .unwrap(),
@@ -910,7 +910,7 @@ async fn a_failed_commit_fails_every_report_of_the_group() {
     for id in [report_id(1), [0xff; 16], report_id(2)] {
         replies.push(
             storage
-                .backend
+                .sqlite()
                 .queue_report(steps.id, id, vec![1], at(7))
                 .await
                 .unwrap(),
@@ -975,7 +975,7 @@ async fn jobs_between_report_groups_still_commit_synced() {
     for _ in 0..2 {
         let (reply, answer) = oneshot::channel();
         storage
-            .backend
+            .sqlite()
             .queue_job(Box::new(move |conn| {
                 let mode: i64 = conn
                     .pragma_query_value(None, "synchronous", |row| row.get(0))
@@ -1155,7 +1155,7 @@ async fn close_writes_what_is_queued_then_refuses_work() {
     for n in 0..300 {
         replies.push(
             storage
-                .backend
+                .sqlite()
                 .queue_report(steps.id, report_id(n), vec![7], at(11))
                 .await
                 .unwrap(),
@@ -1260,7 +1260,7 @@ async fn sql_inserts_per_second_without_the_queue() {
     let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
     let (reply, answer) = oneshot::channel();
     storage
-        .backend
+        .sqlite()
         .queue_job(Box::new(move |conn| {
             let started = Instant::now();
             let mut ids = ReportIds::load(conn, super::sqlite::ids::FLUSH_AT).unwrap();
@@ -1513,7 +1513,7 @@ async fn concurrent_posts_of_one_user_in_one_group_never_exceed_the_quota() {
     let mut replies = Vec::new();
     for n in 0..10 {
         let reply = storage
-            .backend
+            .sqlite()
             .queue_insert(
                 capped.id,
                 report_id(n),
@@ -1718,7 +1718,7 @@ async fn a_deleted_endpoints_waiting_ids_never_reach_the_index() {
     let mut replies = Vec::new();
     for n in 0..64 {
         let queued = storage
-            .backend
+            .sqlite()
             .queue_report(steps.id, spread_id(n), vec![1; 8], at(5));
         replies.push(queued.await.unwrap());
     }

@@ -19,7 +19,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
-use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use self::writer::{Command, InsertReport};
@@ -295,17 +294,9 @@ impl SqliteBackend {
         outcome.await.map_err(|_| StorageError::Closed)?
     }
 
-    /// See [`crate::storage::Storage::user_key`]: the first 16 bytes of
-    /// SHA-256(domain, secret, sub).
-    pub(crate) fn user_key(&self, sub: &str) -> UserKey {
-        let mut hasher = Sha256::new();
-        hasher.update(b"guardian:user-key:v1\0");
-        hasher.update(self.user_key_secret);
-        hasher.update(sub.as_bytes());
-        let digest = hasher.finalize();
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&digest[..16]);
-        UserKey(key)
+    /// The database's secret: see [`crate::storage::Storage::user_key`].
+    pub(crate) fn secret(&self) -> [u8; 32] {
+        self.user_key_secret
     }
 
     /// Queues a raw job for the writer thread, which runs it with exclusive use of
@@ -612,19 +603,6 @@ impl SqliteBackend {
     ) -> Result<Option<BatchInfo>, StorageError> {
         self.read(move |conn| sql::committed_batch(conn, endpoint, &batch_id))
             .await
-    }
-
-    /// See [`crate::storage::Storage::release_seed`].
-    pub(crate) fn release_seed(&self, endpoint: EndpointId, batch_id: [u8; 16]) -> [u8; 32] {
-        // HMAC-SHA256 under the database's secret, with its own label.
-        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &self.user_key_secret);
-        let mut context = aws_lc_rs::hmac::Context::with_key(&key);
-        context.update(b"guardian:release-seed:v1\0");
-        context.update(&endpoint.0.to_le_bytes());
-        context.update(&batch_id);
-        let mut seed = [0u8; 32];
-        seed.copy_from_slice(context.sign().as_ref());
-        seed
     }
 
     /// See [`crate::storage::Storage::expire_reports`].
