@@ -48,6 +48,15 @@
 //!   and the result unsharded and compared with the plain sum; with the plugin
 //!   time by call from the servers' metrics.
 //!
+//! Storage (`--storage sqlite,postgres`, default `sqlite`): `ingest` and `seal`
+//! run on each backend in turn. On PostgreSQL every share server gets a fresh
+//! database on the cluster named by `GUARDIAN_BENCH_POSTGRES_URL`
+//! (`GUARDIAN_STORAGE_URL` of its processes), dropped after the run, and `ingest`
+//! adds a row with two replicas of the one server over one database (the
+//! generator's connections alternate between them; reports/s is their total).
+//! Every PostgreSQL row gets `× SQLite`: its reports/s (ingest) or seal + fetch
+//! time (seal) over the SQLite row of the same run.
+//!
 //! Output: a progress line per run on stderr, then the tables (median [min–max]
 //! over the runs) and one JSON line per figure on stdout (lines starting with `{`).
 //! Options: `--runs R`, `--seconds S`, `--connections C`, `--fresh-tokens N`,
@@ -83,6 +92,11 @@ use serde_json::{Value, json};
 #[path = "load/verify.rs"]
 mod verify;
 
+#[path = "load/storage.rs"]
+mod storage;
+
+use storage::Backend;
+
 /// The shared secret of the seal cluster's peer routes.
 const PEER_TOKEN: &str = "load-bench-peer-credential-0123456789abcdef";
 /// The endpoint every scenario creates.
@@ -115,6 +129,8 @@ struct Options {
     seal_sizes: Vec<u64>,
     /// Scenarios to run (all when `None`).
     only: Option<Vec<String>>,
+    /// Storage backends of the `ingest` and `seal` scenarios, each run in turn.
+    storages: Vec<Backend>,
     /// Where to put a `perf record` of the servers for every measured interval.
     perf: Option<PathBuf>,
     /// A shell command run (and waited for) right before each seal, with the
@@ -163,6 +179,8 @@ impl Options {
                 .unwrap_or_else(|| vec![10, 1000]),
             seal_sizes,
             only: list("--only"),
+            storages: list("--storage")
+                .map_or_else(|| vec![Backend::Sqlite], |v| Backend::parse_list(&v)),
             before_seal: value("--before-seal"),
             // cargo runs benches in the package folder: relative paths are taken
             // from the workspace root instead, where the command was typed.
@@ -404,11 +422,21 @@ impl Server {
 struct Cluster {
     servers: Vec<Server>,
     _dir: tempfile::TempDir,
+    /// The PostgreSQL databases of the servers, dropped by [`Cluster::finish`].
+    databases: Vec<String>,
 }
 
 impl Cluster {
     fn pids(&self) -> Vec<u32> {
         self.servers.iter().map(Server::pid).collect()
+    }
+
+    /// Stops the servers and drops their PostgreSQL databases.
+    async fn finish(mut self) {
+        self.servers.clear();
+        for name in std::mem::take(&mut self.databases) {
+            storage::drop_database(&name).await;
+        }
     }
 }
 
@@ -426,12 +454,34 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// Starts `n` servers (wired as peers when n > 1) and waits until all are ready.
-async fn start_cluster(n: usize, auth: Auth<'_>, extra_env: &[(&str, &str)]) -> Cluster {
+/// Starts `n` servers (wired as peers when n > 1), each as `replicas` processes
+/// over one database of `backend` (replicas need PostgreSQL), and waits until all
+/// are ready. Replica r of server i is `servers[i * replicas + r]`.
+async fn start_servers(
+    n: usize,
+    replicas: usize,
+    backend: Backend,
+    auth: Auth<'_>,
+    extra_env: &[(&str, &str)],
+) -> Cluster {
+    assert!(
+        replicas == 1 || (n == 1 && backend == Backend::Postgres),
+        "replicas of one server over PostgreSQL only"
+    );
     let dir = tempfile::tempdir().expect("temp dir");
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let mut databases = Vec::new();
+    let mut urls = Vec::new();
+    if backend == Backend::Postgres {
+        for _ in 0..n {
+            let (name, url) = storage::fresh_database().await;
+            databases.push(name);
+            urls.push(url);
+        }
+    }
+    let ports: Vec<u16> = (0..n * replicas).map(|_| free_port()).collect();
     let peers = ports
         .iter()
+        .step_by(replicas)
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect::<Vec<_>>()
         .join(",");
@@ -444,10 +494,16 @@ async fn start_cluster(n: usize, auth: Auth<'_>, extra_env: &[(&str, &str)]) -> 
         .collect::<Vec<_>>()
         .join(",");
     let mut servers = Vec::new();
-    for (index, port) in ports.iter().enumerate() {
-        let data = dir.path().join(format!("server-{index}"));
+    for (process, port) in ports.iter().enumerate() {
+        let index = process / replicas;
+        let data = if replicas == 1 {
+            dir.path().join(format!("server-{index}"))
+        } else {
+            dir.path()
+                .join(format!("server-{index}-replica-{}", process % replicas))
+        };
         std::fs::create_dir_all(&data).expect("data dir");
-        let log = dir.path().join(format!("server-{index}.log"));
+        let log = data.with_extension("log");
         let wrapper = std::env::var("GUARDIAN_BENCH_WRAPPER").unwrap_or_default();
         let mut words = wrapper.split_whitespace();
         let mut command = match words.next() {
@@ -486,6 +542,9 @@ async fn start_cluster(n: usize, auth: Auth<'_>, extra_env: &[(&str, &str)]) -> 
                     .env("GUARDIAN_AUTH_DEV_ISSUER_DIR", issuer);
             }
         }
+        if let Some(url) = urls.get(index) {
+            command.env("GUARDIAN_STORAGE_URL", url);
+        }
         command.envs(extra_env.iter().copied());
         servers.push(Server {
             child: command.spawn().expect("start guardian serve"),
@@ -509,7 +568,11 @@ async fn start_cluster(n: usize, auth: Auth<'_>, extra_env: &[(&str, &str)]) -> 
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
-    Cluster { servers, _dir: dir }
+    Cluster {
+        servers,
+        _dir: dir,
+        databases,
+    }
 }
 
 /// The endpoint a scenario creates on every server: its plugin and parameters.
@@ -783,6 +846,34 @@ fn print_tables(rows: &[Row]) {
     }
 }
 
+/// Gives every row on PostgreSQL its figure as a ratio to the same row on SQLite
+/// of this run (medians): `reports/s` for ingest, `seal + fetch s` for seals.
+fn add_ratios(rows: &mut [Row]) {
+    let median = |row: &Row, name: &str| {
+        row.metrics
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, values)| spread(values).0)
+    };
+    for i in 0..rows.len() {
+        let Some(base) = rows[i].label.split(Backend::Postgres.label()).next() else {
+            continue;
+        };
+        if base == rows[i].label {
+            continue;
+        }
+        let twin = rows
+            .iter()
+            .find(|r| r.table == rows[i].table && r.label == base);
+        let ratio = ["reports/s", "seal + fetch s"]
+            .iter()
+            .find_map(|&name| Some(median(&rows[i], name)? / median(twin?, name)?));
+        if let Some(ratio) = ratio {
+            rows[i].push("× SQLite", ratio);
+        }
+    }
+}
+
 fn json_line(row: &Row, mode: &str) -> String {
     let metrics: serde_json::Map<String, Value> = row
         .metrics
@@ -959,13 +1050,14 @@ struct Outcome {
 }
 
 /// Posts reports from `connections` tasks, each on its own keep-alive HTTP/1.1
-/// connection, until `seconds` have passed (or the tokens are used up).
+/// connection (task k to `addresses[k % len]`: the replicas of one server share
+/// the load), until `seconds` have passed (or the tokens are used up).
 ///
 /// Each task drives a bare `hyper` client connection rather than a pooled client:
 /// the generator shares the cores with the server, and reqwest's pool and layers
 /// cost about as much CPU per request as the server's whole request path.
 async fn drive(
-    address: std::net::SocketAddr,
+    addresses: &[std::net::SocketAddr],
     path: &str,
     template: Arc<Template>,
     tokens: TokenUse,
@@ -976,9 +1068,10 @@ async fn drive(
     let stop = Arc::new(AtomicBool::new(false));
     let exhausted = Arc::new(AtomicBool::new(false));
     let uri: hyper::Uri = path.parse().expect("report path");
-    let host = HeaderValue::from_str(&address.to_string()).expect("host header");
     let mut tasks = Vec::new();
-    for _ in 0..connections {
+    for task in 0..connections {
+        let address = addresses[task % addresses.len()];
+        let host = HeaderValue::from_str(&address.to_string()).expect("host header");
         let (uri, host, template, tokens) =
             (uri.clone(), host.clone(), template.clone(), tokens.clone());
         let (next, stop, exhausted) = (next.clone(), stop.clone(), exhausted.clone());
@@ -1111,18 +1204,46 @@ enum IngestAuth {
 /// The table of the ingest scenarios.
 const INGEST_TABLE: &str = "ingest (1 server, durable; sum unless named)";
 
+/// Where an ingest run's server stores its reports: one process on SQLite, or
+/// `replicas` processes over one PostgreSQL database.
+#[derive(Clone, Copy)]
+struct Store {
+    backend: Backend,
+    replicas: usize,
+}
+
+impl Store {
+    const SQLITE: Store = Store {
+        backend: Backend::Sqlite,
+        replicas: 1,
+    };
+}
+
 /// `row` with `options.runs` runs of an ingest scenario, each on a fresh server.
 fn ingest_row(
+    runtime: &tokio::runtime::Runtime,
+    options: &Options,
+    row: Row,
+    load: &IngestLoad,
+    auth: &IngestAuth,
+    tokens: Option<&Tokens>,
+) -> Row {
+    ingest_row_on(runtime, options, row, load, auth, tokens, Store::SQLITE)
+}
+
+/// [`ingest_row`] on the storage `store`.
+fn ingest_row_on(
     runtime: &tokio::runtime::Runtime,
     options: &Options,
     mut row: Row,
     load: &IngestLoad,
     auth: &IngestAuth,
     tokens: Option<&Tokens>,
+    store: Store,
 ) -> Row {
     for run in 0..options.runs {
         eprintln!("ingest, {}: run {}/{}", row.label, run + 1, options.runs);
-        runtime.block_on(ingest_run(&mut row, options, load, auth, tokens));
+        runtime.block_on(ingest_run(&mut row, options, load, auth, tokens, store));
     }
     row
 }
@@ -1188,12 +1309,14 @@ async fn ingest_run(
     load: &IngestLoad,
     auth: &IngestAuth,
     tokens: Option<&Tokens>,
+    store: Store,
 ) {
-    let cluster = match (auth, tokens) {
-        (IngestAuth::Off, _) => start_cluster(1, Auth::Off, &[]).await,
-        (_, Some(t)) => start_cluster(1, Auth::DevIssuer(&t.issuer_dir), &[]).await,
+    let server_auth = match (auth, tokens) {
+        (IngestAuth::Off, _) => Auth::Off,
+        (_, Some(t)) => Auth::DevIssuer(&t.issuer_dir),
         (_, None) => unreachable!("authenticated scenarios get tokens"),
     };
+    let cluster = start_servers(1, store.replicas, store.backend, server_auth, &[]).await;
     let client = load_client(options.connections);
     create_endpoint(
         &client,
@@ -1209,18 +1332,24 @@ async fn ingest_run(
         }
         _ => TokenUse::None,
     };
-    let address: std::net::SocketAddr = cluster.servers[0]
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("server address");
-    let pid = cluster.servers[0].pid();
+    let addresses: Vec<std::net::SocketAddr> = cluster
+        .servers
+        .iter()
+        .map(|server| {
+            server
+                .url
+                .trim_start_matches("http://")
+                .parse()
+                .expect("server address")
+        })
+        .collect();
+    let pids = cluster.pids();
     let profile = Profile::start(
         options.perf.as_deref(),
         &format!("ingest-{}", row.label.replace([' ', ','], "_")),
-        &[pid],
+        &pids,
     );
-    let meter = Meter::start(&[pid]);
+    let meter = Meter::start(&pids);
     let path = if load.template.reports() > 1 {
         format!("/api/v1/endpoints/{ENDPOINT}/reports/bulk")
     } else {
@@ -1228,7 +1357,7 @@ async fn ingest_run(
     };
     let per_request = load.template.reports() as u64;
     let mut outcome = drive(
-        address,
+        &addresses,
         &path,
         load.template.clone(),
         use_tokens,
@@ -1256,7 +1385,11 @@ async fn ingest_run(
         "server CPU s / 1k",
         usage.server_cpu / reports.max(1) as f64 * 1e3,
     );
-    row.push("peak RSS MB", peak_rss_mb(pid));
+    // The larger process's (replicas: each is a process of its own).
+    row.push(
+        "peak RSS MB",
+        pids.iter().map(|&p| peak_rss_mb(p)).fold(0.0, f64::max),
+    );
     let (group, commit_ms) = group_commits(&client, &cluster.servers[0].url).await;
     row.push("reports / commit", group);
     row.push("commit ms", commit_ms);
@@ -1285,6 +1418,7 @@ async fn ingest_run(
         usage.other_cores,
         usage.elapsed
     );
+    cluster.finish().await;
 }
 
 /// A server's metrics, as text.
@@ -1596,11 +1730,14 @@ async fn seal_run(
     options: &Options,
     load: &Arc<SealLoad>,
     n: u64,
+    backend: Backend,
 ) {
     // Generous timeouts: the bench measures how long a seal takes, whatever the
     // defaults (30 s per request, 20 s per peer call) would allow.
-    let cluster = start_cluster(
+    let cluster = start_servers(
         2,
+        1,
+        backend,
         Auth::Off,
         &[
             ("GUARDIAN_LIMITS_REQUEST_TIMEOUT_MS", "900000"),
@@ -1845,6 +1982,7 @@ async fn seal_run(
         usage.other_cores,
         if correct { "correct" } else { "WRONG" }
     );
+    cluster.finish().await;
 }
 
 /// The rows of a seal scenario: for each of `options.seal_sizes`, `load(n)`'s
@@ -1854,18 +1992,40 @@ fn seal_rows(
     options: &Options,
     load: impl Fn(u64) -> SealLoad,
 ) -> Vec<Row> {
+    seal_rows_on(runtime, options, load, Backend::Sqlite)
+}
+
+/// [`seal_rows`] with the servers on `backend`.
+fn seal_rows_on(
+    runtime: &tokio::runtime::Runtime,
+    options: &Options,
+    load: impl Fn(u64) -> SealLoad,
+    backend: Backend,
+) -> Vec<Row> {
     let (mut rows, mut scaling_rows) = (Vec::new(), Vec::new());
     for &n in &options.seal_sizes {
         let load = Arc::new(load(n));
         let (scenario, seal_table, scaling_table) = load.names();
         let endpoint = load.endpoint();
-        let label = format!("{} stored reports", number(n as f64));
-        let params = json!({"scenario": scenario, "servers": 2, "plugin": endpoint.plugin, "params": endpoint.params, "reports": n, "connections": options.connections});
+        let label = format!("{} stored reports{}", number(n as f64), backend.label());
+        let params = json!({"scenario": scenario, "servers": 2, "plugin": endpoint.plugin, "params": endpoint.params, "reports": n, "connections": options.connections, "storage": backend.name()});
         let mut seal = Row::new(seal_table, label.clone(), params.clone());
         let mut scaling = Row::new(scaling_table, label, params);
         for run in 0..options.runs {
-            eprintln!("{scenario} {n}: run {}/{}", run + 1, options.runs);
-            runtime.block_on(seal_run(&mut seal, &mut scaling, options, &load, n));
+            eprintln!(
+                "{scenario} {n}{}: run {}/{}",
+                backend.label(),
+                run + 1,
+                options.runs
+            );
+            runtime.block_on(seal_run(
+                &mut seal,
+                &mut scaling,
+                options,
+                &load,
+                n,
+                backend,
+            ));
         }
         rows.push(seal);
         scaling_rows.push(scaling);
@@ -1928,22 +2088,48 @@ fn main() {
         rows.extend(verify::rows(&options));
     }
 
+    storage::check(&options.storages);
     if options.wants("ingest") {
         for &length in &options.lengths {
-            let row = Row::new(
-                INGEST_TABLE,
-                format!("auth off, length {length}"),
-                json!({"scenario": "ingest", "auth": "off", "length": length, "connections": options.connections, "seconds": options.seconds}),
-            );
             let load = IngestLoad::sum(length);
-            rows.push(ingest_row(
-                &runtime,
-                &options,
-                row,
-                &load,
-                &IngestAuth::Off,
-                None,
-            ));
+            let mut stores: Vec<Store> = options
+                .storages
+                .iter()
+                .map(|&backend| Store {
+                    backend,
+                    replicas: 1,
+                })
+                .collect();
+            if options.storages.contains(&Backend::Postgres) {
+                stores.push(Store {
+                    backend: Backend::Postgres,
+                    replicas: 2,
+                });
+            }
+            for store in stores {
+                let replicas = if store.replicas > 1 {
+                    format!(", {} replicas", store.replicas)
+                } else {
+                    String::new()
+                };
+                let row = Row::new(
+                    INGEST_TABLE,
+                    format!(
+                        "auth off, length {length}{}{replicas}",
+                        store.backend.label()
+                    ),
+                    json!({"scenario": "ingest", "auth": "off", "length": length, "connections": options.connections, "seconds": options.seconds, "storage": store.backend.name(), "replicas": store.replicas}),
+                );
+                rows.push(ingest_row_on(
+                    &runtime,
+                    &options,
+                    row,
+                    &load,
+                    &IngestAuth::Off,
+                    None,
+                    store,
+                ));
+            }
         }
     }
     if options.wants("robust-ingest") {
@@ -2024,8 +2210,11 @@ fn main() {
     }
 
     if options.wants("seal") {
-        rows.extend(seal_rows(&runtime, &options, |_| SealLoad::Sum));
+        for &backend in &options.storages {
+            rows.extend(seal_rows_on(&runtime, &options, |_| SealLoad::Sum, backend));
+        }
     }
+    add_ratios(&mut rows);
     if options.wants("robust-seal") {
         rows.extend(seal_rows(&runtime, &options, SealLoad::prio3_sum));
     }

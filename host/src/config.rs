@@ -47,6 +47,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::sources::{Environment, Origin, Origins};
 pub use self::validate::{ConfigError, Problem};
+use crate::storage::StorageLocation;
 
 /// The whole configuration of one share server.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +67,7 @@ pub struct Config {
     pub cors: CorsConfig,
     /// How tokens are verified and mapped to roles.
     pub auth: AuthConfig,
-    /// The embedded database.
+    /// Where the server's state is kept.
     pub storage: StorageConfig,
 }
 
@@ -850,27 +851,40 @@ impl Serialize for Secret {
     }
 }
 
-/// `[storage]`: the embedded SQLite database.
+/// `[storage]`: where the server keeps its state: an embedded SQLite file (the
+/// default), or a PostgreSQL database shared by replicas of this server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// The database file. Default `{server.data_dir}/guardian.sqlite`; see
-    /// [`Config::storage_path`].
+    /// A PostgreSQL database (`postgres://user:password@host:port/db?sslmode=require`):
+    /// every replica of this share server (same index, same keys) names the same one.
+    /// Unset, the default: the SQLite file at `path`. See [`Config::storage_location`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<DatabaseUrl>,
+    /// The database file when `url` is unset. Default
+    /// `{server.data_dir}/guardian.sqlite`; see [`Config::storage_path`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
-    /// Read-only connections, which is also how many reads run at once. Default 4.
+    /// Read-only connections, which is also how many reads run at once (SQLite); with
+    /// `url`, the connection pool holds this many plus 4. Default 4.
     pub read_connections: usize,
     /// How long a statement waits for a lock held elsewhere before failing.
     /// Default 5 000 ms.
     pub busy_timeout_ms: u64,
+    /// How long a lease (one seal per endpoint, the background work) outlives a
+    /// replica that stopped renewing it: how long the other replicas wait before
+    /// they take over. Renewed every third of it. Default 10 000 ms.
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
+            url: None,
             path: None,
             read_connections: 4,
             busy_timeout_ms: 5_000,
+            lease_ttl_ms: 10_000,
         }
     }
 }
@@ -879,6 +893,47 @@ impl StorageConfig {
     /// `busy_timeout_ms` as a duration.
     pub fn busy_timeout(&self) -> Duration {
         Duration::from_millis(self.busy_timeout_ms)
+    }
+
+    /// `lease_ttl_ms` as a duration.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+}
+
+/// A database URL, which may hold a password: `Debug` and serialization show it
+/// without the password (and without its query string), as
+/// [`StorageLocation`]'s `Display` does; [`DatabaseUrl::expose`] gives the value.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        DatabaseUrl(url.into())
+    }
+
+    /// The URL, password included, for the one place that connects.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL without its password, for logs and messages.
+    pub fn redacted(&self) -> String {
+        StorageLocation::Postgres(self.0.clone()).to_string()
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
     }
 }
 
@@ -889,6 +944,19 @@ impl Config {
             .path
             .clone()
             .unwrap_or_else(|| self.server.data_dir().join("guardian.sqlite"))
+    }
+
+    /// Where the database is: the PostgreSQL database at `storage.url` when it is
+    /// set, else the SQLite file [`Config::storage_path`].
+    ///
+    /// # Errors
+    /// `storage.url` is not a PostgreSQL URL (validation refuses such a
+    /// configuration; this is for one built in code and not validated).
+    pub fn storage_location(&self) -> Result<StorageLocation, String> {
+        match &self.storage.url {
+            Some(url) => StorageLocation::from_url(url.expose()),
+            None => Ok(StorageLocation::Sqlite(self.storage_path())),
+        }
     }
 
     /// Where compiled plugins are cached: `plugins` in the data directory.
@@ -909,13 +977,16 @@ impl Config {
     }
 
     /// A copy with every derived default written out (listen address, data directory,
-    /// public URL, database path, plugin concurrency), as the server will use them.
+    /// public URL, database path unless `storage.url` is set, plugin concurrency), as
+    /// the server will use them.
     pub fn resolved(&self) -> Config {
         let mut config = self.clone();
         config.server.listen = Some(self.server.listen_addr());
         config.server.data_dir = Some(self.server.data_dir());
         config.server.public_url = self.server.public_url().map(str::to_owned);
-        config.storage.path = Some(self.storage_path());
+        if self.storage.url.is_none() {
+            config.storage.path = Some(self.storage_path());
+        }
         config.limits.plugin_concurrency = Some(self.limits.plugin_concurrency());
         config
     }

@@ -2,7 +2,10 @@
 //! embedded defaults, with a demo endpoint, for trying the system out.
 //!
 //! Data lives under one folder (`server-{i}/` per server), so running it again
-//! picks up where the last run stopped.
+//! picks up where the last run stopped. With `--postgres URL` the servers keep
+//! their state in PostgreSQL instead: one database per server on the cluster
+//! the URL names (see [`server_database`]), since two share servers must never
+//! share a database.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -10,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 
 use crate::auth::DevIssuer;
-use crate::config::{Config, Role};
+use crate::config::{Config, DatabaseUrl, Role};
 use crate::server::Server;
 
 /// Options of `guardian dev`.
@@ -25,6 +28,10 @@ pub struct DevOptions {
     /// Digests of uploaded plugins every demo server approves (`plugins.approved`);
     /// built-ins are always approved.
     pub approved: Vec<String>,
+    /// A PostgreSQL cluster for the servers' state instead of SQLite files: server
+    /// i uses database `{db}_server{i}` of the cluster this URL names (`db` is the
+    /// URL's database), created if missing.
+    pub postgres: Option<String>,
 }
 
 /// The demo endpoint created on every server.
@@ -51,6 +58,8 @@ const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600)
 pub struct Dev {
     servers: Vec<Server>,
     urls: Vec<String>,
+    /// Where each server keeps its state, for the banner (passwords redacted).
+    storage: Vec<String>,
     /// One token per role, in [`Role::ALL`] order.
     tokens: Vec<(Role, String)>,
 }
@@ -103,7 +112,18 @@ impl Dev {
             })
             .await??
         };
+        let databases = match &options.postgres {
+            Some(url) => {
+                let databases = (0..options.servers)
+                    .map(|index| server_database(url, index))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                create_databases(url, &databases).await?;
+                Some(databases)
+            }
+            None => None,
+        };
         let mut servers = Vec::new();
+        let mut storage = Vec::new();
         for (index, addr) in addrs.iter().enumerate() {
             let mut config = Config::default();
             config.server.index = index as u32;
@@ -118,7 +138,16 @@ impl Dev {
             config.cors.allowed_origins = EXAMPLE_ORIGINS.map(String::from).to_vec();
             // One demo token submits everyone's measurements.
             config.endpoints.distinct_users = false;
+            if let Some(databases) = &databases {
+                config.storage.url = Some(DatabaseUrl::new(databases[index].url.clone()));
+            }
             config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            storage.push(
+                config
+                    .storage_location()
+                    .map_err(|why| anyhow::anyhow!("{why}"))?
+                    .to_string(),
+            );
             servers.push(
                 Server::start(config)
                     .await
@@ -128,6 +157,7 @@ impl Dev {
         let dev = Dev {
             servers,
             urls,
+            storage,
             tokens,
         };
         dev.create_demo_endpoint().await?;
@@ -180,7 +210,7 @@ impl Dev {
             .urls
             .iter()
             .enumerate()
-            .map(|(i, u)| format!("  server {i}: {u}"))
+            .map(|(i, u)| format!("  server {i}: {u}   (state: {})", self.storage[i]))
             .collect();
         let tokens: Vec<String> = self
             .tokens
@@ -189,7 +219,7 @@ impl Dev {
             .collect();
         let first = &self.urls[0];
         format!(
-            "Privacy Guardian: {n} share servers are running (data in their folders; Ctrl-C stops them).\n\n\
+            "Privacy Guardian: {n} share servers are running (Ctrl-C stops them).\n\n\
              {list}\n\n\
              Tokens from the development issuer (valid 24 h; `guardian token --role ROLE` mints more):\n\n\
              {tokens}\n\n\
@@ -223,5 +253,189 @@ impl Dev {
             server.shutdown().await?;
         }
         Ok(())
+    }
+}
+
+/// The database of one demo server on a PostgreSQL cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerDatabase {
+    /// The database's name, `{db}_server{index}`.
+    pub name: String,
+    /// The URL that names it: the cluster's URL with this database (user,
+    /// password, host and query kept).
+    pub url: String,
+}
+
+/// Longest database name PostgreSQL keeps (longer ones are cut, silently).
+const MAX_DATABASE_NAME: usize = 63;
+
+/// The database of demo server `index` on the cluster `url` names: `{db}_server{index}`,
+/// `db` being the URL's database (`postgres` when it names none). One database per
+/// server, because a server's state is its share of every report: two servers in
+/// one database would be one party holding both shares.
+///
+/// # Errors
+/// `url` is not a `postgres://` URL, or its database name is not plain lower-case
+/// letters, digits and `_` (the name is used unquoted in SQL and must stay short).
+pub fn server_database(url: &str, index: u32) -> anyhow::Result<ServerDatabase> {
+    crate::storage::StorageLocation::from_url(url)
+        .map_err(|why| anyhow::anyhow!("--postgres: {}", why.replace("storage.url", "the URL")))?;
+    let db = database_of(url);
+    let name = format!("{db}_server{index}");
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        || name.len() > MAX_DATABASE_NAME
+    {
+        bail!(
+            "--postgres: the URL's database {db:?} cannot prefix the servers' databases: use lower-case letters, digits and _ (at most {} characters), e.g. postgres://user@host:5432/guardian",
+            MAX_DATABASE_NAME - "_server99".len()
+        );
+    }
+    let url = with_database(url, &name);
+    Ok(ServerDatabase { name, url })
+}
+
+/// `url` split as `(scheme://authority, database, query)`.
+fn url_parts(url: &str) -> (&str, &str, Option<&str>) {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority = base.find("://").map_or(0, |at| at + 3);
+    let path = base[authority..]
+        .find('/')
+        .map_or(base.len(), |at| authority + at);
+    (&base[..path], base[path..].trim_start_matches('/'), query)
+}
+
+/// The database `url` names: `postgres` when it names none, as for libpq.
+fn database_of(url: &str) -> &str {
+    match url_parts(url).1 {
+        "" => "postgres",
+        db => db,
+    }
+}
+
+/// `url` naming database `name` instead (user, password, host and query kept).
+fn with_database(url: &str, name: &str) -> String {
+    let (base, _, query) = url_parts(url);
+    match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// Creates each database that does not exist yet, over one plain connection to
+/// the cluster: to the URL's own database, or to `postgres` when that one does not
+/// exist.
+async fn create_databases(url: &str, databases: &[ServerDatabase]) -> anyhow::Result<()> {
+    let redacted = crate::storage::StorageLocation::Postgres(url.to_owned()).to_string();
+    let client = match connect(url).await {
+        Ok(client) => client,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {
+            connect(&with_database(url, "postgres"))
+                .await
+                .with_context(|| {
+                    format!("--postgres: connecting to {redacted} (and to its postgres database)")
+                })?
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "--postgres: connecting to {redacted} (guardian dev connects without TLS: use a local cluster)"
+            )));
+        }
+    };
+    for db in databases {
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db.name])
+            .await?
+            .is_some();
+        if exists {
+            continue;
+        }
+        // The name is checked to be plain (`server_database`): no quoting needed.
+        match client
+            .batch_execute(&format!("CREATE DATABASE {}", db.name))
+            .await
+        {
+            Ok(()) => {}
+            // Created meanwhile by another `guardian dev`: as good.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "--postgres: creating database {} on {redacted}",
+                    db.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A plain connection (no TLS: a local development cluster), driven by a task of
+/// its own until the client is dropped.
+async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "the database setup connection ended");
+        }
+    });
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(url: &str, index: u32, expected: Result<(&str, &str), &str>) {
+        match (server_database(url, index), expected) {
+            (Ok(db), Ok((name, db_url))) => {
+                assert_eq!((db.name.as_str(), db.url.as_str()), (name, db_url), "{url}");
+            }
+            (Err(e), Err(part)) => {
+                assert!(e.to_string().contains(part), "{url}: {e}");
+            }
+            (got, expected) => panic!("{url}: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn each_server_gets_its_own_database_on_the_cluster() {
+        check(
+            "postgres://postgres@127.0.0.1:55432/guardian",
+            0,
+            Ok((
+                "guardian_server0",
+                "postgres://postgres@127.0.0.1:55432/guardian_server0",
+            )),
+        );
+        check(
+            "postgresql://u:pw@db.example/demo?sslmode=disable",
+            1,
+            Ok((
+                "demo_server1",
+                "postgresql://u:pw@db.example/demo_server1?sslmode=disable",
+            )),
+        );
+        check(
+            "postgres://postgres@127.0.0.1:55432",
+            2,
+            Ok((
+                "postgres_server2",
+                "postgres://postgres@127.0.0.1:55432/postgres_server2",
+            )),
+        );
+        check(
+            "postgres://postgres@127.0.0.1/Guardian",
+            0,
+            Err("lower-case letters, digits and _"),
+        );
+        check(
+            "postgres://postgres@127.0.0.1/a;DROP",
+            0,
+            Err("lower-case letters"),
+        );
+        check("mysql://root@127.0.0.1/x", 0, Err("postgres://"));
     }
 }

@@ -83,6 +83,13 @@ enum Command {
         /// Built-ins are always approved.
         #[arg(long, value_name = "DIGEST", value_delimiter = ',')]
         approve: Vec<String>,
+        /// Keep the servers' state in PostgreSQL instead of SQLite files: server i
+        /// uses database DB_server{i} of the cluster URL names (DB: the URL's
+        /// database), created if missing. Each server needs a database of its
+        /// own (two servers in one database would be one party holding both
+        /// shares). Example: --postgres postgres://postgres@127.0.0.1:5432/guardian
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
     },
     /// Upload or list algorithm plugins (developer).
     #[command(subcommand)]
@@ -337,6 +344,8 @@ enum AdminCommand {
     /// database at `storage.path`. The copy is written beside DEST, checked,
     /// and renamed to DEST at the end, so DEST is never a half backup. README,
     /// "Backup and restore", says how to restore and what it means for sealing.
+    /// A server on PostgreSQL (`storage.url`) is refused: back it up with
+    /// pg_dump or point-in-time recovery.
     ///
     /// Example: guardian admin backup /backups/guardian-2026-12-07.sqlite --config guardian.toml
     Backup {
@@ -392,11 +401,13 @@ fn main() -> ExitCode {
             dir,
             port,
             approve,
+            postgres,
         } => dev(DevOptions {
             servers,
             dir,
             port,
             approved: approve,
+            postgres,
         }),
         Command::Token {
             role,
@@ -646,12 +657,15 @@ async fn batch(command: BatchCommand) -> anyhow::Result<()> {
 fn backup(file: Option<PathBuf>, dest: &std::path::Path, force: bool) -> anyhow::Result<()> {
     let env = Environment::capture(&std::env::current_dir()?)?;
     let loaded = config::load(file.as_deref(), &env)?;
-    let source = loaded.config.storage_path();
+    let location = loaded
+        .config
+        .storage_location()
+        .map_err(|why| anyhow::anyhow!("{why}"))?;
     let options = guardian::storage::backup::BackupOptions {
         force,
         ..Default::default()
     };
-    let report = guardian::storage::backup::backup(&source, dest, &options)?;
+    let report = guardian::storage::backup::backup_location(&location, dest, &options)?;
     print!("{}", clean(&report.render()));
     Ok(())
 }

@@ -9,7 +9,11 @@
 //! with the follower killed once on top; the same checks hold, and the endpoint
 //! seals again once the faults stop.
 //!
+//! The first runs on SQLite and again on PostgreSQL (each server on a fresh
+//! database of the test cluster of `cargo xtask test`).
+//!
 //! `GUARDIAN_SOAK_SECS` sets the load time of the first (default 20 s),
+//! `GUARDIAN_SOAK_PG_SECS` of its PostgreSQL run (15 s),
 //! `GUARDIAN_FAULT_SECS` and `GUARDIAN_FAULT_SEED` the second's (60 s, seed 7).
 
 #![allow(clippy::unwrap_used)]
@@ -189,8 +193,25 @@ async fn vandal(load: Arc<Load>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_load_with_restarts_loses_nothing_and_batches_match() {
-    let soak = secs("GUARDIAN_SOAK_SECS", 20);
-    let mut cluster = Cluster::start(2).await;
+    let cluster = Cluster::start(2).await;
+    mixed_load_with_restarts(cluster, secs("GUARDIAN_SOAK_SECS", 20)).await;
+}
+
+/// The same on PostgreSQL: each server on a fresh database of its own. (Its
+/// name sorts last, so that the test runner starts it after the long fault soak
+/// and both run beside each other.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_load_on_postgres_loses_nothing_and_batches_match() {
+    let databases: Vec<String> = (0..2).map(|_| pg::fresh_database()).collect();
+    let cluster = Cluster::start_each(2, |_, index| {
+        vec![("GUARDIAN_STORAGE_URL".to_owned(), databases[index].clone())]
+    })
+    .await;
+    mixed_load_with_restarts(cluster, secs("GUARDIAN_SOAK_PG_SECS", 15)).await;
+}
+
+/// Load for `soak`, with server 1 then server 0 killed and restarted.
+async fn mixed_load_with_restarts(mut cluster: Cluster, soak: Duration) {
     let params = json!({"length": 2, "signed": true});
     cluster
         .create_endpoint(ENDPOINT, "sum", params.clone(), MIN_BATCH)

@@ -22,6 +22,14 @@
 //!   clients/python[test]`, whose test extras are pinned; redone when
 //!   `clients/python/pyproject.toml` changes; Debian's `python3-venv` first
 //!   when `python3` lacks `venv`).
+//! - a throwaway PostgreSQL cluster for the storage tests on PostgreSQL and the
+//!   replica tests (Debian's `postgresql` when no `initdb` is installed, the same
+//!   way as Chromium): initialised afresh in `target/pg-test` on a free port of
+//!   127.0.0.1 and started as the `postgres` user (PostgreSQL refuses root), with
+//!   trust authentication and fsync on. `test` hands its URL to the tests as
+//!   `GUARDIAN_TEST_POSTGRES_URL` and stops it afterwards; after `prepare` alone
+//!   it keeps running, and the line to set the variable is printed. A cluster
+//!   that does not start fails the preparation with the end of its log.
 //!
 //! Without the preparation, `cargo test --workspace` still runs every test that
 //! needs nothing more; the others fail naming this command.
@@ -38,8 +46,19 @@ fn main() -> ExitCode {
     let task = args.next().and_then(|a| a.into_string().ok());
     let rest: Vec<OsString> = args.collect();
     let outcome = match task.as_deref() {
-        Some("test") => prepare().and_then(|()| test(&rest)),
-        Some("prepare") => prepare(),
+        Some("test") => prepare().and_then(|cluster| {
+            let outcome = test(&rest, &cluster.url());
+            // Stopped whether the tests passed or not; their failure comes first.
+            let stopped = cluster.stop();
+            outcome.and(stopped)
+        }),
+        Some("prepare") => prepare().map(|cluster| {
+            say(&format!(
+                "the PostgreSQL cluster keeps running; for cargo test: export {URL_VARIABLE}={} (stop it with: {})",
+                cluster.url(),
+                cluster.stop_command()
+            ))
+        }),
         Some("help" | "--help" | "-h") | None => {
             print!("{}", HELP);
             Ok(())
@@ -62,7 +81,8 @@ tasks:
   test [ARGS…]  prepare what the tests need, then run every test
                 (cargo test --workspace ARGS…)
   prepare       only prepare: the OIDC provider's npm packages, Chromium and
-                ChromeDriver, the wasm32-wasip2 target
+                ChromeDriver, the wasm32-wasip2 target, a PostgreSQL cluster
+                (left running)
 ";
 
 /// The workspace's root: the parent of this crate's folder.
@@ -73,7 +93,7 @@ fn root() -> PathBuf {
         .to_owned()
 }
 
-fn prepare() -> Result<(), String> {
+fn prepare() -> Result<PgCluster, String> {
     let root = root();
     wasm_target()?;
     npm_packages(
@@ -86,11 +106,12 @@ fn prepare() -> Result<(), String> {
     )?;
     browser()?;
     python_venv(&root)?;
-    Ok(())
+    postgres(&root)
 }
 
-fn test(args: &[OsString]) -> Result<(), String> {
+fn test(args: &[OsString], postgres_url: &str) -> Result<(), String> {
     let mut command = Command::new(cargo());
+    command.env(URL_VARIABLE, postgres_url);
     // `cargo run` gave this process the variables of the xtask package itself;
     // build scripts that watch one (ring's `rerun-if-env-changed=
     // CARGO_MANIFEST_DIR`) would see it change between this build and a plain
@@ -213,13 +234,29 @@ fn browser() -> Result<(), String> {
     if on_path("chromium") && on_path("chromedriver") {
         return Ok(());
     }
-    let install = format!("apt-get install -y {}", BROWSER_PACKAGES.join(" "));
-    // As root, or through sudo when it needs no password: the packages "when it
-    // may"; otherwise the line to run.
-    let root_user = Command::new("id")
+    apt_install(
+        &BROWSER_PACKAGES,
+        "the browser test (host/tests/dashboard.rs) needs Chromium and ChromeDriver",
+        "the browser test, host/tests/dashboard.rs, drives a real Chromium",
+    )
+}
+
+/// Whether this process runs as root.
+fn is_root() -> bool {
+    Command::new("id")
         .arg("-u")
         .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// Installs Debian's `packages` with `apt-get` as root, or through a `sudo` that
+/// needs no password; otherwise fails with the line to run. `needs` says what
+/// requires them (for that message), `why` the same in the line announcing the
+/// installation. The package lists are updated once per run.
+fn apt_install(packages: &[&str], needs: &str, why: &str) -> Result<(), String> {
+    static UPDATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let install = format!("apt-get install -y {}", packages.join(" "));
+    let root_user = is_root();
     let sudo = !root_user
         && on_path("sudo")
         && Command::new("sudo")
@@ -228,21 +265,229 @@ fn browser() -> Result<(), String> {
             .is_ok_and(|status| status.success());
     if !(root_user || sudo) || !on_path("apt-get") {
         return Err(format!(
-            "the browser test (host/tests/dashboard.rs) needs Chromium and ChromeDriver: run `sudo apt-get update && sudo {install}` (Debian's packages), then cargo xtask test again"
+            "{needs}: run `sudo apt-get update && sudo {install}` (Debian's packages), then cargo xtask test again"
         ));
     }
     say(&format!(
-        "installing Debian's {} (the browser test, host/tests/dashboard.rs, drives a real Chromium)",
-        BROWSER_PACKAGES.join(" and ")
+        "installing Debian's {} ({why})",
+        packages.join(" and ")
     ));
     // `sudo VAR=value apt-get …` passes the variable through sudo's environment
     // reset; as root the same arguments run under `env`.
     let runner = if sudo { "sudo" } else { "env" };
     let frontend = "DEBIAN_FRONTEND=noninteractive";
-    run(runner, &[frontend, "apt-get", "update"], None)?;
+    if !UPDATED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        run(runner, &[frontend, "apt-get", "update"], None)?;
+    }
     let mut args = vec![frontend, "apt-get", "install", "-y"];
-    args.extend(BROWSER_PACKAGES);
+    args.extend(packages);
     run(runner, &args, None)
+}
+
+/// The variable naming the tests' PostgreSQL cluster (read by the tests through
+/// `host/tests/common/pg.rs`).
+const URL_VARIABLE: &str = "GUARDIAN_TEST_POSTGRES_URL";
+
+/// The tests' PostgreSQL cluster, started by [`postgres`].
+struct PgCluster {
+    /// PostgreSQL's server programs (`initdb`, `pg_ctl`).
+    bin: PathBuf,
+    /// The cluster's folder: `data`, the unix socket, `server.log`.
+    dir: PathBuf,
+    /// Its TCP port on 127.0.0.1.
+    port: u16,
+    /// Whether PostgreSQL's programs run as the `postgres` user (this process is
+    /// root, which PostgreSQL refuses).
+    as_postgres: bool,
+}
+
+impl PgCluster {
+    /// The URL of the cluster's `postgres` database (trust authentication).
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// `program` of PostgreSQL's folder, run as the cluster's user.
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(path);
+            command
+        } else {
+            Command::new(path)
+        }
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`: connections are ended).
+    fn stop(&self) -> Result<(), String> {
+        let output = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .output()
+            .map_err(|e| format!("cannot run pg_ctl: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "stopping the tests' PostgreSQL cluster failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        }
+    }
+
+    /// The command that stops the cluster, for a person to run.
+    fn stop_command(&self) -> String {
+        let stop = format!(
+            "{} -D {} -m fast stop",
+            self.bin.join("pg_ctl").display(),
+            self.dir.join("data").display()
+        );
+        if self.as_postgres {
+            format!("runuser -u postgres -- {stop}")
+        } else {
+            stop
+        }
+    }
+}
+
+/// The folder of PostgreSQL's server programs: the newest
+/// `/usr/lib/postgresql/*/bin` with an `initdb` (Debian), else the folder of an
+/// `initdb` on the PATH.
+fn postgres_programs() -> Option<PathBuf> {
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .max_by_key(|(version, _)| *version)
+        .map(|(_, bin)| bin);
+    newest.or_else(|| {
+        std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
+    })
+}
+
+/// Installs PostgreSQL if missing, then initialises and starts a fresh cluster
+/// for the tests (see the module's documentation).
+fn postgres(root: &Path) -> Result<PgCluster, String> {
+    let bin = match postgres_programs() {
+        Some(bin) => bin,
+        None => {
+            apt_install(
+                &["postgresql"],
+                "the storage and replica tests need PostgreSQL's server",
+                "the storage and replica tests also run on PostgreSQL",
+            )?;
+            postgres_programs().ok_or("Debian's postgresql package gave no initdb")?
+        }
+    };
+    let as_postgres = is_root();
+    let mut cluster = PgCluster {
+        bin,
+        dir: root.join("target/pg-test"),
+        port: 0,
+        as_postgres,
+    };
+    // The `postgres` user must reach the folder; a clone in a private home
+    // folder (root's) keeps it out, and then the cluster lives in /tmp instead.
+    if as_postgres && !reachable_by_postgres(root.join("target").as_path()) {
+        cluster.dir = std::env::temp_dir().join("guardian-pg-test");
+    }
+    // A cluster an interrupted run left running: stopped, then made anew.
+    if cluster.dir.join("data/postmaster.pid").exists() {
+        let _ = cluster
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(cluster.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+    let dir = &cluster.dir;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| format!("removing {}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    if as_postgres {
+        run("chown", &["postgres:", &dir.to_string_lossy()], None)?;
+    }
+    cluster.port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map_err(|e| format!("no free port on 127.0.0.1: {e}"))?
+        .port();
+    let version = cluster
+        .bin
+        .parent()
+        .and_then(|dir| dir.file_name())
+        .map_or(String::new(), |v| format!(" {}", v.to_string_lossy()));
+    say(&format!(
+        "starting a throwaway PostgreSQL{version} cluster in {} on 127.0.0.1:{} (the storage and replica tests also run on PostgreSQL)",
+        dir.display(),
+        cluster.port
+    ));
+    // Its files need no sync at creation (a crash now loses nothing of value);
+    // the server itself keeps fsync on, since durability is what is tested.
+    let data = dir.join("data");
+    let initdb = cluster
+        .command("initdb")
+        .arg("-D")
+        .arg(&data)
+        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
+        .args(["--no-sync", "--no-instructions"])
+        .output()
+        .map_err(|e| format!("cannot run initdb: {e}"))?;
+    if !initdb.status.success() {
+        return Err(format!(
+            "initdb of the tests' PostgreSQL cluster failed:\n{}{}",
+            String::from_utf8_lossy(&initdb.stdout),
+            String::from_utf8_lossy(&initdb.stderr)
+        ));
+    }
+    // Enough connections for every test binary's pools at once.
+    let options = format!(
+        "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=on",
+        cluster.port,
+        dir.display()
+    );
+    let log = dir.join("server.log");
+    let started = cluster
+        .command("pg_ctl")
+        .arg("-D")
+        .arg(&data)
+        .arg("-l")
+        .arg(&log)
+        .args(["-w", "-t", "60", "-o", &options, "start"])
+        .output()
+        .map_err(|e| format!("cannot run pg_ctl: {e}"))?;
+    if !started.status.success() {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        return Err(format!(
+            "the tests' PostgreSQL cluster did not start ({}); {} ends with:\n{}",
+            String::from_utf8_lossy(&started.stderr).trim(),
+            dir.join("server.log").display(),
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        ));
+    }
+    Ok(cluster)
+}
+
+/// Whether the `postgres` user can create files in a folder `dir` (its parents
+/// traversable).
+fn reachable_by_postgres(dir: &Path) -> bool {
+    Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 /// The Python client's venv (`target/python-venv`), with the client and its

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use super::{
-    Algorithm, ClaimFormat, Config, ConfigError, Loaded, LogFormat, Role, RoleSource, Secret,
+    Algorithm, ClaimFormat, Config, ConfigError, DatabaseUrl, Loaded, LogFormat, Role, RoleSource,
+    Secret,
 };
 
 /// Prefix of every environment name.
@@ -416,13 +417,15 @@ pub(super) static KEYS: &[Key] = &[
         auth.peer_token_file,
         optional::<PathBuf>
     ),
+    key!("storage.url", storage.url, database_url),
     key!("storage.path", storage.path, optional::<PathBuf>),
     key!("storage.read_connections", storage.read_connections, number),
     key!("storage.busy_timeout_ms", storage.busy_timeout_ms, number),
+    key!("storage.lease_ttl_ms", storage.lease_ttl_ms, number),
 ];
 
 /// Keys whose values are secrets: their environment values are never echoed.
-const SECRET_KEYS: &[&str] = &["auth.peer_token"];
+const SECRET_KEYS: &[&str] = &["auth.peer_token", "storage.url"];
 
 /// A variable of the old deployment and the keys it sets.
 pub(super) struct Legacy {
@@ -596,6 +599,11 @@ where
 
 fn secret(value: &str) -> Result<Option<Secret>, String> {
     Ok((!value.is_empty()).then(|| Secret::new(value)))
+}
+
+/// A database URL; checked by validation, which never shows its password.
+fn database_url(value: &str) -> Result<Option<DatabaseUrl>, String> {
+    Ok((!value.trim().is_empty()).then(|| DatabaseUrl::new(value.trim())))
 }
 
 /// A comma-separated list; blanks around items and empty items are dropped.

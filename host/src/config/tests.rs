@@ -344,6 +344,10 @@ fn every_key_can_be_set_from_the_environment() {
         ("GUARDIAN_AUTH_DEV_ISSUER_DIR", "/tmp/dev"),
         ("GUARDIAN_AUTH_PEER_TOKEN", &peer_token),
         ("GUARDIAN_AUTH_PEER_TOKEN_FILE", ""),
+        (
+            "GUARDIAN_STORAGE_URL",
+            "postgres://g:pw@db.example/guardian?sslmode=require",
+        ),
         ("GUARDIAN_STORAGE_PATH", "/srv/db.sqlite"),
         ("GUARDIAN_STORAGE_READ_CONNECTIONS", "9"),
         ("GUARDIAN_STORAGE_BUSY_TIMEOUT_MS", "10"),
@@ -465,6 +469,12 @@ fn every_key_can_be_set_from_the_environment() {
         Some(peer_token.as_str())
     );
     assert_eq!(c.storage_path(), Path::new("/srv/db.sqlite"));
+    assert_eq!(
+        c.storage_location(),
+        Ok(crate::storage::StorageLocation::Postgres(
+            "postgres://g:pw@db.example/guardian?sslmode=require".to_owned()
+        ))
+    );
     assert_eq!(
         (c.storage.read_connections, c.storage.busy_timeout_ms),
         (9, 10)
@@ -1107,6 +1117,122 @@ fn render_shows_origins_and_hides_secrets() {
     );
     assert!(text.contains("auth.issuer = (not set) (default)"), "{text}");
     assert_eq!(text.lines().count(), KEYS.len());
+}
+
+#[test]
+fn storage_url_selects_postgres_and_never_shows_its_password() {
+    use crate::storage::StorageLocation;
+
+    // Unset: the SQLite file, as before.
+    let config = NOTHING.ok().config;
+    assert_eq!(
+        config.storage_location(),
+        Ok(StorageLocation::Sqlite(config.storage_path()))
+    );
+
+    // From the file, then overridden by the environment.
+    let url = "postgres://guardian:hunter2@db.example:5433/shares?sslmode=require";
+    let loaded = Setup {
+        file: Some("[storage]\nurl = \"postgresql://guardian@127.0.0.1/from_file\"\n"),
+        env: &[("GUARDIAN_STORAGE_URL", url)],
+        ..NOTHING
+    }
+    .ok();
+    assert_eq!(
+        loaded.config.storage_location(),
+        Ok(StorageLocation::Postgres(url.to_owned()))
+    );
+    assert_eq!(
+        *loaded.origins.get("storage.url"),
+        origin_env("GUARDIAN_STORAGE_URL")
+    );
+    let from_file = file("[storage]\nurl = \"postgresql://guardian@127.0.0.1/from_file\"\n").ok();
+    assert_eq!(
+        from_file.config.storage_location(),
+        Ok(StorageLocation::Postgres(
+            "postgresql://guardian@127.0.0.1/from_file".to_owned()
+        ))
+    );
+    // An empty variable clears it: back to SQLite.
+    let cleared = Setup {
+        file: Some("[storage]\nurl = \"postgres://g@127.0.0.1/x\"\n"),
+        env: &[("GUARDIAN_STORAGE_URL", "")],
+        ..NOTHING
+    }
+    .ok();
+    assert!(matches!(
+        cleared.config.storage_location(),
+        Ok(StorageLocation::Sqlite(_))
+    ));
+
+    // The password appears nowhere: not in the rendered configuration, its debug
+    // form, the location's display, nor a warning (no TLS to a remote host).
+    let text = loaded.render();
+    assert!(
+        text.contains(
+            "storage.url = \"postgres://guardian:***@db.example:5433/shares\" (from environment variable GUARDIAN_STORAGE_URL)"
+        ),
+        "{text}"
+    );
+    // With a URL the database path is not derived (it would not be used).
+    assert!(text.contains("storage.path = (not set)"), "{text}");
+    let plain = env(&[(
+        "GUARDIAN_STORAGE_URL",
+        "postgres://guardian:hunter2@db.example/shares",
+    )])
+    .ok();
+    let warnings = plain.config.warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("without sslmode=require")),
+        "{warnings:#?}"
+    );
+    assert!(
+        !loaded
+            .config
+            .warnings()
+            .iter()
+            .any(|w| w.contains("sslmode")),
+        "TLS required: no warning"
+    );
+    for shown in [
+        text,
+        format!("{loaded:?}"),
+        loaded.config.storage_location().unwrap().to_string(),
+        warnings.join("\n"),
+    ] {
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}
+
+#[test]
+fn storage_url_must_be_a_postgres_url() {
+    env(&[("GUARDIAN_STORAGE_URL", "mysql://root:hunter2@db/x")]).invalid(
+        "storage.url",
+        &[
+            "storage.url = mysql://root:***@db/x (from environment variable GUARDIAN_STORAGE_URL)",
+            "must start with postgres:// or postgresql://",
+            "storage.path",
+        ],
+    );
+    env(&[("GUARDIAN_STORAGE_URL", "/srv/guardian.sqlite")])
+        .invalid("storage.url", &["must start with postgres://"]);
+    // libpq's verify-full is not a mode of the driver: say what to use instead.
+    env(&[(
+        "GUARDIAN_STORAGE_URL",
+        "postgres://g:hunter2@db.example/x?sslmode=verify-full",
+    )])
+    .invalid(
+        "storage.url",
+        &["not a usable PostgreSQL URL", "use sslmode=require"],
+    );
+    file("[storage]\nurl = \"postgres://g@db.example:notaport/x\"\n")
+        .invalid("storage.url", &["not a usable PostgreSQL URL"]);
+    let error = env(&[("GUARDIAN_STORAGE_URL", "mysql://root:hunter2@db/x")])
+        .error(&["storage.url"])
+        .to_string();
+    assert!(!error.contains("hunter2"), "{error}");
 }
 
 #[test]

@@ -10,9 +10,10 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use super::{
-    AuthConfig, ClaimFormat, Config, DEFAULT_BASE_PORT, LimitsConfig, LogConfig, Origin, Origins,
-    ServerConfig,
+    AuthConfig, ClaimFormat, Config, DEFAULT_BASE_PORT, DatabaseUrl, LimitsConfig, LogConfig,
+    Origin, Origins, ServerConfig,
 };
+use crate::storage::StorageLocation;
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -183,8 +184,18 @@ pub(super) fn check(config: &Config, origins: &Origins) -> Result<(), ConfigErro
     auth(&mut c, &config.auth);
     let storage = &config.storage;
     c.non_empty_path("storage.path", storage.path.as_deref());
+    if let Some(url) = &storage.url {
+        database_url(&mut c, url);
+    }
     c.positive("storage.read_connections", storage.read_connections as u64);
     c.positive("storage.busy_timeout_ms", storage.busy_timeout_ms);
+    if storage.lease_ttl_ms < MIN_LEASE_TTL_MS {
+        let at = c.at("storage.lease_ttl_ms", storage.lease_ttl_ms);
+        c.fail(
+            "storage.lease_ttl_ms",
+            format!("{at}: must be at least {MIN_LEASE_TTL_MS} (renewals come every third of it)"),
+        );
+    }
 
     if c.problems.is_empty() {
         Ok(())
@@ -299,6 +310,9 @@ fn approved_plugins(c: &mut Checker<'_>, approved: &[String]) {
 
 /// Smallest plugin memory cap: a Rust plugin's stack alone takes 1 MiB.
 const MIN_PLUGIN_MEMORY: usize = 1 << 20;
+
+/// Shortest `storage.lease_ttl_ms`: a renewal statement must fit in a third of it.
+const MIN_LEASE_TTL_MS: u64 = 30;
 
 fn limits(c: &mut Checker<'_>, l: &LimitsConfig) {
     c.positive("limits.max_body_bytes", l.max_body_bytes as u64);
@@ -624,6 +638,16 @@ pub(super) fn warnings(config: &Config) -> Vec<String> {
                 .to_owned(),
         );
     }
+    if let Some(url) = &config.storage.url {
+        out.extend(database_url_warning(url));
+        if config.storage.path.is_some() {
+            out.push(
+                "storage.path is ignored: storage.url is set, so the state is kept in that \
+                 PostgreSQL database"
+                    .to_owned(),
+            );
+        }
+    }
     for (i, peer) in config.server.peers.iter().enumerate() {
         if let Ok(url) = parse_url(peer)
             && url.scheme == "http"
@@ -636,6 +660,48 @@ pub(super) fn warnings(config: &Config) -> Vec<String> {
         }
     }
     out
+}
+
+/// `storage.url` must name a PostgreSQL database the driver can connect to. Messages
+/// show the URL without its password.
+fn database_url(c: &mut Checker<'_>, url: &DatabaseUrl) {
+    let at = c.at("storage.url", url.redacted());
+    if let Err(why) = StorageLocation::from_url(url.expose()) {
+        c.fail("storage.url", format!("{at}: {why}"));
+        return;
+    }
+    if let Err(error) = url.expose().parse::<tokio_postgres::Config>() {
+        let hint = if url.expose().contains("sslmode=verify") {
+            "; use sslmode=require, which verifies the server's certificate and host name \
+             (what libpq calls verify-full)"
+        } else {
+            ""
+        };
+        c.fail(
+            "storage.url",
+            format!("{at}: not a usable PostgreSQL URL ({error}){hint}"),
+        );
+    }
+}
+
+/// A warning when `storage.url` reaches a database over the network without
+/// requiring TLS.
+fn database_url_warning(url: &DatabaseUrl) -> Option<String> {
+    let config = url.expose().parse::<tokio_postgres::Config>().ok()?;
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return None;
+    }
+    let remote = config.get_hosts().iter().find_map(|host| match host {
+        tokio_postgres::config::Host::Tcp(name) if !is_loopback(name) && name != "::1" => {
+            Some(name.clone())
+        }
+        _ => None,
+    })?;
+    Some(format!(
+        "storage.url ({}) reaches {remote} without sslmode=require: shares and the \
+         database password may cross the network unencrypted",
+        url.redacted()
+    ))
 }
 
 /// The parts of an absolute `http(s)` URL this module cares about.

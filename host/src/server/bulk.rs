@@ -123,7 +123,7 @@ pub(super) async fn post_reports(
     Path(name): Path<String>,
     body: Result<Json<PostReports>, ApiError>,
 ) -> Answer {
-    let endpoint = state.registry.endpoint(&name);
+    let endpoint = state.registry.endpoint_or_load(&name).await?;
     let label = endpoint
         .as_ref()
         .map_or("", |e| e.endpoint.record.name.as_str());

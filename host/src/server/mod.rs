@@ -1,9 +1,12 @@
 //! The share server: HTTP API over storage and the plugin runtime.
 //!
-//! [`Server::start`] opens storage, registers the built-in plugins, reloads
-//! uploaded plugins (from the compiled-artifact cache) and endpoints, binds the
-//! listener and serves until [`Server::shutdown`]: then it stops accepting,
-//! lets in-flight requests finish and flushes pending writes.
+//! [`Server::start`] opens storage (the SQLite file, or the PostgreSQL database
+//! of `storage.url` that replicas of this server share), registers the built-in
+//! plugins, reloads uploaded plugins (from the compiled-artifact cache) and
+//! endpoints, binds the listener and serves until [`Server::shutdown`]: then it
+//! stops accepting, lets in-flight requests finish and flushes pending writes.
+//! Over a shared database a background task keeps the registry in step with
+//! what the other replicas change (`registry`).
 //!
 //! Connections are served by our own accept loop over hyper's HTTP/1 (`serve`),
 //! not `axum::serve`, because only hyper's builder sets the limits on a
@@ -82,6 +85,10 @@ pub struct AppState {
 /// How often the rate limiters forget the keys whose allowance is full again.
 const RATE_LIMIT_CLEANUP: Duration = Duration::from_secs(60);
 
+/// How often a replica reads what the other replicas of its server changed
+/// (endpoints created or deleted, plugins uploaded): two cheap reads.
+const REGISTRY_REFRESH: Duration = Duration::from_secs(1);
+
 /// A running share server.
 pub struct Server {
     addr: SocketAddr,
@@ -116,9 +123,11 @@ impl Server {
             .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
         let metrics = Arc::new(Metrics::new());
         let observer = metrics.clone();
-        let storage_path = config.storage_path();
-        let storage = Storage::open(
-            &storage_path,
+        let location = config
+            .storage_location()
+            .map_err(|why| anyhow::anyhow!("{why}"))?;
+        let storage = Storage::connect(
+            &location,
             StorageOptions {
                 read_connections: config.storage.read_connections,
                 busy_timeout: std::time::Duration::from_millis(config.storage.busy_timeout_ms),
@@ -127,7 +136,8 @@ impl Server {
             },
         )
         .await
-        .with_context(|| format!("opening {}", storage_path.display()))?;
+        .with_context(|| format!("opening the database {location}"))?;
+        tracing::info!(%location, "storage open");
         let runtime = Runtime::new(RuntimeOptions {
             deadline: config.limits.plugin_deadline(),
             memory_bytes: config.limits.plugin_memory_bytes,
@@ -174,6 +184,9 @@ impl Server {
         }
         background.spawn(seal::expire_reports(state.clone()));
         background.spawn(forget_idle_rate_limit_keys(state.clone()));
+        if state.registry.is_shared() {
+            background.spawn(learn_from_replicas(state.clone()));
+        }
         let app = router(state);
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -297,6 +310,44 @@ async fn forget_idle_rate_limit_keys(state: Arc<AppState>) {
     loop {
         every.tick().await;
         state.rate_limits.retain_recent();
+    }
+}
+
+/// Keeps the registry in step with the database that other replicas of this
+/// server write too (see `registry`): an endpoint deleted through another
+/// replica stops taking reports here within about [`REGISTRY_REFRESH`]. A
+/// failing database is logged once when it starts failing and once when it
+/// works again, not every second.
+async fn learn_from_replicas(state: Arc<AppState>) {
+    let mut every = tokio::time::interval(REGISTRY_REFRESH);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        every.tick().await;
+        match state.registry.refresh().await {
+            Ok(refreshed) => {
+                if failing {
+                    tracing::info!("the endpoints are read from the database again");
+                    failing = false;
+                }
+                if refreshed != registry::Refreshed::default() {
+                    tracing::info!(
+                        learned = refreshed.learned,
+                        dropped = refreshed.dropped,
+                        plugins = refreshed.plugins,
+                        "learned what other replicas changed"
+                    );
+                }
+            }
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "reading the endpoints other replicas changed failed; retrying every second"
+                );
+            }
+            Err(_) => {}
+        }
     }
 }
 

@@ -2,15 +2,23 @@
 //! compiles anything or looks a name up in the database.
 //!
 //! Storage is the truth; these maps mirror it and are updated by the same
-//! handlers that write it. Only this process writes its database.
+//! handlers that write it. On SQLite only this process writes its database, so
+//! that is all. Replicas over one PostgreSQL database also learn what the others
+//! wrote: a lookup that misses reads storage ([`Registry::endpoint_or_load`],
+//! [`Registry::plugin_or_load`]), and [`Registry::refresh`], about every second,
+//! drops the endpoints deleted elsewhere and picks up the ones created or
+//! replaced elsewhere. A plugin uploaded through another replica is compiled
+//! here from the bytes in the database, once per replica (the compiled-artifact
+//! cache is this replica's own). A hit costs no query: the report path to a
+//! known endpoint reads only memory.
 //!
 //! The registry also knows which plugins this server's operator approved
 //! (`plugins.approved` plus the built-ins), fixed for the life of the process:
 //! approving or revoking a plugin is a configuration change and a restart.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -19,7 +27,7 @@ use super::error::{ApiError, plugin_failure};
 use super::metrics::{CallLabel, Metrics};
 use super::uploads::{Plugins, Uploads, record};
 use crate::runtime::{CallError, LoadError, Plugin, Runtime, builtins::BUILTINS};
-use crate::storage::{Endpoint, Storage};
+use crate::storage::{Endpoint, Storage, StorageError};
 
 /// An endpoint with its plugin, ready for the report path.
 pub(super) struct LiveEndpoint {
@@ -80,6 +88,33 @@ pub(super) struct Registry {
     metrics: Arc<Metrics>,
     /// Held while an endpoint is created: caps are checked and kept at once.
     creating: tokio::sync::Mutex<()>,
+    /// The database, read for what other replicas wrote.
+    storage: Storage,
+    /// Whether other processes write this database too (replicas over
+    /// PostgreSQL): only then do misses and [`Registry::refresh`] read storage.
+    shared: bool,
+    /// Bumped (under the endpoints' write lock) by every change made to the
+    /// endpoints outside [`Registry::refresh`] (this process's creations and
+    /// deletions, lookups that loaded one), so that a refresh whose snapshot may
+    /// predate one is not applied; the next refresh is.
+    changes: AtomicU64,
+    /// Held while a stored plugin is compiled, so that lookups missing at once
+    /// compile it once.
+    loading: tokio::sync::Mutex<()>,
+    /// Digests of stored plugins that did not load here, so that refreshes do
+    /// not compile them again and again (each failure was logged once).
+    unloadable: Mutex<HashSet<[u8; 32]>>,
+}
+
+/// What one [`Registry::refresh`] changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Refreshed {
+    /// Endpoints created (or replaced) through another replica, now live here.
+    pub(super) learned: usize,
+    /// Endpoints deleted through another replica, now gone here.
+    pub(super) dropped: usize,
+    /// Plugins uploaded through another replica, now compiled here.
+    pub(super) plugins: usize,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -152,6 +187,11 @@ impl Registry {
         }
         let plugins: Plugins = Arc::new(RwLock::new(plugins));
         Ok(Self {
+            storage: storage.clone(),
+            shared: storage.sqlite_path().is_none(),
+            changes: AtomicU64::new(0),
+            loading: tokio::sync::Mutex::new(()),
+            unloadable: Mutex::new(HashSet::new()),
             uploads: Arc::new(Uploads::new(
                 runtime.clone(),
                 plugins.clone(),
@@ -262,17 +302,181 @@ impl Registry {
     }
 
     pub(super) fn set_endpoint(&self, endpoint: Endpoint, plugin: Plugin) {
-        let live = Arc::new(LiveEndpoint {
+        let live = self.live(endpoint, plugin);
+        let mut endpoints = write(&self.endpoints);
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        endpoints.insert(live.endpoint.record.name.clone(), live);
+    }
+
+    pub(super) fn remove_endpoint(&self, name: &str) {
+        let mut endpoints = write(&self.endpoints);
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        endpoints.remove(name);
+    }
+
+    fn live(&self, endpoint: Endpoint, plugin: Plugin) -> Arc<LiveEndpoint> {
+        Arc::new(LiveEndpoint {
             approved: self.is_approved(&endpoint.record.plugin_digest),
             endpoint,
             plugin,
             budget: InlineBudget::default(),
-        });
-        write(&self.endpoints).insert(live.endpoint.record.name.clone(), live);
+        })
     }
 
-    pub(super) fn remove_endpoint(&self, name: &str) {
-        write(&self.endpoints).remove(name);
+    /// Whether other processes (replicas) write this server's database, so that
+    /// [`Registry::refresh`] has something to learn.
+    pub(super) fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// The endpoint `name`, from memory; on a miss, when replicas share the
+    /// database, from storage (created through another replica since the last
+    /// refresh), with its plugin compiled here if need be. A hit costs no query.
+    pub(super) async fn endpoint_or_load(
+        &self,
+        name: &str,
+    ) -> Result<Option<Arc<LiveEndpoint>>, ApiError> {
+        if let Some(live) = self.endpoint(name) {
+            return Ok(Some(live));
+        }
+        if !self.shared {
+            return Ok(None);
+        }
+        let before = self.changes.load(Ordering::Relaxed);
+        let Some(endpoint) = self.storage.get_endpoint(name).await? else {
+            return Ok(None);
+        };
+        let Some(plugin) = self.stored_plugin(endpoint.record.plugin_digest).await? else {
+            return Ok(None);
+        };
+        let mut endpoints = write(&self.endpoints);
+        // A refresh or this process may have put it (or a newer one) there meanwhile.
+        if let Some(live) = endpoints.get(name) {
+            return Ok(Some(live.clone()));
+        }
+        let live = self.live(endpoint, plugin);
+        // Kept only if this process changed no endpoint meanwhile (it may have
+        // deleted this one after it was read); else the next refresh decides.
+        if self.changes.load(Ordering::Relaxed) == before {
+            self.changes.fetch_add(1, Ordering::Relaxed);
+            endpoints.insert(name.to_owned(), live.clone());
+        }
+        Ok(Some(live))
+    }
+
+    /// [`Registry::plugin`]; when replicas share the database and this one does
+    /// not hold the plugin named, it first compiles the plugins uploaded through
+    /// the others.
+    pub(super) async fn plugin_or_load(&self, reference: &str) -> Result<Plugin, ApiError> {
+        match self.plugin(reference) {
+            Err(e) if self.shared && e.code == "unknown_plugin" => {
+                self.learn_plugins().await?;
+                self.plugin(reference)
+            }
+            found => found,
+        }
+    }
+
+    /// The stored plugin with this digest, compiled here if this replica has not
+    /// yet; `None` if it is not stored, or does not load (logged once).
+    async fn stored_plugin(&self, digest: [u8; 32]) -> Result<Option<Plugin>, StorageError> {
+        if let Some(plugin) = read(&self.plugins).get(&digest).cloned() {
+            return Ok(Some(plugin));
+        }
+        let _loading = self.loading.lock().await;
+        if let Some(plugin) = read(&self.plugins).get(&digest).cloned() {
+            return Ok(Some(plugin));
+        }
+        if self
+            .unloadable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&digest)
+        {
+            return Ok(None);
+        }
+        let Some(wasm) = self.storage.plugin_wasm(digest).await? else {
+            return Ok(None);
+        };
+        match load_blocking(&self.runtime, wasm).await {
+            Ok(plugin) => {
+                write(&self.plugins).insert(digest, plugin.clone());
+                tracing::info!(digest = %hex::encode(digest), name = %plugin.info().name, "compiled a plugin stored through another replica");
+                Ok(Some(plugin))
+            }
+            Err(e) => {
+                tracing::error!(digest = %hex::encode(digest), error = %e, "a stored plugin does not load here; its endpoints are unavailable on this replica");
+                self.unloadable
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(digest);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Compiles the stored plugins this replica does not hold yet; returns how
+    /// many.
+    async fn learn_plugins(&self) -> Result<usize, StorageError> {
+        let mut learned = 0;
+        for info in self.storage.list_plugins().await? {
+            if read(&self.plugins).contains_key(&info.digest) {
+                continue;
+            }
+            if self.stored_plugin(info.digest).await?.is_some() {
+                learned += 1;
+            }
+        }
+        Ok(learned)
+    }
+
+    /// Brings the maps up to date with the database that other replicas write
+    /// too: plugins uploaded elsewhere are compiled; endpoints deleted elsewhere
+    /// are dropped; endpoints created elsewhere, or deleted and created again
+    /// under their name (a new id), are put live. Endpoints unchanged keep their
+    /// entry (and its inline budget). Two reads: the plugins' list and the
+    /// endpoints' list. Does nothing when no other process writes the database.
+    pub(super) async fn refresh(&self) -> Result<Refreshed, StorageError> {
+        let mut refreshed = Refreshed::default();
+        if !self.shared {
+            return Ok(refreshed);
+        }
+        refreshed.plugins = self.learn_plugins().await?;
+        let before = self.changes.load(Ordering::Relaxed);
+        let stored = self.storage.list_endpoints().await?;
+        let new: Vec<Endpoint> = {
+            let endpoints = read(&self.endpoints);
+            stored
+                .iter()
+                .filter(|e| {
+                    endpoints
+                        .get(&e.record.name)
+                        .is_none_or(|live| live.endpoint.id != e.id)
+                })
+                .cloned()
+                .collect()
+        };
+        let mut learned = Vec::with_capacity(new.len());
+        for endpoint in new {
+            if let Some(plugin) = self.stored_plugin(endpoint.record.plugin_digest).await? {
+                learned.push(self.live(endpoint, plugin));
+            }
+        }
+        let names: HashSet<&str> = stored.iter().map(|e| e.record.name.as_str()).collect();
+        let mut endpoints = write(&self.endpoints);
+        if self.changes.load(Ordering::Relaxed) != before {
+            // This process changed an endpoint while the list was read: the
+            // list may be older than that change. The next refresh applies.
+            return Ok(refreshed);
+        }
+        let had = endpoints.len();
+        endpoints.retain(|name, _| names.contains(name.as_str()));
+        refreshed.dropped = had - endpoints.len();
+        refreshed.learned = learned.len();
+        for live in learned {
+            endpoints.insert(live.endpoint.record.name.clone(), live);
+        }
+        Ok(refreshed)
     }
 
     /// Validates one report (its public share and this server's share) for

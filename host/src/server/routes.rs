@@ -704,7 +704,7 @@ pub(super) async fn create_endpoint(
         min_batch,
         state.config.endpoints.max_batch,
     )?;
-    let plugin = state.registry.plugin(&body.plugin)?;
+    let plugin = state.registry.plugin_or_load(&body.plugin).await?;
     if !state.registry.is_approved(&plugin.digest()) {
         return Err(not_approved(
             StatusCode::FORBIDDEN,
@@ -1029,7 +1029,7 @@ pub(super) async fn post_report(
     Path(name): Path<String>,
     body: Result<Json<PostReport>, ApiError>,
 ) -> Answer {
-    let endpoint = state.registry.endpoint(&name);
+    let endpoint = state.registry.endpoint_or_load(&name).await?;
     // With authentication off every caller is the same "anonymous": no per-user limit.
     let user = (!state.config.auth.disabled).then_some(caller.principal.sub.as_str());
     // Every post counts against the limits, whatever becomes of it.

@@ -14,9 +14,10 @@
 //! (`PRAGMA quick_check`), synced, and only then renamed to the destination: the
 //! destination is never a half backup.
 //!
-//! PostgreSQL (a planned backend) is backed up with its own tools (`pg_dump`,
-//! or base backups with WAL archiving for point-in-time recovery), not by this
-//! module.
+//! A PostgreSQL database (`storage.url`) is backed up with PostgreSQL's own
+//! tools (`pg_dump`, or base backups with WAL archiving for point-in-time
+//! recovery), not by this module: [`backup_location`] refuses it with
+//! [`BackupError::Postgres`], which says so.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
+
+use crate::storage::StorageLocation;
 
 /// How a backup is made; `BackupOptions::default()` suits a serving server.
 #[derive(Debug, Clone)]
@@ -96,6 +99,11 @@ fn human_bytes(bytes: u64) -> String {
 /// Why a backup failed; each message says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
+    /// The server's database is PostgreSQL, which this command does not copy.
+    #[error(
+        "backup_not_for_postgres: this server's database is PostgreSQL ({0}, storage.url): back it up with PostgreSQL's own tools, pg_dump for a consistent copy or base backups with WAL archiving (pg_basebackup) for point-in-time recovery; README, \"Backup and restore\", says how"
+    )]
+    Postgres(String),
     /// No file at the configured storage path.
     #[error(
         "no_database: there is no database at {0} (storage.path, default {{server.data_dir}}/guardian.sqlite): run the backup on the server's machine with the server's --config and environment"
@@ -179,6 +187,20 @@ impl Drop for Partial {
             journal.push("-journal");
             let _ = std::fs::remove_file(PathBuf::from(journal));
         }
+    }
+}
+
+/// Copies the server's database at `location` to `dest` ([`backup`]): a SQLite
+/// file; a PostgreSQL database is refused with [`BackupError::Postgres`].
+/// Blocking (run it off any async executor).
+pub fn backup_location(
+    location: &StorageLocation,
+    dest: &Path,
+    options: &BackupOptions,
+) -> Result<BackupReport, BackupError> {
+    match location {
+        StorageLocation::Sqlite(source) => backup(source, dest, options),
+        StorageLocation::Postgres(_) => Err(BackupError::Postgres(location.to_string())),
     }
 }
 
@@ -418,6 +440,31 @@ mod tests {
         storage.close().await.unwrap();
         let after = dir.path().join("after.sqlite");
         assert!(backup(&source, &after, &options()).is_ok());
+    }
+
+    #[test]
+    fn a_postgres_database_is_refused_naming_its_tools_without_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("copy.sqlite");
+        let location =
+            StorageLocation::from_url("postgres://guardian:hunter2@db.example/shares").unwrap();
+        let error = backup_location(&location, &dest, &options())
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("backup_not_for_postgres:"), "{error}");
+        for part in [
+            "postgres://guardian:***@db.example/shares",
+            "pg_dump",
+            "point-in-time recovery",
+        ] {
+            assert!(error.contains(part), "{part:?} not in {error}");
+        }
+        assert!(!error.contains("hunter2"), "{error}");
+        assert!(!dest.exists());
+        // A SQLite location goes to the copy (here: nothing there).
+        let absent = StorageLocation::Sqlite(dir.path().join("absent.sqlite"));
+        let error = backup_location(&absent, &dest, &options()).unwrap_err();
+        assert!(error.to_string().starts_with("no_database:"), "{error}");
     }
 
     #[test]

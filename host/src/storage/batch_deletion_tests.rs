@@ -1,22 +1,19 @@
 //! Tests of an admin's deletion of released batches, and of the seed a batch's
-//! release draws its noise from, against real SQLite files.
+//! release draws its noise from, on both backends (see `test_backends`).
 
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
+use super::test_backends::{TestDb, on_both_backends};
 use super::*;
 
 fn at(millis: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + millis)
 }
 
-async fn store_with_endpoint(path: &Path) -> (Storage, Endpoint) {
-    let storage = Storage::open(path, StorageOptions::default())
-        .await
-        .unwrap();
+async fn store_with_endpoint(db: &TestDb) -> (Storage, Endpoint) {
+    let storage = db.open().await;
     let wasm = b"sum wasm".to_vec();
     let digest: [u8; 32] = Sha256::digest(&wasm).into();
     storage
@@ -74,11 +71,8 @@ async fn commit(
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_deleted_batch_leaves_the_listings_but_stays_committed() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("guardian.db");
-    let (storage, steps) = store_with_endpoint(&path).await;
+async fn a_deleted_batch_leaves_the_listings_but_stays_committed(db: TestDb) {
+    let (storage, steps) = store_with_endpoint(&db).await;
     for n in 0..6u8 {
         let mut id = [0u8; 16];
         id[15] = n;
@@ -164,39 +158,35 @@ async fn a_deleted_batch_leaves_the_listings_but_stays_committed() {
     storage.close().await.unwrap();
 
     // It stays deleted across a restart; deleting the endpoint takes the record too.
-    let storage = Storage::open(&path, StorageOptions::default())
-        .await
-        .unwrap();
+    let storage = db.open().await;
     assert_eq!(
         storage.committed_batch(steps.id, [1; 16]).await.unwrap(),
         Some(first.info())
     );
     assert!(storage.delete_endpoint("steps").await.unwrap());
     storage.close().await.unwrap();
-    let conn = Connection::open(&path).unwrap();
-    let left: i64 = conn
-        .query_row("SELECT count(*) FROM deleted_batches", [], |row| row.get(0))
-        .unwrap();
+    let left = db.count("SELECT count(*) FROM deleted_batches").await;
     assert_eq!(left, 0);
 }
+on_both_backends!(a_deleted_batch_leaves_the_listings_but_stays_committed);
 
-#[tokio::test]
-async fn release_seeds_are_secret_per_database_and_stable_across_restarts() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
-    let (one, steps) = store_with_endpoint(&a).await;
-    let (other, other_steps) = store_with_endpoint(&b).await;
+async fn release_seeds_are_secret_per_database_and_stable_across_restarts(db: TestDb) {
+    let other_db = TestDb::new(db.backend());
+    let (one, steps) = store_with_endpoint(&db).await;
+    let (other, other_steps) = store_with_endpoint(&other_db).await;
     let seed = one.release_seed(steps.id, [1; 16]);
     assert_ne!(seed, one.release_seed(steps.id, [2; 16]));
     assert_ne!(seed, other.release_seed(other_steps.id, [1; 16]));
     one.close().await.unwrap();
     other.close().await.unwrap();
-    // A copy of the database (a restored backup) draws the same seed.
-    let copy = dir.path().join("copy.db");
-    std::fs::copy(&a, &copy).unwrap();
-    let restored = Storage::open(&copy, StorageOptions::default())
-        .await
-        .unwrap();
+    // The same database after a restart, and a copy of it (a restored backup),
+    // draw the same seed.
+    let reopened = db.open().await;
+    assert_eq!(reopened.release_seed(steps.id, [1; 16]), seed);
+    reopened.close().await.unwrap();
+    let copy = db.copy().await;
+    let restored = copy.open().await;
     assert_eq!(restored.release_seed(steps.id, [1; 16]), seed);
     restored.close().await.unwrap();
 }
+on_both_backends!(release_seeds_are_secret_per_database_and_stable_across_restarts);

@@ -40,6 +40,8 @@ mod batch_deletion_tests;
 mod postgres;
 mod sqlite;
 #[cfg(test)]
+mod test_backends;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod window_tests;
@@ -597,6 +599,86 @@ impl Storage {
     #[cfg(test)]
     pub(crate) async fn id_filter_spans(&self) -> Result<usize, StorageError> {
         dispatch!(self, id_filter_spans())
+    }
+
+    /// Takes lease `name` for `holder` until `ttl` from now (the database's
+    /// clock), if it is free, expired or already `holder`'s (then renews it);
+    /// returns whether `holder` holds it now. What one replica at a time may do
+    /// (seal an endpoint, drive the background work) is guarded by a lease: a
+    /// replica that dies loses its leases when they expire.
+    pub async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StorageError> {
+        dispatch!(self, try_lease(name.to_owned(), holder.to_owned(), ttl))
+    }
+
+    /// Gives lease `name` up if `holder` holds it; returns whether it did.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, StorageError> {
+        dispatch!(self, release_lease(name.to_owned(), holder.to_owned()))
+    }
+
+    /// The coordinator's number for a new seal of `endpoint`: the time in
+    /// microseconds, or one more than the last number if that is not larger,
+    /// stored before it is returned, so numbers only go up across replicas and
+    /// restarts. Fails with [`StorageError::UnknownEndpoint`] if it is gone.
+    pub async fn next_seal_number(&self, endpoint: EndpointId) -> Result<u64, StorageError> {
+        dispatch!(self, next_seal_number(endpoint))
+    }
+
+    /// A follower's check of a new proposal's seal `number`: stores it as the
+    /// highest seen and answers `None` if it is above every number seen for
+    /// `endpoint` so far, else changes nothing and answers `Some` of the highest
+    /// seen (the prepare is stale). Check and store are one statement, so of two
+    /// replicas handed proposals at once only the newer can pass.
+    pub async fn claim_seal_number(
+        &self,
+        endpoint: EndpointId,
+        number: u64,
+    ) -> Result<Option<u64>, StorageError> {
+        dispatch!(self, claim_seal_number(endpoint, number))
+    }
+
+    /// Holds a part of the verifier messages of decided batch `seal` (batch id,
+    /// seal number) of a robust endpoint until its commit: `count` messages
+    /// encoded in `messages`, starting at message `from` of the batch. A part from
+    /// 0 replaces whatever was held for the endpoint; a later part must start
+    /// where the parts held for the same batch end. Answers `Ok` of the messages
+    /// now held, or `Err` of those held when the part does not follow them
+    /// (nothing changed).
+    pub async fn hold_messages(
+        &self,
+        endpoint: EndpointId,
+        seal: ([u8; 16], u64),
+        from: u64,
+        count: u64,
+        messages: Vec<u8>,
+    ) -> Result<Result<u64, u64>, StorageError> {
+        dispatch!(self, hold_messages(endpoint, seal, from, count, messages))
+    }
+
+    /// The parts held by [`Storage::hold_messages`] for batch `seal` (batch id,
+    /// seal number), in order, with how many messages they hold together.
+    pub async fn held_messages(
+        &self,
+        endpoint: EndpointId,
+        seal: ([u8; 16], u64),
+    ) -> Result<(u64, Vec<Vec<u8>>), StorageError> {
+        dispatch!(self, held_messages(endpoint, seal))
+    }
+
+    /// Forgets the verifier messages held for `endpoint` (its batch committed or
+    /// aborted).
+    pub async fn drop_held_messages(&self, endpoint: EndpointId) -> Result<(), StorageError> {
+        dispatch!(self, drop_held_messages(endpoint))
+    }
+
+    /// The name of the lease held through a seal of `endpoint`:
+    /// `seal:<endpoint id>` (see [`Storage::try_lease`]).
+    pub fn seal_lease(endpoint: EndpointId) -> String {
+        format!("seal:{}", endpoint.0)
     }
 }
 

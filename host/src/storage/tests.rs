@@ -1,4 +1,23 @@
-//! Tests of the storage module against real SQLite files in temporary directories.
+//! Tests of the storage module through its facade, on both backends (a SQLite
+//! file in a temporary folder, a fresh PostgreSQL database: see `test_backends`),
+//! and of the SQLite backend's internals.
+//!
+//! SQLite only, because they examine what only SQLite has: the migrations of
+//! SQLite files and their versions (`migrations_apply_once`, `opening_twice_*`,
+//! `an_older_schema_*`, `a_seal_in_progress_of_the_old_layout_*`,
+//! `a_failing_migration_*`, `reports_of_the_unique_index_schema_*`), the pragmas
+//! (`open_sets_durable_pragmas`), the writer thread paused to form one group, its
+//! jobs, a failed commit or sync of a group and what close does with its queue
+//! (`one_group_behaves_*`, `a_failed_commit_*`, `after_a_failed_sync_*`,
+//! `jobs_between_*`, `close_writes_what_is_queued_*`,
+//! `concurrent_posts_of_one_user_in_one_group_*`), the crash image of the file
+//! and its log (`acknowledged_reports_survive_a_crash`), SQLite's error type
+//! (`database_errors_do_not_show_their_detail`), the index of report ids
+//! (`sqlite::ids`: `ids_moved_to_the_index_*`, `a_deleted_endpoints_waiting_ids_*`
+//! and its model test `the_id_index_agrees_with_a_model`), the plan of the
+//! quota's query, and the benchmarks. Every other test runs on both, and the
+//! model test of report ids runs through the facade on both
+//! (`posts_are_answered_as_a_model_answers`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +32,7 @@ use tokio::sync::oneshot;
 use super::sqlite::ids::ReportIds;
 use super::sqlite::migrations::{self, MIGRATIONS, Migration};
 use super::sqlite::sql;
+use super::test_backends::{TestBackend, TestDb, on_both_backends};
 use super::*;
 
 /// A fixed time with whole milliseconds, so that it reads back unchanged.
@@ -94,6 +114,18 @@ async fn create(storage: &Storage, record: EndpointRecord) -> Endpoint {
     created_endpoint(storage.create_endpoint(record).await.unwrap())
 }
 
+/// Handles to `db` for concurrent callers: `storage` alone on SQLite (one
+/// process per file); on PostgreSQL also a second storage over the same database,
+/// as a second replica would hold, so that what must hold across replicas is
+/// checked too.
+async fn replicas(db: &TestDb, storage: &Storage) -> Vec<Storage> {
+    let mut handles = vec![storage.clone()];
+    if db.backend() == TestBackend::Postgres {
+        handles.push(db.open().await);
+    }
+    handles
+}
+
 /// Stores the `sum` plugin and creates endpoint `steps` directly on `conn`,
 /// with only the columns of the first schema (so it works on every version).
 fn steps_on(conn: &Connection) -> EndpointId {
@@ -110,8 +142,8 @@ fn steps_on(conn: &Connection) -> EndpointId {
 }
 
 /// Opens a store with one plugin and one endpoint; returns the endpoint.
-async fn store_with_endpoint(path: &Path, options: StorageOptions) -> (Storage, Endpoint) {
-    let storage = Storage::open(path, options).await.unwrap();
+async fn store_with_endpoint(db: &TestDb, options: StorageOptions) -> (Storage, Endpoint) {
+    let storage = db.open_with(options).await;
     let sum = plugin("sum", b"sum wasm");
     storage.put_plugin(sum.clone()).await.unwrap();
     let created = create(&storage, endpoint("steps", &sum, b"config", 10)).await;
@@ -267,21 +299,17 @@ fn a_failing_migration_leaves_the_previous_version() {
     assert_eq!(u_exists, 0, "the failed step was partly applied");
 }
 
-#[tokio::test]
-async fn a_newer_schema_is_refused() {
-    let (_dir, path) = temp_db();
-    let conn = Connection::open(&path).unwrap();
-    conn.pragma_update(None, "user_version", MIGRATIONS.len() as i64 + 1)
-        .unwrap();
-    drop(conn);
-    let error = Storage::open(&path, StorageOptions::default())
-        .await
-        .unwrap_err();
+async fn a_newer_schema_is_refused(db: TestDb) {
+    db.open().await.close().await.unwrap();
+    let newer = db.supported_schema() as i64 + 1;
+    db.set_schema_version(newer).await;
+    let error = db.try_open(StorageOptions::default()).await.unwrap_err();
     assert!(
-        matches!(error, StorageError::SchemaTooNew { found, supported } if found == MIGRATIONS.len() as i64 + 1 && supported == MIGRATIONS.len()),
+        matches!(error, StorageError::SchemaTooNew { found, supported } if found == newer && supported == db.supported_schema()),
         "{error:?}"
     );
 }
+on_both_backends!(a_newer_schema_is_refused);
 
 #[tokio::test]
 async fn open_sets_durable_pragmas() {
@@ -313,10 +341,8 @@ async fn open_sets_durable_pragmas() {
     storage.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn reopening_keeps_plugins_endpoints_and_reports() {
-    let (_dir, path) = temp_db();
-    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+async fn reopening_keeps_plugins_endpoints_and_reports(db: TestDb) {
+    let (storage, steps) = store_with_endpoint(&db, StorageOptions::default()).await;
     for n in 0..3 {
         let stored = storage
             .insert_report(steps.id, report_id(n), vec![n as u8; 8], at(3))
@@ -327,9 +353,7 @@ async fn reopening_keeps_plugins_endpoints_and_reports() {
     let plugins = storage.list_plugins().await.unwrap();
     storage.close().await.unwrap();
 
-    let storage = Storage::open(&path, StorageOptions::default())
-        .await
-        .unwrap();
+    let storage = db.open().await;
     assert_eq!(storage.list_plugins().await.unwrap(), plugins);
     assert_eq!(
         storage.get_endpoint("steps").await.unwrap(),
@@ -350,17 +374,14 @@ async fn reopening_keeps_plugins_endpoints_and_reports() {
         InsertReportOutcome::Duplicate
     );
     storage.close().await.unwrap();
-    let reports = stored_reports(&path, steps.id);
+    let reports = db.stored_reports(steps.id).await;
     assert_eq!(reports.len(), 3);
     assert_eq!(reports[&report_id(2)], Some(vec![2; 8]));
 }
+on_both_backends!(reopening_keeps_plugins_endpoints_and_reports);
 
-#[tokio::test]
-async fn plugins_are_stored_once_by_digest() {
-    let (_dir, path) = temp_db();
-    let storage = Storage::open(&path, StorageOptions::default())
-        .await
-        .unwrap();
+async fn plugins_are_stored_once_by_digest(db: TestDb) {
+    let storage = db.open().await;
     let sum = plugin("sum", b"sum wasm bytes");
     let count = plugin("count", b"count wasm");
     assert_eq!(
@@ -409,13 +430,10 @@ async fn plugins_are_stored_once_by_digest() {
     assert_eq!(storage.plugin_wasm([9; 32]).await.unwrap(), None);
     storage.close().await.unwrap();
 }
+on_both_backends!(plugins_are_stored_once_by_digest);
 
-#[tokio::test]
-async fn endpoint_creation_compares_with_the_existing_one() {
-    let (_dir, path) = temp_db();
-    let storage = Storage::open(&path, StorageOptions::default())
-        .await
-        .unwrap();
+async fn endpoint_creation_compares_with_the_existing_one(db: TestDb) {
+    let storage = db.open().await;
     let sum = plugin("sum", b"sum wasm");
     let count = plugin("count", b"count wasm");
     storage.put_plugin(sum.clone()).await.unwrap();
@@ -489,13 +507,10 @@ async fn endpoint_creation_compares_with_the_existing_one() {
     assert_eq!(storage.endpoint_counts("nope").await.unwrap(), None);
     storage.close().await.unwrap();
 }
+on_both_backends!(endpoint_creation_compares_with_the_existing_one);
 
-#[tokio::test]
-async fn endpoint_of_an_unknown_plugin_or_too_large_is_refused() {
-    let (_dir, path) = temp_db();
-    let storage = Storage::open(&path, StorageOptions::default())
-        .await
-        .unwrap();
+async fn endpoint_of_an_unknown_plugin_or_too_large_is_refused(db: TestDb) {
+    let storage = db.open().await;
     let missing = plugin("missing", b"never stored");
     let error = storage
         .create_endpoint(endpoint("steps", &missing, b"config", 10))
@@ -515,11 +530,10 @@ async fn endpoint_of_an_unknown_plugin_or_too_large_is_refused() {
     assert!(storage.list_endpoints().await.unwrap().is_empty());
     storage.close().await.unwrap();
 }
+on_both_backends!(endpoint_of_an_unknown_plugin_or_too_large_is_refused);
 
-#[tokio::test]
-async fn deleting_an_endpoint_removes_its_reports() {
-    let (_dir, path) = temp_db();
-    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+async fn deleting_an_endpoint_removes_its_reports(db: TestDb) {
+    let (storage, steps) = store_with_endpoint(&db, StorageOptions::default()).await;
     let sum = plugin("sum", b"sum wasm");
     let kept = create(&storage, endpoint("kept", &sum, b"config", 10)).await;
     for n in 0..5 {
@@ -536,8 +550,8 @@ async fn deleting_an_endpoint_removes_its_reports() {
     assert!(storage.delete_endpoint("steps").await.unwrap());
     assert!(!storage.delete_endpoint("steps").await.unwrap());
     assert_eq!(storage.get_endpoint("steps").await.unwrap(), None);
-    assert!(stored_reports(&path, steps.id).is_empty());
-    assert_eq!(stored_reports(&path, kept.id).len(), 5);
+    assert!(db.stored_reports(steps.id).await.is_empty());
+    assert_eq!(db.stored_reports(kept.id).await.len(), 5);
 
     // A report still holding the deleted id is refused, even after re-creation.
     let recreated = create(&storage, endpoint("steps", &sum, b"config", 10)).await;
@@ -553,6 +567,7 @@ async fn deleting_an_endpoint_removes_its_reports() {
     );
     storage.close().await.unwrap();
 }
+on_both_backends!(deleting_an_endpoint_removes_its_reports);
 
 /// Commits `reports` as batch `[batch; 16]` with a made-up released share.
 async fn commit(
@@ -579,10 +594,8 @@ fn rows(reports: &[SealReport]) -> Vec<i64> {
     reports.iter().map(|r| r.row).collect()
 }
 
-#[tokio::test]
-async fn a_committed_batch_releases_its_reports_once() {
-    let (_dir, path) = temp_db();
-    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+async fn a_committed_batch_releases_its_reports_once(db: TestDb) {
+    let (storage, steps) = store_with_endpoint(&db, StorageOptions::default()).await;
     for n in 0..7 {
         storage
             .insert_report(steps.id, report_id(n), vec![n as u8; 3], at(3))
@@ -659,20 +672,20 @@ async fn a_committed_batch_releases_its_reports_once() {
     }
     storage.close().await.unwrap();
     // The schema refuses a share deleted before its report was batched.
-    let conn = Connection::open(&path).unwrap();
-    assert!(
-        conn.execute(
-            "UPDATE reports SET share = NULL WHERE report_id = ?1",
-            [report_id(5)]
-        )
-        .is_err()
+    let refused = db
+        .execute("UPDATE reports SET share = NULL WHERE batch_id IS NULL")
+        .await;
+    assert!(refused.is_err(), "an unbatched report lost its share");
+    assert_eq!(
+        db.count("SELECT count(*) FROM reports WHERE share IS NULL")
+            .await,
+        3
     );
 }
+on_both_backends!(a_committed_batch_releases_its_reports_once);
 
-#[tokio::test]
-async fn one_seal_in_progress_per_endpoint() {
-    let (_dir, path) = temp_db();
-    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+async fn one_seal_in_progress_per_endpoint(db: TestDb) {
+    let (storage, steps) = store_with_endpoint(&db, StorageOptions::default()).await;
     for n in 0..4 {
         storage
             .insert_report(steps.id, report_id(n), vec![1], at(3))
@@ -708,9 +721,7 @@ async fn one_seal_in_progress_per_endpoint() {
     assert_eq!(storage.decided_seals().await.unwrap(), vec![seal(3, true)]);
     // It survives a restart, and committing its batch completes it.
     storage.close().await.unwrap();
-    let storage = Storage::open(&path, StorageOptions::default())
-        .await
-        .unwrap();
+    let storage = db.open().await;
     assert_eq!(
         storage.pending_seal(steps.id).await.unwrap(),
         Some(seal(3, true))
@@ -742,11 +753,10 @@ async fn one_seal_in_progress_per_endpoint() {
     assert_eq!(storage.pending_seal(steps.id).await.unwrap(), None);
     storage.close().await.unwrap();
 }
+on_both_backends!(one_seal_in_progress_per_endpoint);
 
-#[tokio::test]
-async fn unbatched_reports_expire_unless_a_seal_may_hold_them() {
-    let (_dir, path) = temp_db();
-    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+async fn unbatched_reports_expire_unless_a_seal_may_hold_them(db: TestDb) {
+    let (storage, steps) = store_with_endpoint(&db, StorageOptions::default()).await;
     for n in 0..5 {
         storage
             .insert_report(steps.id, report_id(n), vec![1], at(n * 1000))
@@ -795,11 +805,10 @@ async fn unbatched_reports_expire_unless_a_seal_may_hold_them() {
     }
     storage.close().await.unwrap();
 }
+on_both_backends!(unbatched_reports_expire_unless_a_seal_may_hold_them);
 
-#[tokio::test]
-async fn report_insert_outcomes() {
-    let (_dir, path) = temp_db();
-    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+async fn report_insert_outcomes(db: TestDb) {
+    let (storage, steps) = store_with_endpoint(&db, StorageOptions::default()).await;
     let sum = plugin("sum", b"sum wasm");
     let other = create(&storage, endpoint("other", &sum, b"config", 10)).await;
     let id = report_id(42);
@@ -828,20 +837,22 @@ async fn report_insert_outcomes() {
     storage.close().await.unwrap();
 
     assert_eq!(
-        stored_reports(&path, steps.id)[&id],
+        db.stored_reports(steps.id).await[&id],
         Some(b"first".to_vec())
     );
     assert_eq!(
-        stored_reports(&path, other.id)[&id],
+        db.stored_reports(other.id).await[&id],
         Some(b"second".to_vec())
     );
 }
+on_both_backends!(report_insert_outcomes);
 
 #[tokio::test]
 async fn one_group_behaves_like_sequential_inserts() {
-    let (_dir, path) = temp_db();
+    let db = TestDb::sqlite();
+    let path = db.path().to_owned();
     let (options, seen) = observed();
-    let (storage, steps) = store_with_endpoint(&path, options).await;
+    let (storage, steps) = store_with_endpoint(&db, options).await;
     let release = pause_writer(&storage).await;
     let queued = [
         (steps.id, report_id(1), b"a".to_vec()),
@@ -889,9 +900,10 @@ async fn one_group_behaves_like_sequential_inserts() {
 
 #[tokio::test]
 async fn a_failed_commit_fails_every_report_of_the_group() {
-    let (_dir, path) = temp_db();
+    let db = TestDb::sqlite();
+    let path = db.path().to_owned();
     let (options, seen) = observed();
-    let (storage, steps) = store_with_endpoint(&path, options).await;
+    let (storage, steps) = store_with_endpoint(&db, options).await;
     // A real commit-time failure: the poisoned report inserts a row whose deferred
     // foreign key is checked, and violated, only at COMMIT.
     Connection::open(&path)
@@ -941,9 +953,10 @@ async fn a_failed_commit_fails_every_report_of_the_group() {
 
 #[tokio::test]
 async fn after_a_failed_sync_no_report_is_acknowledged() {
-    let (_dir, path) = temp_db();
+    let db = TestDb::sqlite();
+    let path = db.path().to_owned();
     let (options, seen) = observed();
-    let (storage, steps) = store_with_endpoint(&path, options).await;
+    let (storage, steps) = store_with_endpoint(&db, options).await;
     // The syncer opens the log at its first sync; gone, it cannot, as if the disk
     // had failed. SQLite itself keeps writing to the file it holds open.
     std::fs::remove_file(super::sqlite::wal_path(&path)).unwrap();
@@ -965,8 +978,8 @@ async fn after_a_failed_sync_no_report_is_acknowledged() {
 
 #[tokio::test]
 async fn jobs_between_report_groups_still_commit_synced() {
-    let (_dir, path) = temp_db();
-    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+    let db = TestDb::sqlite();
+    let (storage, steps) = store_with_endpoint(&db, StorageOptions::default()).await;
     storage
         .insert_report(steps.id, report_id(1), vec![1], at(1))
         .await
@@ -997,18 +1010,22 @@ async fn jobs_between_report_groups_still_commit_synced() {
     storage.close().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_inserts_are_grouped_and_each_stored_once() {
+async fn concurrent_inserts_are_grouped_and_each_stored_once(db: TestDb) {
     const TASKS: u64 = 64;
     const PER_TASK: u64 = 200;
-    let (_dir, path) = temp_db();
     let (options, seen) = observed();
-    let (storage, steps) = store_with_endpoint(&path, options).await;
+    let (storage, steps) = store_with_endpoint(&db, options.clone()).await;
+    // On PostgreSQL the tasks alternate between two replicas (two storages over
+    // the database): an id is stored once by the database, not by one writer.
+    let mut handles = vec![storage.clone()];
+    if db.backend() == TestBackend::Postgres {
+        handles.push(db.open_with(options).await);
+    }
     seen.lock().unwrap().clear();
 
     let mut tasks = Vec::new();
     for task in 0..TASKS {
-        let storage = storage.clone();
+        let storage = handles[task as usize % handles.len()].clone();
         tasks.push(tokio::spawn(async move {
             let mut results = Vec::new();
             for i in 0..PER_TASK {
@@ -1084,18 +1101,26 @@ async fn concurrent_inserts_are_grouped_and_each_stored_once() {
     );
     assert!(stats.len() < (TASKS * PER_TASK) as usize);
 
-    storage.close().await.unwrap();
-    let stored = stored_reports(&path, steps.id);
+    for handle in handles {
+        handle.close().await.unwrap();
+    }
+    let stored = db.stored_reports(steps.id).await;
     assert_eq!(stored.len(), distinct_ids);
     for (id, share) in &winners {
         assert_eq!(stored[id].as_ref(), Some(share));
     }
 }
+on_both_backends!(
+    concurrent_inserts_are_grouped_and_each_stored_once,
+    multi_thread
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_reports_survive_a_crash() {
-    let (dir, path) = temp_db();
-    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+    let db = TestDb::sqlite();
+    let path = db.path().to_owned();
+    let dir = path.parent().unwrap();
+    let (storage, steps) = store_with_endpoint(&db, StorageOptions::default()).await;
     let mut tasks = Vec::new();
     for task in 0..10u64 {
         let storage = storage.clone();
@@ -1115,11 +1140,11 @@ async fn acknowledged_reports_survive_a_crash() {
 
     // The files as a crash would leave them now: the database and its write-ahead
     // log, without the shared-memory index and without the checkpoint of a clean close.
-    let image = dir.path().join("crash");
+    let image = dir.join("crash");
     std::fs::create_dir(&image).unwrap();
     let copied = image.join("guardian.db");
     std::fs::copy(&path, &copied).unwrap();
-    let wal = dir.path().join("guardian.db-wal");
+    let wal = dir.join("guardian.db-wal");
     std::fs::copy(&wal, image.join("guardian.db-wal")).unwrap();
     // And the original, dropped without close.
     drop(storage);
@@ -1148,8 +1173,9 @@ async fn acknowledged_reports_survive_a_crash() {
 
 #[tokio::test]
 async fn close_writes_what_is_queued_then_refuses_work() {
-    let (_dir, path) = temp_db();
-    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+    let db = TestDb::sqlite();
+    let path = db.path().to_owned();
+    let (storage, steps) = store_with_endpoint(&db, StorageOptions::default()).await;
     let release = pause_writer(&storage).await;
     let mut replies = Vec::new();
     for n in 0..300 {
@@ -1187,6 +1213,46 @@ async fn close_writes_what_is_queued_then_refuses_work() {
     assert_eq!(stored_reports(&path, steps.id).len(), 300);
 }
 
+async fn a_closed_storage_refuses_work(db: TestDb) {
+    let (storage, steps) = store_with_endpoint(&db, StorageOptions::default()).await;
+    storage
+        .insert_report(steps.id, report_id(1), vec![7], at(11))
+        .await
+        .unwrap();
+    let other = storage.clone();
+    storage.close().await.unwrap();
+    assert!(matches!(
+        other
+            .insert_report(steps.id, report_id(2), vec![7], at(12))
+            .await,
+        Err(StorageError::Closed)
+    ));
+    assert!(matches!(
+        other.list_endpoints().await,
+        Err(StorageError::Closed)
+    ));
+    assert!(matches!(
+        other.put_plugin(plugin("x", b"x")).await,
+        Err(StorageError::Closed)
+    ));
+    assert!(matches!(
+        other.unbatched_reports(steps.id, 0, 10).await,
+        Err(StorageError::Closed)
+    ));
+    // Closing again, from another clone, is harmless.
+    other.close().await.unwrap();
+    let storage = db.open().await;
+    assert_eq!(
+        storage.endpoint_counts("steps").await.unwrap(),
+        Some(EndpointCounts {
+            unbatched: 1,
+            ..EndpointCounts::default()
+        })
+    );
+    storage.close().await.unwrap();
+}
+on_both_backends!(a_closed_storage_refuses_work);
+
 #[test]
 fn database_errors_do_not_show_their_detail() {
     let conn = Connection::open_in_memory().unwrap();
@@ -1207,9 +1273,10 @@ fn database_errors_do_not_show_their_detail() {
 async fn reports_per_second() {
     const TASKS: u64 = 64;
     const PER_TASK: u64 = 3125;
-    let (_dir, path) = temp_db();
+    let db = TestDb::sqlite();
+    let path = db.path().to_owned();
     let (options, seen) = observed();
-    let (storage, steps) = store_with_endpoint(&path, options).await;
+    let (storage, steps) = store_with_endpoint(&db, options).await;
     seen.lock().unwrap().clear();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -1256,8 +1323,8 @@ async fn reports_per_second() {
 #[tokio::test]
 #[ignore = "benchmark; run by hand"]
 async fn sql_inserts_per_second_without_the_queue() {
-    let (_dir, path) = temp_db();
-    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+    let db = TestDb::sqlite();
+    let (storage, steps) = store_with_endpoint(&db, StorageOptions::default()).await;
     let (reply, answer) = oneshot::channel();
     storage
         .sqlite()
@@ -1295,8 +1362,9 @@ async fn sql_inserts_per_second_without_the_queue() {
 #[ignore = "a measurement; run explicitly"]
 async fn seal_steps_for_a_million_reports() {
     const N: u64 = 1_000_000;
-    let (_dir, path) = temp_db();
-    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+    let db = TestDb::sqlite();
+    let path = db.path().to_owned();
+    let (storage, steps) = store_with_endpoint(&db, StorageOptions::default()).await;
     storage.close().await.unwrap();
     {
         let mut conn = Connection::open(&path).unwrap();
@@ -1389,10 +1457,8 @@ async fn seal_steps_for_a_million_reports() {
 // ---------------------------------------------------------------- per-user quotas
 
 /// Storage with an endpoint `capped` whose users may hold `max` unbatched reports.
-async fn store_with_quota(path: &Path, max: u64) -> (Storage, Endpoint) {
-    let storage = Storage::open(path, StorageOptions::default())
-        .await
-        .unwrap();
+async fn store_with_quota(db: &TestDb, max: u64) -> (Storage, Endpoint) {
+    let storage = db.open().await;
     let sum = plugin("sum", b"sum wasm");
     storage.put_plugin(sum.clone()).await.unwrap();
     let record = EndpointRecord {
@@ -1420,23 +1486,8 @@ async fn post_as(
         .unwrap()
 }
 
-/// The stored user keys of an endpoint's reports, by report id.
-fn stored_user_keys(path: &Path, endpoint: EndpointId) -> HashMap<[u8; 16], Option<Vec<u8>>> {
-    let conn = Connection::open(path).unwrap();
-    let mut statement = conn
-        .prepare("SELECT report_id, user_key FROM reports WHERE endpoint_id = ?1")
-        .unwrap();
-    statement
-        .query_map([endpoint.0], |row| Ok((row.get(0)?, row.get(1)?)))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap()
-}
-
-#[tokio::test]
-async fn a_user_holds_at_most_the_quota_until_a_batch_takes_their_reports() {
-    let (_dir, path) = temp_db();
-    let (storage, capped) = store_with_quota(&path, 2).await;
+async fn a_user_holds_at_most_the_quota_until_a_batch_takes_their_reports(db: TestDb) {
+    let (storage, capped) = store_with_quota(&db, 2).await;
     use InsertReportOutcome::*;
     assert_eq!(post_as(&storage, &capped, "alice", 1, 1).await, Stored);
     assert_eq!(post_as(&storage, &capped, "alice", 2, 2).await, Stored);
@@ -1457,22 +1508,20 @@ async fn a_user_holds_at_most_the_quota_until_a_batch_takes_their_reports() {
 
     // The quota survives a restart.
     storage.close().await.unwrap();
-    let storage = Storage::open(&path, StorageOptions::default())
-        .await
-        .unwrap();
+    let storage = db.open().await;
     assert_eq!(
         post_as(&storage, &capped, "alice", 3, 3).await,
         UserQuotaExceeded { max: 2 }
     );
 
     // Only hashes are stored, and only until the reports are batched.
-    let keys = stored_user_keys(&path, capped.id);
+    let keys = db.report_column(capped.id, "user_key").await;
     let alice = storage.user_key("alice");
     assert_eq!(keys[&report_id(1)].as_deref(), Some(&alice.0[..]));
     assert_ne!(storage.user_key("alice"), storage.user_key("bob"));
     let reports = storage.unbatched_reports(capped.id, 0, 3).await.unwrap();
     commit(&storage, capped.id, 1, &reports).await.unwrap();
-    let keys = stored_user_keys(&path, capped.id);
+    let keys = db.report_column(capped.id, "user_key").await;
     for n in [1, 2, 4] {
         assert_eq!(keys[&report_id(n)], None, "report {n} was batched");
     }
@@ -1492,18 +1541,20 @@ async fn a_user_holds_at_most_the_quota_until_a_batch_takes_their_reports() {
     // Expired reports stop counting too, and lose their user key.
     storage.expire_reports(capped.id, at(1_000)).await.unwrap();
     assert!(
-        stored_user_keys(&path, capped.id)
+        db.report_column(capped.id, "user_key")
+            .await
             .values()
             .all(Option::is_none)
     );
     assert_eq!(post_as(&storage, &capped, "alice", 10, 1).await, Stored);
     storage.close().await.unwrap();
 }
+on_both_backends!(a_user_holds_at_most_the_quota_until_a_batch_takes_their_reports);
 
 #[tokio::test]
 async fn concurrent_posts_of_one_user_in_one_group_never_exceed_the_quota() {
-    let (_dir, path) = temp_db();
-    let (storage, capped) = store_with_quota(&path, 3).await;
+    let db = TestDb::sqlite();
+    let (storage, capped) = store_with_quota(&db, 3).await;
     // Held back by a paused writer, all ten posts commit in one group.
     let release = pause_writer(&storage).await;
     let quota = UserQuota {
@@ -1541,34 +1592,54 @@ async fn concurrent_posts_of_one_user_in_one_group_never_exceed_the_quota() {
     storage.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn the_quota_count_is_an_index_lookup_and_only_quota_endpoints_store_keys() {
-    let (_dir, path) = temp_db();
-    let (storage, capped) = store_with_quota(&path, 5).await;
+async fn concurrent_posts_of_one_user_never_exceed_the_quota(db: TestDb) {
+    let (storage, capped) = store_with_quota(&db, 3).await;
+    let quota = UserQuota {
+        user: storage.user_key("flooder"),
+        max: 3,
+    };
+    let handles = replicas(&db, &storage).await;
+    let mut posts = tokio::task::JoinSet::new();
+    for n in 0..20 {
+        let storage = handles[n % handles.len()].clone();
+        posts.spawn(async move {
+            storage
+                .insert_report_for_user(capped.id, report_id(n as u64), vec![1; 8], at(3), quota)
+                .await
+                .unwrap()
+        });
+    }
+    let mut stored = 0;
+    while let Some(outcome) = posts.join_next().await {
+        match outcome.unwrap() {
+            InsertReportOutcome::Stored => stored += 1,
+            InsertReportOutcome::UserQuotaExceeded { max: 3 } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(stored, 3);
+    let counts = storage.endpoint_counts("capped").await.unwrap().unwrap();
+    assert_eq!(counts.unbatched, 3);
+    for handle in handles {
+        handle.close().await.unwrap();
+    }
+}
+on_both_backends!(
+    concurrent_posts_of_one_user_never_exceed_the_quota,
+    multi_thread
+);
+
+async fn only_quota_endpoints_store_user_keys_and_the_quota_is_part_of_the_identity(db: TestDb) {
+    let (storage, _capped) = store_with_quota(&db, 5).await;
     let sum = plugin("sum", b"sum wasm");
     let open = create(&storage, endpoint("open", &sum, b"config", 2)).await;
     storage
         .insert_report(open.id, report_id(1), vec![1; 8], at(3))
         .await
         .unwrap();
-    assert_eq!(stored_user_keys(&path, open.id)[&report_id(1)], None);
-
-    let conn = Connection::open(&path).unwrap();
-    let plan: Vec<String> = conn
-        .prepare(
-            "EXPLAIN QUERY PLAN SELECT count(*) FROM reports \
-             WHERE endpoint_id = ?1 AND user_key = ?2 AND batch_id IS NULL",
-        )
-        .unwrap()
-        .query_map(rusqlite::params![capped.id.0, [0u8; 16]], |row| row.get(3))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
-    assert!(
-        plan.iter()
-            .any(|step| step
-                .contains("INDEX reports_unbatched_by_user (endpoint_id=? AND user_key=?)")),
-        "{plan:?}"
+    assert_eq!(
+        db.report_column(open.id, "user_key").await[&report_id(1)],
+        None
     );
     // Creating the same endpoint again must give the same quota, or it conflicts.
     let again = storage
@@ -1596,22 +1667,47 @@ async fn the_quota_count_is_an_index_lookup_and_only_quota_endpoints_store_keys(
     assert_eq!(shown.record.max_reports_per_user, Some(5));
     storage.close().await.unwrap();
 }
+on_both_backends!(only_quota_endpoints_store_user_keys_and_the_quota_is_part_of_the_identity);
 
 #[tokio::test]
-async fn user_keys_differ_between_databases() {
-    let (_a, first) = temp_db();
-    let (_b, second) = temp_db();
-    let first = Storage::open(&first, StorageOptions::default())
-        .await
+async fn the_quota_count_is_an_index_lookup() {
+    let db = TestDb::sqlite();
+    let (storage, capped) = store_with_quota(&db, 5).await;
+    storage.close().await.unwrap();
+    let conn = Connection::open(db.path()).unwrap();
+    let plan: Vec<String> = conn
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT count(*) FROM reports \
+             WHERE endpoint_id = ?1 AND user_key = ?2 AND batch_id IS NULL",
+        )
+        .unwrap()
+        .query_map(rusqlite::params![capped.id.0, [0u8; 16]], |row| row.get(3))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
         .unwrap();
-    let second = Storage::open(&second, StorageOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(first.user_key("alice"), first.user_key("alice"));
-    assert_ne!(first.user_key("alice"), second.user_key("alice"));
+    assert!(
+        plan.iter()
+            .any(|step| step
+                .contains("INDEX reports_unbatched_by_user (endpoint_id=? AND user_key=?)")),
+        "{plan:?}"
+    );
+}
+
+async fn user_keys_differ_between_databases(db: TestDb) {
+    let other = TestDb::new(db.backend());
+    let first = db.open().await;
+    let second = other.open().await;
+    let alice = first.user_key("alice");
+    assert_eq!(first.user_key("alice"), alice);
+    assert_ne!(second.user_key("alice"), alice);
     first.close().await.unwrap();
     second.close().await.unwrap();
+    // The same database gives the same keys when opened again.
+    let again = db.open().await;
+    assert_eq!(again.user_key("alice"), alice);
+    again.close().await.unwrap();
 }
+on_both_backends!(user_keys_differ_between_databases);
 
 /// A report id whose first byte puts it in key range `n % 64` of the id index.
 fn spread_id(n: u64) -> [u8; 16] {
@@ -1660,13 +1756,14 @@ fn unindexed_below_watermark(conn: &Connection) -> i64 {
 
 #[tokio::test]
 async fn ids_moved_to_the_index_still_answer_retries_after_a_restart() {
-    let (_dir, path) = temp_db();
+    let db = TestDb::sqlite();
+    let path = db.path().to_owned();
     // Two waiting ids are enough for a move: most ids go through the index.
     let options = || StorageOptions {
         id_index_batch: 2,
         ..StorageOptions::default()
     };
-    let (storage, steps) = store_with_endpoint(&path, options()).await;
+    let (storage, steps) = store_with_endpoint(&db, options()).await;
     let endpoint = steps.id;
     for n in 0..300 {
         assert_eq!(
@@ -1704,12 +1801,13 @@ async fn ids_moved_to_the_index_still_answer_retries_after_a_restart() {
 
 #[tokio::test]
 async fn a_deleted_endpoints_waiting_ids_never_reach_the_index() {
-    let (_dir, path) = temp_db();
+    let db = TestDb::sqlite();
+    let path = db.path().to_owned();
     let options = StorageOptions {
         id_index_batch: 1,
         ..StorageOptions::default()
     };
-    let (storage, steps) = store_with_endpoint(&path, options).await;
+    let (storage, steps) = store_with_endpoint(&db, options).await;
     let sum = plugin("sum", b"sum wasm");
     let other = create(&storage, endpoint("other", &sum, b"config", 10)).await;
     // Paused, so that these are one group and all wait in memory (a move after
@@ -1901,10 +1999,150 @@ proptest::proptest! {
     }
 }
 
-#[tokio::test]
-async fn distinct_posters_are_counted_over_rows_until_enough() {
-    let (_dir, path) = temp_db();
-    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+/// One step of [`posts_are_answered_as_a_model_answers`].
+#[derive(Debug, Clone)]
+enum PostStep {
+    /// Post report `.0` of a small pool with share `.1`.
+    Post(u8, u8),
+    /// Post these at the same time, from concurrent tasks.
+    Burst(Vec<(u8, u8)>),
+    /// Put every unbatched report into a batch: their shares go, their ids stay.
+    Batch,
+    /// Close the storage and open the database again.
+    Reopen,
+}
+
+fn post_step() -> impl proptest::strategy::Strategy<Value = PostStep> {
+    use proptest::prelude::*;
+    let post = || (0u8..24, 0u8..2);
+    prop_oneof![
+        6 => post().prop_map(|(id, share)| PostStep::Post(id, share)),
+        2 => proptest::collection::vec(post(), 2..8).prop_map(PostStep::Burst),
+        1 => Just(PostStep::Batch),
+        1 => Just(PostStep::Reopen),
+    ]
+}
+
+/// The model test of report ids through the facade, on both backends: any
+/// sequence of posts (repeats and conflicting shares included, alone or at the
+/// same time), batches and restarts is answered as a plain map of the ids stored
+/// so far would answer it, and every id is stored once. Each case posts to an
+/// endpoint of its own in the one database.
+fn posts_are_answered_as_a_model_answers(db: TestDb) {
+    use proptest::test_runner::{Config, TestRunner};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sum = plugin("sum", b"sum wasm");
+    runtime.block_on(async {
+        let storage = db.open().await;
+        storage.put_plugin(sum.clone()).await.unwrap();
+        storage.close().await.unwrap();
+    });
+    let cases = std::cell::Cell::new(0u32);
+    let mut runner = TestRunner::new(Config {
+        cases: 24,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let outcome = runner.run(&proptest::collection::vec(post_step(), 1..24), |steps| {
+        cases.set(cases.get() + 1);
+        let name = format!("case{}", cases.get());
+        runtime.block_on(check_posts(&db, endpoint(&name, &sum, b"c", 1), steps))
+    });
+    if let Err(error) = outcome {
+        panic!("{error}");
+    }
+}
+on_both_backends!(posts_are_answered_as_a_model_answers, sync);
+
+/// One case of [`posts_are_answered_as_a_model_answers`].
+async fn check_posts(
+    db: &TestDb,
+    record: EndpointRecord,
+    steps: Vec<PostStep>,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    use proptest::prop_assert_eq;
+    let mut storage = db.open().await;
+    let id = create(&storage, record).await.id;
+    // The share of every stored report id.
+    let mut model: HashMap<u8, u8> = HashMap::new();
+    let mut batches = 0u8;
+    for step in steps {
+        match step {
+            PostStep::Post(n, share) => {
+                let expected = match model.get(&n) {
+                    None => InsertReportOutcome::Stored,
+                    Some(&stored) if stored == share => InsertReportOutcome::Duplicate,
+                    Some(_) => InsertReportOutcome::Conflict,
+                };
+                let outcome = storage
+                    .insert_report(id, report_id(n.into()), vec![share; 4], at(5))
+                    .await
+                    .unwrap();
+                prop_assert_eq!(&outcome, &expected, "report {}", n);
+                model.entry(n).or_insert(share);
+            }
+            PostStep::Burst(posts) => {
+                let mut tasks = tokio::task::JoinSet::new();
+                for (n, share) in posts.clone() {
+                    let storage = storage.clone();
+                    tasks.spawn(async move {
+                        let outcome = storage
+                            .insert_report(id, report_id(n.into()), vec![share; 4], at(5))
+                            .await
+                            .unwrap();
+                        (n, share, outcome)
+                    });
+                }
+                let mut answered = Vec::new();
+                while let Some(answer) = tasks.join_next().await {
+                    answered.push(answer.unwrap());
+                }
+                // A new id is stored by exactly one of its posts; the others are
+                // then answered by that one's share, as are posts of known ids.
+                for &(n, share, ref outcome) in &answered {
+                    if *outcome == InsertReportOutcome::Stored {
+                        prop_assert_eq!(model.insert(n, share), None, "report {} stored twice", n);
+                    }
+                }
+                for (n, share, outcome) in answered {
+                    let expected = match model.get(&n) {
+                        Some(&stored) if stored == share => InsertReportOutcome::Duplicate,
+                        Some(_) => InsertReportOutcome::Conflict,
+                        None => panic!("report {n} was posted and not stored"),
+                    };
+                    if outcome != InsertReportOutcome::Stored {
+                        prop_assert_eq!(&outcome, &expected, "report {} in {:?}", n, posts);
+                    }
+                }
+            }
+            PostStep::Batch => {
+                let reports = storage.unbatched_reports(id, 0, usize::MAX).await.unwrap();
+                if !reports.is_empty() {
+                    batches += 1;
+                    commit(&storage, id, batches, &reports).await.unwrap();
+                }
+            }
+            PostStep::Reopen => {
+                storage.close().await.unwrap();
+                storage = db.open().await;
+            }
+        }
+    }
+    storage.close().await.unwrap();
+    let mut stored: Vec<[u8; 16]> = db.stored_reports(id).await.into_keys().collect();
+    let mut expected: Vec<[u8; 16]> = model.keys().map(|&n| report_id(n.into())).collect();
+    stored.sort_unstable();
+    expected.sort_unstable();
+    prop_assert_eq!(stored, expected);
+    Ok(())
+}
+
+async fn distinct_posters_are_counted_over_rows_until_enough(db: TestDb) {
+    let (storage, steps) = store_with_endpoint(&db, StorageOptions::default()).await;
     // alice ×3, bob, and one anonymous report.
     for (n, user) in [(0, "alice"), (1, "alice"), (2, "bob"), (3, "alice")] {
         let poster = storage.user_key(user);
@@ -1939,22 +2177,16 @@ async fn distinct_posters_are_counted_over_rows_until_enough() {
     assert_eq!(rows(&page), vec![all[2], all[3]]);
     // Posters go with batching.
     commit(&storage, steps.id, 1, &reports).await.unwrap();
-    let conn = Connection::open(&path).unwrap();
-    let kept: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM reports WHERE poster IS NOT NULL",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap();
+    let kept = db
+        .count("SELECT count(*) FROM reports WHERE poster IS NOT NULL")
+        .await;
     assert_eq!(kept, 0);
     storage.close().await.unwrap();
 }
+on_both_backends!(distinct_posters_are_counted_over_rows_until_enough);
 
-#[tokio::test]
-async fn verification_rejects_reports_for_good_and_counts_them() {
-    let (_dir, path) = temp_db();
-    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+async fn verification_rejects_reports_for_good_and_counts_them(db: TestDb) {
+    let (storage, steps) = store_with_endpoint(&db, StorageOptions::default()).await;
     for n in 0..8 {
         storage
             .insert_report(steps.id, report_id(n), vec![n as u8; 3], at(3))
@@ -2028,11 +2260,10 @@ async fn verification_rejects_reports_for_good_and_counts_them() {
     );
     storage.close().await.unwrap();
 }
+on_both_backends!(verification_rejects_reports_for_good_and_counts_them);
 
-#[tokio::test]
-async fn a_verification_key_is_set_once() {
-    let (_dir, path) = temp_db();
-    let (storage, steps) = store_with_endpoint(&path, StorageOptions::default()).await;
+async fn a_verification_key_is_set_once(db: TestDb) {
+    let (storage, steps) = store_with_endpoint(&db, StorageOptions::default()).await;
     assert_eq!(storage.verify_key(steps.id, None).await.unwrap(), None);
     assert_eq!(
         storage.verify_key(steps.id, Some([1; 32])).await.unwrap(),
@@ -2044,12 +2275,46 @@ async fn a_verification_key_is_set_once() {
         Some([1; 32])
     );
     storage.close().await.unwrap();
-    let storage = Storage::open(&path, StorageOptions::default())
-        .await
-        .unwrap();
+    let storage = db.open().await;
     assert_eq!(
         storage.verify_key(steps.id, None).await.unwrap(),
         Some([1; 32])
+    );
+    storage.close().await.unwrap();
+}
+on_both_backends!(a_verification_key_is_set_once);
+
+/// PostgreSQL only (SQLite has no server to lose): the database goes down under
+/// an open storage, then comes back. While it is down every call fails as
+/// unavailable and nothing is acknowledged; once it is back the same storage
+/// works again without being reopened, and what was acknowledged is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_down_is_unavailable_until_it_is_back() {
+    let cluster = super::test_backends::pg::PgCluster::new();
+    let storage = Storage::open_postgres(&cluster.url(), StorageOptions::default())
+        .await
+        .unwrap();
+    let sum = plugin("sum", b"sum wasm");
+    storage.put_plugin(sum.clone()).await.unwrap();
+    let steps = create(&storage, endpoint("steps", &sum, b"config", 10)).await;
+    let post = |n: u64| storage.insert_report(steps.id, report_id(n), vec![1], at(3));
+    assert_eq!(post(1).await.unwrap(), InsertReportOutcome::Stored);
+
+    cluster.stop();
+    let error = post(2).await.unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+    let error = storage.list_endpoints().await.unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+
+    cluster.start();
+    assert_eq!(post(1).await.unwrap(), InsertReportOutcome::Duplicate);
+    assert_eq!(post(2).await.unwrap(), InsertReportOutcome::Stored);
+    assert_eq!(
+        storage.endpoint_counts("steps").await.unwrap(),
+        Some(EndpointCounts {
+            unbatched: 2,
+            ..EndpointCounts::default()
+        })
     );
     storage.close().await.unwrap();
 }

@@ -1,6 +1,10 @@
 //! Tests of the report window in storage: collection of old reports and ids, the
 //! size of a database a stream flows through, and the migration of databases
-//! whose reports have random ids. Real SQLite files; time is explicit.
+//! whose reports have random ids. Time is explicit.
+//!
+//! Collection runs on both backends (see `test_backends`). SQLite only: the size
+//! of the file and SQLite's id filters (the benchmark too), and the migration of
+//! SQLite files stored before the window.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,6 +13,7 @@ use rusqlite::{Connection, params};
 use sha2::{Digest, Sha256};
 
 use super::sqlite::migrations::{self, MIGRATIONS};
+use super::test_backends::{TestBackend, TestDb, on_both_backends};
 use super::*;
 use crate::report_id::{ReportWindow, with_time};
 
@@ -24,10 +29,8 @@ fn id_at(time: SystemTime, n: u64) -> [u8; 16] {
     with_time(time, random)
 }
 
-async fn store_with_endpoint(path: &Path) -> (Storage, Endpoint) {
-    let storage = Storage::open(path, StorageOptions::default())
-        .await
-        .unwrap();
+async fn store_with_endpoint(db: &TestDb) -> (Storage, Endpoint) {
+    let storage = db.open().await;
     let wasm = b"sum wasm";
     let digest: [u8; 32] = Sha256::digest(wasm).into();
     storage
@@ -99,8 +102,8 @@ fn share(n: u64) -> Vec<u8> {
 
 /// What a stream through the window measured.
 struct Stream {
-    /// The database file when the window first filled, and at the end (bytes,
-    /// checkpointed).
+    /// The SQLite file when the window first filled, and at the end (bytes,
+    /// checkpointed; 0 on PostgreSQL).
     size_when_full: u64,
     size_at_end: u64,
     /// Reports deleted by the window.
@@ -114,11 +117,12 @@ struct Stream {
 }
 
 /// Streams `minutes` minutes of `per_minute` reports (made and received in that
-/// minute) through a window of `window_minutes`, collecting after every minute.
+/// minute) through a window of `window_minutes`, collecting after every minute;
+/// measures the size of the SQLite file at `path`, if any.
 async fn stream(
     storage: &Storage,
     endpoint: EndpointId,
-    path: &Path,
+    path: Option<&Path>,
     (minutes, per_minute, window_minutes): (u64, u64, u64),
 ) -> Stream {
     let window = ReportWindow {
@@ -144,13 +148,13 @@ async fn stream(
         }
         collected += collect(storage, endpoint, &window, now).await;
         if minute == window_minutes {
-            size_when_full = checkpointed_size(path);
+            size_when_full = path.map_or(0, checkpointed_size);
         }
     }
     let counts = storage.endpoint_counts("stream").await.unwrap().unwrap();
     Stream {
         size_when_full,
-        size_at_end: checkpointed_size(path),
+        size_at_end: path.map_or(0, checkpointed_size),
         collected,
         held: counts.unbatched,
         expired: counts.expired,
@@ -158,33 +162,18 @@ async fn stream(
     }
 }
 
-#[tokio::test]
-async fn a_stream_through_a_short_window_is_collected_and_the_file_stops_growing() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("guardian.db");
-    let (storage, endpoint) = store_with_endpoint(&path).await;
-    // 100 minutes of 1,000 reports a minute through a window of 20 minutes.
-    const PER_MINUTE: u64 = 1_000;
-    let measured = stream(&storage, endpoint.id, &path, (100, PER_MINUTE, 20)).await;
+/// Streams 100 minutes of `per_minute` reports through a window of 20 minutes
+/// and checks what the window deleted and what it still knows.
+async fn stream_through_a_short_window(db: &TestDb, per_minute: u64) -> Stream {
+    let (storage, endpoint) = store_with_endpoint(db).await;
+    let path = (db.backend() == TestBackend::Sqlite).then(|| db.path());
+    let measured = stream(&storage, endpoint.id, path, (100, per_minute, 20)).await;
     // Every report older than the window is gone, the rest is there.
-    assert_eq!(measured.collected, 79 * PER_MINUTE);
-    assert_eq!(measured.held, 21 * PER_MINUTE);
+    assert_eq!(measured.collected, 79 * per_minute);
+    assert_eq!(measured.held, 21 * per_minute);
     assert_eq!(
         measured.expired, measured.collected,
         "collected reports count as expired"
-    );
-    // The file stopped growing once the window was full: 4 more windows later it
-    // is within 1.5 times its size then.
-    let (full, end) = (measured.size_when_full, measured.size_at_end);
-    assert!(
-        end * 2 <= full * 3,
-        "{end} bytes at the end, {full} when the window filled"
-    );
-    // The id filters follow the window (one per ~65 s of id time), not the stream.
-    assert!(
-        measured.filter_spans <= 21 * 60 / 65 + 2,
-        "{} filter spans",
-        measured.filter_spans
     );
     // Replays inside the window are still caught, by share or by id.
     let window = ReportWindow {
@@ -192,7 +181,7 @@ async fn a_stream_through_a_short_window_is_collected_and_the_file_stops_growing
         max_future_skew: Duration::from_secs(60),
     };
     let now = at(99 * 60);
-    let recent = 98 * PER_MINUTE + 7;
+    let recent = 98 * per_minute + 7;
     let recent_id = id_at(at(98 * 60), recent);
     assert_eq!(
         storage
@@ -219,6 +208,32 @@ async fn a_stream_through_a_short_window_is_collected_and_the_file_stops_growing
         InsertReportOutcome::Stored
     );
     storage.close().await.unwrap();
+    measured
+}
+
+async fn a_stream_through_a_short_window_is_collected(db: TestDb) {
+    stream_through_a_short_window(&db, 20).await;
+}
+on_both_backends!(a_stream_through_a_short_window_is_collected);
+
+#[tokio::test]
+async fn the_file_stops_growing_and_the_id_filters_follow_the_window() {
+    let db = TestDb::sqlite();
+    // 100 minutes of 1,000 reports a minute through a window of 20 minutes.
+    let measured = stream_through_a_short_window(&db, 1_000).await;
+    // The file stopped growing once the window was full: 4 more windows later it
+    // is within 1.5 times its size then.
+    let (full, end) = (measured.size_when_full, measured.size_at_end);
+    assert!(
+        end * 2 <= full * 3,
+        "{end} bytes at the end, {full} when the window filled"
+    );
+    // The id filters follow the window (one per ~65 s of id time), not the stream.
+    assert!(
+        measured.filter_spans <= 21 * 60 / 65 + 2,
+        "{} filter spans",
+        measured.filter_spans
+    );
 }
 
 /// The storage figure of BENCHMARKS.md: `GUARDIAN_WINDOW_BENCH_WINDOW` reports
@@ -233,14 +248,13 @@ async fn window_storage_bench() {
     });
     const PER_MINUTE: u64 = 10_000;
     let window_minutes = held / PER_MINUTE;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("guardian.db");
-    let (storage, endpoint) = store_with_endpoint(&path).await;
+    let db = TestDb::sqlite();
+    let (storage, endpoint) = store_with_endpoint(&db).await;
     let started = std::time::Instant::now();
     let measured = stream(
         &storage,
         endpoint.id,
-        &path,
+        Some(db.path()),
         (10 * window_minutes, PER_MINUTE, window_minutes),
     )
     .await;
@@ -261,11 +275,8 @@ async fn window_storage_bench() {
     storage.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn nothing_is_collected_under_a_seal_in_progress() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("guardian.db");
-    let (storage, endpoint) = store_with_endpoint(&path).await;
+async fn nothing_is_collected_under_a_seal_in_progress(db: TestDb) {
+    let (storage, endpoint) = store_with_endpoint(&db).await;
     let window = ReportWindow {
         max_age: Duration::from_secs(60),
         max_future_skew: Duration::from_secs(60),
@@ -277,23 +288,29 @@ async fn nothing_is_collected_under_a_seal_in_progress() {
             .unwrap();
     }
     // A follower's reservation, as the seal protocol leaves it between steps.
-    {
-        let conn = Connection::open(&path).unwrap();
-        conn.busy_timeout(Duration::from_secs(10)).unwrap();
-        conn.execute(
-            "INSERT INTO seals (endpoint_id, batch_id, decided, positions, rows, created_at) \
-             VALUES (?1, zeroblob(16), 0, x'ff', x'', 0)",
-            params![endpoint.id.0],
-        )
+    let reports = storage
+        .unbatched_reports(endpoint.id, 0, usize::MAX)
+        .await
         .unwrap();
-    }
+    storage
+        .put_seal(&Seal {
+            endpoint: endpoint.id,
+            batch_id: [0; 16],
+            seal_number: 1,
+            decided: false,
+            positions: vec![0xff, 0x03],
+            rows: reports.iter().map(|r| r.row).collect(),
+            created_at: at(0),
+            verification: None,
+        })
+        .await
+        .unwrap();
     assert_eq!(collect(&storage, endpoint.id, &window, at(3_600)).await, 0);
-    let conn = Connection::open(&path).unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    conn.execute("DELETE FROM seals", []).unwrap();
+    assert!(storage.drop_seal(endpoint.id, [0; 16]).await.unwrap());
     assert_eq!(collect(&storage, endpoint.id, &window, at(3_600)).await, 10);
     storage.close().await.unwrap();
 }
+on_both_backends!(nothing_is_collected_under_a_seal_in_progress);
 
 #[tokio::test]
 async fn reports_stored_before_the_window_are_collected_by_arrival() {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod pg;
 pub mod proxy;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -115,8 +116,8 @@ pub struct Cluster {
     /// Every server's public peer key, comma-separated in index order.
     peer_keys: String,
     pub http: Client,
-    /// Environment of every server, after the defaults above.
-    env: Vec<(String, String)>,
+    /// Environment of each server, after the defaults above.
+    server_env: Vec<Vec<(String, String)>>,
 }
 
 pub fn free_port() -> SocketAddr {
@@ -134,8 +135,17 @@ impl Cluster {
         n: usize,
         env: impl Fn(&std::path::Path) -> Vec<(String, String)>,
     ) -> Cluster {
+        Self::start_each(n, |dir, _| env(dir)).await
+    }
+
+    /// Starts a cluster whose server `index` also gets the environment
+    /// `env(dir, index)` (e.g. its own database, `GUARDIAN_STORAGE_URL`).
+    pub async fn start_each(
+        n: usize,
+        env: impl Fn(&std::path::Path, usize) -> Vec<(String, String)>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let env = env(dir.path());
+        let server_env = (0..n).map(|index| env(dir.path(), index)).collect();
         let addrs: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
         let peers = addrs
             .iter()
@@ -165,7 +175,7 @@ impl Cluster {
             peers,
             peer_keys,
             http: Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap(),
-            env,
+            server_env,
         };
         for index in 0..n {
             cluster.launch(index, &[]).await;
@@ -197,7 +207,11 @@ impl Cluster {
             .env("GUARDIAN_SERVER_DATA_DIR", &node.data_dir)
             .env("GUARDIAN_ENDPOINTS_PEER_TIMEOUT_MS", "10000")
             .env("GUARDIAN_LOG_LEVEL", "info")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(
+                self.server_env[index]
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .envs(extra_env.iter().copied())
             .current_dir(node.data_dir.parent().unwrap())
             .stdin(Stdio::null())
@@ -426,6 +440,15 @@ pub struct Sharder {
 impl Sharder {
     pub fn new(plugin: &str, params: &Value) -> Sharder {
         let plugin = builtin(plugin);
+        let config = plugin.configure(&params.to_string()).unwrap();
+        Sharder { plugin, config }
+    }
+
+    /// A client of an uploaded plugin: the component `wasm`.
+    pub fn from_wasm(wasm: &[u8], params: &Value) -> Sharder {
+        let runtime =
+            guardian::runtime::Runtime::new(guardian::runtime::RuntimeOptions::default()).unwrap();
+        let plugin = runtime.load(wasm).unwrap();
         let config = plugin.configure(&params.to_string()).unwrap();
         Sharder { plugin, config }
     }

@@ -9,6 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::fold::{Checked, commit_locally};
+use super::lease::{in_progress_elsewhere, seal_lease};
 use super::{
     Commit, Committed, Outgoing, Prepared, RETRY_EVERY, bits, page_len, too_few_users, too_small,
     verify,
@@ -51,13 +52,22 @@ pub(in crate::server) async fn seal_at_least(
     let sealer = &state.sealer;
     let endpoint = &live.endpoint;
     let lock = sealer.lock(endpoint.id);
-    let Ok(_sealing) = tokio::time::timeout_at(deadline.into(), lock.lock()).await else {
+    let Ok(sealing) = tokio::time::timeout_at(deadline.into(), lock.lock_owned()).await else {
         return Err(ApiError::unavailable(
             "seal_in_progress",
             "another seal of this endpoint is in progress on this server; retry in a moment",
         )
         .with_retry_after(RETRY_EVERY.as_secs()));
     };
+    // Across replicas of this server: answered at once, the other replica's seal
+    // answers its own client.
+    let Some(mut lease) = sealer
+        .take_lease(&state.storage, seal_lease(endpoint.id))
+        .await?
+    else {
+        return Err(in_progress_elsewhere());
+    };
+    lease.hold(sealing);
     if let Some(pending) = state.storage.pending_seal(endpoint.id).await? {
         if pending.decided {
             return finish(state, live, pending, deadline).await;
@@ -73,7 +83,7 @@ pub(in crate::server) async fn seal_at_least(
     let min_users = sealer.min_users(needed);
     let needed = needed.max(at_least);
     let batch_id: [u8; 16] = rand::random();
-    let number = sealer.next_seal_number(endpoint.id);
+    let number = state.storage.next_seal_number(endpoint.id).await?;
     let name = &endpoint.record.name;
     let page = page_len(sealer.max_batch);
     // Bit i: proposed report i is agreed (over every page).
@@ -195,9 +205,17 @@ pub(in crate::server) async fn seal_at_least(
         created_at: SystemTime::now(),
         verification,
     };
+    // A replica that stalled past the lease TTL may have been replaced by
+    // another's seal: it decides nothing then.
+    if !lease.renew().await? {
+        sealer.abort_all(name, batch_id, number);
+        return Err(in_progress_elsewhere());
+    }
     state.storage.put_seal(&decision).await?;
     tracing::info!(endpoint = %name, batch = %hex::encode(batch_id), count, "seal decided");
-    finish(state, live, decision, deadline).await
+    let outcome = finish(state, live, decision, deadline).await;
+    drop(lease);
+    outcome
 }
 
 /// Drives a decided seal to completion: every server commits it (the followers and
@@ -373,7 +391,9 @@ fn followers_committed(
     Ok(())
 }
 
-/// Coordinator: retries the decided seals that did not complete, until shutdown.
+/// Coordinator: retries the decided seals that did not complete, until shutdown;
+/// on the replica that holds the `driver` lease only (see [`super::lease`]), so
+/// a seal decided on a replica that died completes through another.
 ///
 /// The followers' commits (idempotent by batch id) are sent without the
 /// endpoint's seal lock, so a seal request is never kept waiting behind a peer
@@ -381,6 +401,10 @@ fn followers_committed(
 /// every follower committed, happen under the lock.
 pub(in crate::server) async fn retry_decided(state: Arc<AppState>) {
     loop {
+        if !state.sealer.driving() {
+            tokio::time::sleep(state.sealer.driver_poll().min(RETRY_EVERY)).await;
+            continue;
+        }
         match state.storage.decided_seals().await {
             Ok(decided) => {
                 for decision in decided {
@@ -395,8 +419,21 @@ pub(in crate::server) async fn retry_decided(state: Arc<AppState>) {
                         tracing::warn!(endpoint = %name, error = %e, "pending seal still incomplete");
                         continue;
                     }
-                    let lock = state.sealer.lock(decision.endpoint);
-                    let _sealing = lock.lock().await;
+                    let sealing = state.sealer.lock(decision.endpoint).lock_owned().await;
+                    // A seal of the endpoint on another replica completes it first.
+                    let mut lease = match state
+                        .sealer
+                        .take_lease(&state.storage, seal_lease(decision.endpoint))
+                        .await
+                    {
+                        Ok(Some(lease)) => lease,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            tracing::warn!(endpoint = %name, error = %e, "pending seal still incomplete");
+                            continue;
+                        }
+                    };
+                    lease.hold(sealing);
                     // Completed meanwhile by a request? A decision keeps its batch
                     // id until it is dropped, so the id tells it is still this one.
                     match state.storage.pending_seal(decision.endpoint).await {
@@ -409,7 +446,9 @@ pub(in crate::server) async fn retry_decided(state: Arc<AppState>) {
                         state.storage.drop_seal(decision.endpoint, batch_id).await?;
                         Ok::<_, ApiError>(())
                     };
-                    match completed.await {
+                    let completed = completed.await;
+                    drop(lease);
+                    match completed {
                         Ok(()) => {
                             tracing::info!(endpoint = %name, batch = %hex::encode(batch_id), "pending seal completed")
                         }

@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use axum::body::{Body, Bytes, HttpBody as _};
 use base64::Engine as _;
@@ -11,6 +11,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use sha2::{Digest as _, Sha256};
 
 use super::fold::{Checked, commit_locally};
+use super::lease::seal_lease;
 use super::{
     Abort, Aborted, Commit, Committed, Prepare, Prepared, Recommit, bits, check_config, page_len,
     parse_batch_id, too_few_users, too_small,
@@ -35,8 +36,15 @@ pub(in crate::server) async fn prepare(
     follower_only(state)?;
     let endpoint = live.endpoint.id;
     let name = &live.endpoint.record.name;
-    let lock = state.sealer.lock(endpoint);
-    let _sealing = lock.lock().await;
+    let sealing = state.sealer.lock(endpoint).lock_owned().await;
+    // Across replicas, the report window's collection waits while this page's
+    // reports are read and reserved (the peer call waits at most half its time).
+    let deadline = Instant::now() + state.sealer.peer_timeout / 2;
+    let mut lease = state
+        .sealer
+        .wait_lease(&state.storage, seal_lease(endpoint), deadline)
+        .await?;
+    lease.hold(sealing);
     let held = held_by_id(state, endpoint).await?;
     let max = page_len(state.sealer.max_batch);
     let mut positions = Vec::new();
@@ -112,22 +120,30 @@ pub(in crate::server) async fn prepare(
                 ),
             ));
         }
-        _ if state.sealer.seen_seal_number(endpoint) >= query.seal => {
-            return Err(stale_seal(&query, state.sealer.seen_seal_number(endpoint)));
+        _ => {
+            // The highest number seen is shared by the replicas: checked and
+            // stored in one statement.
+            if let Some(seen) = state
+                .storage
+                .claim_seal_number(endpoint, query.seal)
+                .await?
+            {
+                return Err(stale_seal(&query, seen));
+            }
+            Seal {
+                endpoint,
+                batch_id,
+                seal_number: query.seal,
+                decided: false,
+                positions,
+                rows,
+                created_at: SystemTime::now(),
+                verification: None,
+            }
         }
-        _ => Seal {
-            endpoint,
-            batch_id,
-            seal_number: query.seal,
-            decided: false,
-            positions,
-            rows,
-            created_at: SystemTime::now(),
-            verification: None,
-        },
     };
     state.storage.put_seal(&reservation).await?;
-    state.sealer.saw_seal_number(endpoint, query.seal);
+    drop(lease);
     Ok(Prepared {
         held: page_bits,
         count,
@@ -230,7 +246,7 @@ pub(in crate::server) async fn commit(
     let lock = state.sealer.lock(endpoint);
     let _sealing = lock.lock().await;
     if let Some(info) = state.storage.committed_batch(endpoint, batch_id).await? {
-        state.sealer.drop_messages(endpoint);
+        super::verify::drop_messages(state, live).await;
         return Ok(committed(info));
     }
     let reservation = reserved_seal(state, endpoint, batch_id, body.seal, &body.batch_id).await?;
@@ -241,9 +257,8 @@ pub(in crate::server) async fn commit(
             state.sealer.crash_at("crash_in_commit");
             let rejected_rows = reserved_rows(&rejected, &reservation, &body.batch_id)?;
             let messages =
-                state
-                    .sealer
-                    .held_messages(endpoint, (batch_id, body.seal), body.count)?;
+                super::verify::held_messages(state, endpoint, (batch_id, body.seal), body.count)
+                    .await?;
             Some(Checked {
                 messages,
                 rejected_rows,
@@ -264,7 +279,7 @@ pub(in crate::server) async fn commit(
     drop(reservation);
     let outcome = commit_decided(state, live, batch_id, rows, body.count, verified).await;
     if outcome.is_ok() {
-        state.sealer.drop_messages(endpoint);
+        super::verify::drop_messages(state, live).await;
     }
     outcome
 }
@@ -476,7 +491,7 @@ pub(in crate::server) async fn abort(
         .is_some_and(|seal| seal.batch_id == batch_id && seal.seal_number == body.seal);
     let aborted = ours && state.storage.drop_seal(endpoint, batch_id).await?;
     if aborted {
-        state.sealer.drop_messages(endpoint);
+        super::verify::drop_messages(state, live).await;
     }
     Ok(Aborted { aborted })
 }

@@ -28,6 +28,14 @@
 //! Every peer request is signed by its sender ([`crate::auth::identity`]); a
 //! follower acts only on steps signed by the coordinator for it.
 //!
+//! Any number of replicas of one server (`guardian serve` processes with the same
+//! index over one PostgreSQL database) act as one: everything a seal carries from
+//! one request to the next is in the database (the reservation or decision, the
+//! seal numbers, a follower's verifier messages), so a follower's steps may reach
+//! different replicas; one seal per endpoint runs at a time across them (the
+//! endpoint's seal lease, beside the in-process lock), and the replica holding the
+//! `driver` lease runs the background work ([`lease`]).
+//!
 //! Memory stays proportional to one page of ids and the agreed rows on the
 //! coordinator (plus a bit per proposed report), and to its unbatched ids and its
 //! reservation on a follower, never to copies of them.
@@ -41,7 +49,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
@@ -58,6 +66,7 @@ mod coordinator;
 mod expiry;
 mod fold;
 mod follower;
+mod lease;
 mod schedule;
 mod verify;
 
@@ -84,16 +93,21 @@ const RETRY_EVERY: Duration = Duration::from_secs(2);
 ///   its verifier messages).
 pub const FAULT_VAR: &str = "GUARDIAN_FAULT";
 
-/// A seal's state shared by the handlers: per-endpoint locks, seal numbers and the
-/// peer client.
+/// A seal's state shared by the handlers: per-endpoint locks, the leases of this
+/// replica and the peer client. Everything a seal needs across requests (the
+/// reservation, the decision, seal numbers, a follower's verifier messages) is in
+/// the database, so that replicas of one server over one database act as one.
 pub(super) struct Sealer {
+    /// Per endpoint, the lock serialising its seals in this process; across
+    /// replicas, the endpoint's seal lease does ([`lease`]).
     locks: Mutex<HashMap<EndpointId, Arc<tokio::sync::Mutex<()>>>>,
-    /// Follower: the verifier messages of a robust endpoint's decided batch, held
-    /// from the coordinator's `messages` until the commit.
-    messages: Mutex<HashMap<EndpointId, verify::HeldMessages>>,
-    /// Per endpoint, the highest seal number used (coordinator) or seen in a
-    /// prepare (follower): numbers only go up.
-    seal_numbers: Mutex<HashMap<EndpointId, u64>>,
+    /// This process's id as a lease holder, drawn at start.
+    holder: Arc<str>,
+    /// How long a lease outlives a replica that stopped renewing it
+    /// (`storage.lease_ttl_ms`).
+    lease_ttl: Duration,
+    /// Whether this replica holds the `driver` lease of the background work.
+    driver: lease::Driver,
     client: reqwest::Client,
     /// Longest a peer call may take (`endpoints.peer_timeout_ms`).
     peer_timeout: Duration,
@@ -304,8 +318,9 @@ impl Sealer {
         tracing::info!(public_key = %identity.public_key(), "this server's peer key (server.peer_keys)");
         Ok(Sealer {
             locks: Mutex::new(HashMap::new()),
-            messages: Mutex::new(HashMap::new()),
-            seal_numbers: Mutex::new(HashMap::new()),
+            holder: hex::encode(rand::random::<[u8; 16]>()).into(),
+            lease_ttl: config.storage.lease_ttl(),
+            driver: lease::Driver::default(),
             client,
             peer_timeout: config.endpoints.peer_timeout(),
             peers: config.server.peers.clone(),
@@ -336,42 +351,6 @@ impl Sealer {
             .entry(endpoint)
             .or_default()
             .clone()
-    }
-
-    /// The coordinator's number for a new seal of `endpoint`: the time in
-    /// microseconds, or one more than the last if the clock did not move on, so
-    /// numbers keep increasing across restarts as long as the clock does.
-    fn next_seal_number(&self, endpoint: EndpointId) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        let mut numbers = self
-            .seal_numbers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let last = numbers.entry(endpoint).or_default();
-        *last = now.max(*last + 1);
-        *last
-    }
-
-    /// Follower: the highest seal number of `endpoint` seen since start.
-    fn seen_seal_number(&self, endpoint: EndpointId) -> u64 {
-        self.seal_numbers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&endpoint)
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// Follower: remembers that seal `number` of `endpoint` was prepared.
-    fn saw_seal_number(&self, endpoint: EndpointId, number: u64) {
-        let mut numbers = self
-            .seal_numbers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let seen = numbers.entry(endpoint).or_default();
-        *seen = (*seen).max(number);
     }
 
     /// The fewest reports a batch of an endpoint with `min_batch` needs here: never

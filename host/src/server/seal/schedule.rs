@@ -15,6 +15,11 @@
 //!
 //! A seal that finds too few reports simply waits for the next tick or report:
 //! it is logged at debug level and counted nowhere.
+//!
+//! Replicas of server 0 over one database: only the replica holding the
+//! `driver` lease schedules (see [`super::lease`]); it counts the reports of a
+//! `seal_at` endpoint again at every rescan, since the other replicas store
+//! reports it is not told of.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -97,7 +102,18 @@ struct Due {
 /// Server 0: seals the scheduled endpoints when they are due, until shutdown.
 pub(in crate::server) async fn run(state: Arc<AppState>) {
     let mut known: HashMap<EndpointId, Due> = HashMap::new();
+    // Whether the scheduler looks again after a rescan's wait, not a wake-up.
+    let mut rescan = true;
     loop {
+        if !state.sealer.driving() {
+            // Another replica schedules; what this one knew is stale by the time
+            // it takes over.
+            known.clear();
+            state.sealer.wakeups.take();
+            tokio::time::sleep(state.sealer.driver_poll()).await;
+            rescan = true;
+            continue;
+        }
         let stored = state.sealer.wakeups.take();
         let endpoints: Vec<_> = state
             .registry
@@ -126,6 +142,10 @@ pub(in crate::server) async fn run(state: Arc<AppState>) {
                 due.backoff = RETRY_FIRST;
             }
             due.held += stored.get(&id).copied().unwrap_or(0);
+            if rescan && live.endpoint.record.schedule.at.is_some() {
+                // Reports stored by other replicas of this server.
+                due.held = recount(&state, &live).await.unwrap_or(due.held);
+            }
             let outcome = tick(&state, &live, due).await;
             if let Some(when) = outcome.next_due {
                 next_due = Some(next_due.map_or(when, |next| next.min(when)));
@@ -146,11 +166,14 @@ pub(in crate::server) async fn run(state: Arc<AppState>) {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            () = state.sealer.wakeups.wake.notified() => {}
-            () = due_wait => {}
-            () = tokio::time::sleep_until(next_retry.into()) => {}
-        }
+        let driver_poll = state.sealer.driver_poll();
+        rescan = tokio::select! {
+            () = state.sealer.wakeups.wake.notified() => false,
+            () = due_wait => false,
+            () = tokio::time::sleep_until(next_retry.into()) => true,
+            // Still the driver? (A replica that lost the lease stops here.)
+            () = tokio::time::sleep(driver_poll) => true,
+        };
     }
 }
 

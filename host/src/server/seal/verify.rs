@@ -9,8 +9,9 @@
 //! share (compared by SHA-256). A report whose proof fails is rejected: it goes
 //! into no batch, on any server. The decision keeps the verifier message of
 //! each valid report; before the commit the coordinator sends them to every
-//! follower (`messages`, held in memory until the commit, sent again after a
-//! restart), and each server folds the output shares `verify-finish` makes of
+//! follower (`messages`, held in the follower's database until the commit, so
+//! that a commit reaching another replica of the follower finds them; sent again
+//! when a commit finds them missing), and each server folds the output shares `verify-finish` makes of
 //! its shares with them.
 //!
 //! Nothing of the round is stored before the decision but the endpoint's
@@ -18,7 +19,7 @@
 //! seal replaces, as a crash during the proposal does.
 
 use std::ops::Range;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -31,7 +32,7 @@ use sha2::{Digest as _, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use super::follower::{follower_only, reserved_rows, reserved_seal};
-use super::{Outgoing, Sealer, bits, check_config, parse_batch_id};
+use super::{Outgoing, bits, check_config, parse_batch_id};
 use crate::runtime::CallError;
 use crate::server::AppState;
 use crate::server::auth::Peer;
@@ -135,13 +136,6 @@ pub(in crate::server) struct Messages {
 pub(in crate::server) struct Received {
     /// Messages held for the batch, this call's included.
     received: u64,
-}
-
-/// A follower's verifier messages of a decided batch, until its commit.
-pub(super) struct HeldMessages {
-    batch_id: [u8; 16],
-    seal: u64,
-    messages: Batch,
 }
 
 /// What one server computed for a chunk of reports.
@@ -574,18 +568,8 @@ pub(in crate::server) async fn messages(
     )?;
     not_robust(live)?;
     let batch_id = parse_batch_id(&query.batch_id)?;
-    let mut part = Batch::default();
-    let mut rest = &bytes[..];
-    while let Some((length, tail)) = rest.split_first_chunk::<4>() {
-        let (message, tail) = tail
-            .split_at_checked(u32::from_le_bytes(*length) as usize)
-            .ok_or_else(|| ApiError::bad_request("bad_body", "a truncated message"))?;
-        part.push(message);
-        rest = tail;
-    }
-    if !rest.is_empty() {
-        return Err(ApiError::bad_request("bad_body", "a truncated message"));
-    }
+    let part = decode_messages(&bytes)
+        .ok_or_else(|| ApiError::bad_request("bad_body", "a truncated message"))?;
     let endpoint = live.endpoint.id;
     let lock = state.sealer.lock(endpoint);
     let _sealing = lock.lock().await;
@@ -601,77 +585,86 @@ pub(in crate::server) async fn messages(
         });
     }
     reserved_seal(state, endpoint, batch_id, query.seal, &query.batch_id).await?;
-    let mut held = state
-        .sealer
-        .messages
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let entry = held.entry(endpoint).or_insert_with(|| HeldMessages {
-        batch_id,
-        seal: query.seal,
-        messages: Batch::default(),
-    });
-    if query.from == 0 {
-        *entry = HeldMessages {
-            batch_id,
-            seal: query.seal,
-            messages: Batch::default(),
-        };
-    } else if entry.batch_id != batch_id
-        || entry.seal != query.seal
-        || entry.messages.len() as u64 != query.from
-    {
-        return Err(ApiError::conflict(
+    let held = state
+        .storage
+        .hold_messages(
+            endpoint,
+            (batch_id, query.seal),
+            query.from,
+            part.len() as u64,
+            bytes.to_vec(),
+        )
+        .await?;
+    match held {
+        Ok(received) => Ok(Received { received }),
+        Err(held) => Err(ApiError::conflict(
             "messages_missing",
             format!(
-                "batch {}: these messages start at {}, but this server holds {} of them; send them again from the first",
-                query.batch_id,
-                query.from,
-                entry.messages.len()
+                "batch {}: these messages start at {}, but this server holds {held} of them; send them again from the first",
+                query.batch_id, query.from,
             ),
-        ));
+        )),
     }
-    for message in part.items().expect("packed here") {
-        entry.messages.push(message);
-    }
-    Ok(Received {
-        received: entry.messages.len() as u64,
-    })
 }
 
-impl Sealer {
-    /// Follower: the verifier messages held for batch `batch_id` of seal `seal`, if
-    /// all `count` of them came.
-    pub(super) fn held_messages(
-        &self,
-        endpoint: EndpointId,
-        (batch_id, seal): ([u8; 16], u64),
-        count: u64,
-    ) -> Result<Batch, ApiError> {
-        let held = self.messages.lock().unwrap_or_else(PoisonError::into_inner);
-        match held.get(&endpoint) {
-            Some(h)
-                if h.batch_id == batch_id && h.seal == seal && h.messages.len() as u64 == count =>
-            {
-                Ok(h.messages.clone())
-            }
-            _ => Err(ApiError::conflict(
-                "messages_missing",
-                format!(
-                    "this server does not hold the {count} verifier messages of batch {} (it restarted, or they were not sent): send them, then the commit",
-                    hex::encode(batch_id)
-                ),
-            )),
+/// Messages as a `messages` body carries them (a little-endian u32 length, then
+/// the bytes, each), or `None` when one is truncated.
+fn decode_messages(bytes: &[u8]) -> Option<Batch> {
+    let mut messages = Batch::default();
+    let mut rest = bytes;
+    while let Some((length, tail)) = rest.split_first_chunk::<4>() {
+        let (message, tail) = tail.split_at_checked(u32::from_le_bytes(*length) as usize)?;
+        messages.push(message);
+        rest = tail;
+    }
+    rest.is_empty().then_some(messages)
+}
+
+/// Follower: the verifier messages held for batch `batch_id` of seal `seal`, if
+/// all `count` of them came (to this replica or another of this server).
+pub(super) async fn held_messages(
+    state: &AppState,
+    endpoint: EndpointId,
+    (batch_id, seal): ([u8; 16], u64),
+    count: u64,
+) -> Result<Batch, ApiError> {
+    let missing = || {
+        ApiError::conflict(
+            "messages_missing",
+            format!(
+                "this server does not hold the {count} verifier messages of batch {} (they were not sent, or replaced by another batch's): send them, then the commit",
+                hex::encode(batch_id)
+            ),
+        )
+    };
+    let (held, parts) = state
+        .storage
+        .held_messages(endpoint, (batch_id, seal))
+        .await?;
+    if held != count {
+        return Err(missing());
+    }
+    let mut messages = Batch::default();
+    for part in parts {
+        let part = decode_messages(&part).ok_or_else(missing)?;
+        for message in part.items().map_err(|_| missing())? {
+            messages.push(message);
         }
     }
+    if messages.len() as u64 != count {
+        return Err(missing());
+    }
+    Ok(messages)
+}
 
-    /// Follower: forgets the messages of `endpoint`'s seal once it is committed or
-    /// aborted.
-    pub(super) fn drop_messages(&self, endpoint: EndpointId) {
-        self.messages
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&endpoint);
+/// Follower: forgets the messages held for `endpoint`'s seal once it is
+/// committed or aborted (left over, they are replaced by the next batch's).
+pub(super) async fn drop_messages(state: &AppState, live: &LiveEndpoint) {
+    if !live.plugin.robust() {
+        return;
+    }
+    if let Err(e) = state.storage.drop_held_messages(live.endpoint.id).await {
+        tracing::warn!(endpoint = %live.endpoint.record.name, error = %e, "forgetting held verifier messages failed; the next batch's replace them");
     }
 }
 

@@ -22,9 +22,10 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, oldest first.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    description: "plugins, endpoints, reports, batches, seals, leases",
-    sql: r#"
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        description: "plugins, endpoints, reports, batches, seals, leases",
+        sql: r#"
 CREATE TABLE plugins (
     digest        bytea PRIMARY KEY CHECK (length(digest) = 32),
     name          text NOT NULL,
@@ -139,7 +140,25 @@ CREATE TABLE leases (
     expires_at bigint NOT NULL
 );
 "#,
-}];
+    },
+    Migration {
+        description: "verifier messages held for a commit, shared by the replicas",
+        sql: r#"
+-- A follower's verifier messages of a robust endpoint's decided batch, from the
+-- coordinator's `messages` until the commit, which may reach another replica
+-- (see SQLite's `held_messages`).
+CREATE TABLE held_messages (
+    endpoint_id bigint NOT NULL,
+    first       bigint NOT NULL,
+    batch_id    bytea NOT NULL CHECK (length(batch_id) = 16),
+    seal_number bigint NOT NULL,
+    count       bigint NOT NULL,
+    messages    bytea NOT NULL,
+    PRIMARY KEY (endpoint_id, first)
+);
+"#,
+    },
+];
 
 /// The row holding the schema version, created if missing.
 const CREATE_VERSION: &str = "CREATE TABLE IF NOT EXISTS schema_version ( \

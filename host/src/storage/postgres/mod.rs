@@ -1,20 +1,29 @@
 //! The PostgreSQL backend: a database shared by any number of replicas of one
 //! share server (DESIGN.md section 8).
 //!
-//! Every replica holds a pool of connections. Reports go to a writer task that
-//! commits concurrent reports together (group commit), each transaction durable
+//! Every replica holds a pool of connections. Reports go to writer tasks that
+//! commit concurrent reports together (group commit), each transaction durable
 //! at its commit (`synchronous_commit` on); report id uniqueness is the
 //! database's `UNIQUE (endpoint_id, report_id)`, so replicas never need to agree
 //! in memory. Everything else runs in its own transaction on a pooled
 //! connection.
 //!
 //! Layout: this file holds the connection, the pool and the plumbing;
-//! `migrations` the schema.
+//! `migrations` the schema; `catalog` plugins and endpoints; `ingest` reports
+//! outside seals, whose inserts `writer` group-commits; `seal` the seals.
 
 mod catalog;
 mod ingest;
+#[cfg(test)]
+mod ingest_bench;
+#[cfg(test)]
+mod ingest_tests;
+mod leases;
 pub(crate) mod migrations;
 mod seal;
+#[cfg(test)]
+mod seal_tests;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +41,8 @@ pub(crate) struct PgBackend {
     pool: Pool,
     /// The database's secret (`server_secrets.user_key`).
     secret: [u8; 32],
+    /// The report writer; its `close` also refuses every later operation.
+    writer: writer::Writer,
 }
 
 /// `url` without its password, for logs and errors.
@@ -131,27 +142,31 @@ impl PgBackend {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|error| StorageError::Unavailable(error.to_string()))?;
-        let backend = PgBackend {
-            redacted_url,
-            pool,
-            secret: [0; 32],
-        };
-        let mut client = backend.client().await?;
+        let mut client = pooled(&pool, &redacted_url).await?;
         migrations::migrate(&mut client, migrations::MIGRATIONS).await?;
         let secret = load_secret(&client).await?;
         drop(client);
-        Ok(PgBackend { secret, ..backend })
+        let writer = writer::Writer::spawn(
+            pool.clone(),
+            redacted_url.clone(),
+            options.max_group,
+            options.commit_observer,
+        );
+        Ok(PgBackend {
+            redacted_url,
+            pool,
+            secret,
+            writer,
+        })
     }
 
-    /// A pooled connection, or [`StorageError::Unavailable`] saying why none.
+    /// A pooled connection, or [`StorageError::Unavailable`] saying why none;
+    /// [`StorageError::Closed`] once the storage is closed.
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Client, StorageError> {
-        self.pool.get().await.map_err(|error| {
-            let detail = match &error {
-                deadpool_postgres::PoolError::Backend(error) => crate::tls::error_chain(error),
-                other => other.to_string(),
-            };
-            StorageError::Unavailable(format!("no connection to {}: {detail}", self.redacted_url))
-        })
+        if self.writer.is_closed() {
+            return Err(StorageError::Closed);
+        }
+        pooled(&self.pool, &self.redacted_url).await
     }
 
     /// The database URL without its password.
@@ -163,6 +178,21 @@ impl PgBackend {
     pub(crate) fn secret(&self) -> [u8; 32] {
         self.secret
     }
+}
+
+/// A connection of `pool`, or [`StorageError::Unavailable`] saying why none
+/// (naming the database by `redacted_url`).
+async fn pooled(
+    pool: &Pool,
+    redacted_url: &str,
+) -> Result<deadpool_postgres::Client, StorageError> {
+    pool.get().await.map_err(|error| {
+        let detail = match &error {
+            deadpool_postgres::PoolError::Backend(error) => crate::tls::error_chain(error),
+            other => other.to_string(),
+        };
+        StorageError::Unavailable(format!("no connection to {redacted_url}: {detail}"))
+    })
 }
 
 /// The database's secret, drawn by the first replica that finds none.

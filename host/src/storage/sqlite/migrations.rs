@@ -301,6 +301,35 @@ CREATE TABLE deleted_batches (
 ) WITHOUT ROWID;
 "#,
     },
+    Migration {
+        description: "leases, seal numbers and held verifier messages in the database",
+        sql: r#"
+-- What one process at a time may do (seal an endpoint, drive the background
+-- work), until `expires_at` (Unix ms) unless its holder renews it: the same
+-- table as on PostgreSQL, where replicas of one server share it.
+CREATE TABLE leases (
+    name       TEXT NOT NULL PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+-- The highest seal number used (server 0) or seen in a prepare (a follower):
+-- numbers only go up, across restarts too.
+ALTER TABLE endpoints ADD COLUMN seal_number INTEGER NOT NULL DEFAULT 0;
+-- A follower's verifier messages of a robust endpoint's decided batch, from
+-- the coordinator's `messages` until the commit, one row per part received
+-- (`first`: the position of its first message; `messages`: a little-endian
+-- u32 length then the bytes of each).
+CREATE TABLE held_messages (
+    endpoint_id INTEGER NOT NULL,
+    first       INTEGER NOT NULL,
+    batch_id    BLOB NOT NULL CHECK (length(batch_id) = 16),
+    seal_number INTEGER NOT NULL,
+    count       INTEGER NOT NULL,
+    messages    BLOB NOT NULL,
+    PRIMARY KEY (endpoint_id, first)
+);
+"#,
+    },
 ];
 
 /// Applies the migrations of `migrations` that the database does not have yet;

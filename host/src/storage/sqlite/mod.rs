@@ -8,6 +8,7 @@
 
 pub(crate) mod collect;
 pub(crate) mod ids;
+mod leases;
 pub(crate) mod migrations;
 pub(crate) mod sql;
 pub(crate) mod writer;

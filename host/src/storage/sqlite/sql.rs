@@ -278,6 +278,7 @@ pub(crate) fn delete_endpoint(conn: &Connection, name: &str) -> rusqlite::Result
         "batches",
         "deleted_batches",
         "seals",
+        "held_messages",
     ] {
         conn.prepare_cached(&format!("DELETE FROM {table} WHERE endpoint_id = ?1"))?
             .execute([id])?;
@@ -552,11 +553,11 @@ impl SealRecord {
     }
 }
 
-fn encode_rows(rows: &[i64]) -> Vec<u8> {
+pub(crate) fn encode_rows(rows: &[i64]) -> Vec<u8> {
     rows.iter().flat_map(|row| row.to_le_bytes()).collect()
 }
 
-fn decode_rows(blob: &[u8]) -> rusqlite::Result<Vec<i64>> {
+pub(crate) fn decode_rows(blob: &[u8]) -> rusqlite::Result<Vec<i64>> {
     if !blob.len().is_multiple_of(8) {
         return Err(corrupt_seal("rows are not a whole number of rows"));
     }
@@ -576,7 +577,7 @@ fn corrupt_seal(why: &str) -> rusqlite::Error {
 
 /// A batch of byte strings as stored: the count, each end, then the bytes (all
 /// numbers u32, little-endian).
-fn encode_batch(batch: &guardian_sdk::raw::Batch) -> Vec<u8> {
+pub(crate) fn encode_batch(batch: &guardian_sdk::raw::Batch) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + 4 * batch.ends.len() + batch.data.len());
     out.extend_from_slice(&(batch.ends.len() as u32).to_le_bytes());
     for end in &batch.ends {
@@ -586,7 +587,7 @@ fn encode_batch(batch: &guardian_sdk::raw::Batch) -> Vec<u8> {
     out
 }
 
-fn decode_batch(blob: &[u8]) -> rusqlite::Result<guardian_sdk::raw::Batch> {
+pub(crate) fn decode_batch(blob: &[u8]) -> rusqlite::Result<guardian_sdk::raw::Batch> {
     let u32_at = |at: usize| {
         blob.get(at..at + 4)
             .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
