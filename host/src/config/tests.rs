@@ -351,6 +351,7 @@ fn every_key_can_be_set_from_the_environment() {
         ("GUARDIAN_STORAGE_PATH", "/srv/db.sqlite"),
         ("GUARDIAN_STORAGE_READ_CONNECTIONS", "9"),
         ("GUARDIAN_STORAGE_BUSY_TIMEOUT_MS", "10"),
+        ("GUARDIAN_STORAGE_LEASE_TTL_MS", "4000"),
     ];
     assert_eq!(vars.len(), KEYS.len(), "one variable per key");
     let loaded = env(&vars).ok();
@@ -476,8 +477,12 @@ fn every_key_can_be_set_from_the_environment() {
         ))
     );
     assert_eq!(
-        (c.storage.read_connections, c.storage.busy_timeout_ms),
-        (9, 10)
+        (
+            c.storage.read_connections,
+            c.storage.busy_timeout_ms,
+            c.storage.lease_ttl_ms
+        ),
+        (9, 10, 4000)
     );
     for key in KEYS {
         assert_eq!(
@@ -900,6 +905,8 @@ fn validation_of_limits() {
         .invalid("storage.read_connections", &["greater than 0"]);
     env(&[("GUARDIAN_STORAGE_BUSY_TIMEOUT_MS", "0")])
         .invalid("storage.busy_timeout_ms", &["greater than 0"]);
+    env(&[("GUARDIAN_STORAGE_LEASE_TTL_MS", "29")])
+        .invalid("storage.lease_ttl_ms", &["at least 30"]);
 }
 
 #[test]
