@@ -290,7 +290,13 @@ impl Storage {
         share: Vec<u8>,
         received_at: SystemTime,
     ) -> Result<InsertReportOutcome, StorageError> {
-        dispatch!(self, insert_report(endpoint, report_id, share, received_at))
+        let report = NewReport {
+            report_id,
+            share,
+            quota: None,
+            poster: None,
+        };
+        dispatch!(self, insert(endpoint, received_at, report))
     }
 
     /// [`Storage::insert_report`] for an endpoint with a per-user quota: the report
@@ -311,10 +317,13 @@ impl Storage {
         received_at: SystemTime,
         quota: UserQuota,
     ) -> Result<InsertReportOutcome, StorageError> {
-        dispatch!(
-            self,
-            insert_report_for_user(endpoint, report_id, share, received_at, quota)
-        )
+        let report = NewReport {
+            report_id,
+            share,
+            quota: Some(quota),
+            poster: None,
+        };
+        dispatch!(self, insert(endpoint, received_at, report))
     }
 
     /// [`Storage::insert_report`] recording who posted the report (kept until it is
@@ -327,10 +336,13 @@ impl Storage {
         received_at: SystemTime,
         poster: UserKey,
     ) -> Result<InsertReportOutcome, StorageError> {
-        dispatch!(
-            self,
-            insert_report_from(endpoint, report_id, share, received_at, poster)
-        )
+        let report = NewReport {
+            report_id,
+            share,
+            quota: None,
+            poster: Some(poster),
+        };
+        dispatch!(self, insert(endpoint, received_at, report))
     }
 
     /// Stores many reports of one endpoint durably, as [`Storage::insert_report`]

@@ -10,9 +10,7 @@ use tokio::sync::oneshot;
 use super::PgBackend;
 use super::writer::Answer;
 use crate::storage::sqlite::sql::to_millis;
-use crate::storage::{
-    Collected, EndpointId, InsertReportOutcome, NewReport, StorageError, UserKey, UserQuota,
-};
+use crate::storage::{Collected, EndpointId, InsertReportOutcome, NewReport, StorageError};
 
 /// `reports.batch_id` of a report that expired unbatched.
 const EXPIRED: i64 = -1;
@@ -31,35 +29,24 @@ impl PgBackend {
         Ok(())
     }
 
-    /// See [`crate::storage::Storage::insert_report`].
-    pub(crate) async fn insert_report(
+    /// Stores one report: see [`crate::storage::Storage::insert_report`] and its
+    /// `quota` and `poster` variants.
+    pub(crate) async fn insert(
         &self,
         endpoint: EndpointId,
-        report_id: [u8; 16],
-        share: Vec<u8>,
         received_at: SystemTime,
+        report: NewReport,
     ) -> Result<InsertReportOutcome, StorageError> {
-        let received_at = to_millis(received_at);
         let queued = self
             .writer
-            .queue(endpoint, report_id, share, received_at, None, None)
-            .await?;
-        outcome(queued).await
-    }
-
-    /// See [`crate::storage::Storage::insert_report_for_user`].
-    pub(crate) async fn insert_report_for_user(
-        &self,
-        endpoint: EndpointId,
-        report_id: [u8; 16],
-        share: Vec<u8>,
-        received_at: SystemTime,
-        quota: UserQuota,
-    ) -> Result<InsertReportOutcome, StorageError> {
-        let received_at = to_millis(received_at);
-        let queued = self
-            .writer
-            .queue(endpoint, report_id, share, received_at, Some(quota), None)
+            .queue(
+                endpoint,
+                report.report_id,
+                report.share,
+                to_millis(received_at),
+                report.quota,
+                report.poster,
+            )
             .await?;
         outcome(queued).await
     }
@@ -97,23 +84,6 @@ impl PgBackend {
             });
         }
         outcomes
-    }
-
-    /// See [`crate::storage::Storage::insert_report_from`].
-    pub(crate) async fn insert_report_from(
-        &self,
-        endpoint: EndpointId,
-        report_id: [u8; 16],
-        share: Vec<u8>,
-        received_at: SystemTime,
-        poster: UserKey,
-    ) -> Result<InsertReportOutcome, StorageError> {
-        let received_at = to_millis(received_at);
-        let queued = self
-            .writer
-            .queue(endpoint, report_id, share, received_at, None, Some(poster))
-            .await?;
-        outcome(queued).await
     }
 
     /// See [`crate::storage::Storage::expire_reports`].

@@ -169,8 +169,8 @@ impl SqliteBackend {
     }
 
     /// Queues one report for the writer; the returned receiver yields its outcome
-    /// once its group is committed. Split from [`Self::insert_report`] so tests can
-    /// queue reports in a known order.
+    /// once its group is committed: tests queue reports in a known order with it.
+    #[cfg(test)]
     pub(crate) async fn queue_report(
         &self,
         endpoint: EndpointId,
@@ -212,33 +212,25 @@ impl SqliteBackend {
         Ok(outcome)
     }
 
-    /// See [`crate::storage::Storage::insert_report`].
-    pub(crate) async fn insert_report(
+    /// Stores one report: see [`crate::storage::Storage::insert_report`] and its
+    /// `quota` and `poster` variants.
+    pub(crate) async fn insert(
         &self,
         endpoint: EndpointId,
-        report_id: [u8; 16],
-        share: Vec<u8>,
         received_at: SystemTime,
+        report: NewReport,
     ) -> Result<InsertReportOutcome, StorageError> {
         let outcome = self
-            .queue_report(endpoint, report_id, share, received_at)
+            .queue_insert(
+                endpoint,
+                report.report_id,
+                report.share,
+                received_at,
+                report.quota,
+                report.poster,
+            )
             .await?;
         // A dropped reply means the writer thread died before answering.
-        outcome.await.map_err(|_| StorageError::Closed)?
-    }
-
-    /// See [`crate::storage::Storage::insert_report_for_user`].
-    pub(crate) async fn insert_report_for_user(
-        &self,
-        endpoint: EndpointId,
-        report_id: [u8; 16],
-        share: Vec<u8>,
-        received_at: SystemTime,
-        quota: UserQuota,
-    ) -> Result<InsertReportOutcome, StorageError> {
-        let outcome = self
-            .queue_insert(endpoint, report_id, share, received_at, Some(quota), None)
-            .await?;
         outcome.await.map_err(|_| StorageError::Closed)?
     }
 
@@ -278,21 +270,6 @@ impl SqliteBackend {
     /// See [`crate::storage::Storage::write_failure`].
     pub(crate) fn write_failure(&self) -> Option<String> {
         self.health.failure()
-    }
-
-    /// See [`crate::storage::Storage::insert_report_from`].
-    pub(crate) async fn insert_report_from(
-        &self,
-        endpoint: EndpointId,
-        report_id: [u8; 16],
-        share: Vec<u8>,
-        received_at: SystemTime,
-        poster: UserKey,
-    ) -> Result<InsertReportOutcome, StorageError> {
-        let outcome = self
-            .queue_insert(endpoint, report_id, share, received_at, None, Some(poster))
-            .await?;
-        outcome.await.map_err(|_| StorageError::Closed)?
     }
 
     /// The database's secret: see [`crate::storage::Storage::user_key`].
