@@ -106,9 +106,10 @@ pub(in crate::server) async fn run(state: Arc<AppState>) {
     let mut rescan = true;
     loop {
         if !state.sealer.driving() {
-            // Another replica schedules; what this one knew is stale by the time
-            // it takes over.
-            known.clear();
+            // Another replica schedules (or this one's lease lapsed for a
+            // moment). What this one knew stays: a last attempt older than
+            // another replica's only makes the next attempt come sooner, and
+            // the counts of `seal_at` endpoints are read again (`rescan`).
             state.sealer.wakeups.take();
             tokio::time::sleep(state.sealer.driver_poll()).await;
             rescan = true;
