@@ -159,6 +159,23 @@ impl Pair {
         }
     }
 
+    /// Waits until server 0's scheduler has tried `n` seals of `endpoint` with
+    /// `outcome` (so a test knows a tick ran before it posts more reports).
+    async fn wait_for_tries(&self, endpoint: &str, outcome: &str, n: u64) {
+        let line = format!(
+            r#"guardian_scheduled_seals_total{{endpoint="{endpoint}",outcome="{outcome}"}} {n}"#
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let metrics = self.metrics().await;
+            if metrics.lines().any(|l| l == line) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no `{line}` in:\n{metrics}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn metrics(&self) -> String {
         self.http
             .get(self.url(0, "/metrics"))
@@ -196,18 +213,20 @@ async fn a_scheduled_endpoint_seals_by_itself_and_waits_below_min_batch() {
     // One report is below min_batch: the next tick waits, the one after seals.
     pair.report("hourly").await;
     clock.advance(Duration::from_secs(3600));
+    pair.wait_for_tries("hourly", "waiting", 1).await;
     pair.report("hourly").await;
     assert_eq!(pair.batches(0, "hourly").await.len(), 1);
     clock.advance(Duration::from_secs(3600));
     let batches = pair.wait_for("hourly", 2).await;
     assert_eq!(batches[1]["count"], 2, "{batches:?}");
+    pair.wait_for_tries("hourly", "sealed", 2).await;
     let metrics = pair.metrics().await;
     assert!(
         !metrics.contains("batch_too_small"),
-        "a scheduled seal that waits counts nothing:\n{metrics}"
+        "a scheduled seal that waits is no refusal:\n{metrics}"
     );
 
-    // Asking still works on a scheduled endpoint.
+    // Asking still works on a scheduled endpoint (the next tick is an hour away).
     pair.report("hourly").await;
     pair.report("hourly").await;
     let (status, sealed) = pair

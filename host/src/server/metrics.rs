@@ -21,6 +21,12 @@ pub(super) struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct OutcomeLabels {
+    pub(super) endpoint: String,
+    pub(super) outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct CallLabel {
     pub(super) call: &'static str,
 }
@@ -38,6 +44,9 @@ pub(super) struct Metrics {
     pub(super) seals: Family<RejectLabels, Counter>,
     /// Duration of seal requests, from the request to every server's commit.
     pub(super) seal_seconds: Histogram,
+    /// Seals the scheduler tried, by endpoint and outcome (`sealed`, `waiting`
+    /// for reports or users, or `failed`).
+    scheduled_seals: Family<OutcomeLabels, Counter>,
     plugins_compiled: Gauge,
     plugins_from_cache: Gauge,
 }
@@ -89,6 +98,12 @@ impl Metrics {
             "Duration of seal requests on the coordinator",
             seal_seconds.clone(),
         );
+        let scheduled_seals = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "scheduled_seals",
+            "Seals the scheduler tried, by endpoint and outcome (sealed, waiting or failed)",
+            scheduled_seals.clone(),
+        );
         let plugins_compiled = Gauge::default();
         registry.register(
             "plugins_compiled",
@@ -112,6 +127,7 @@ impl Metrics {
             commit_reports,
             seals,
             seal_seconds,
+            scheduled_seals,
         }
     }
 
@@ -144,6 +160,15 @@ impl Metrics {
             reason: "verification_failed".to_owned(),
         };
         self.reports_rejected.get_or_create(&labels).inc_by(reports);
+    }
+
+    /// One seal the scheduler tried: `sealed`, `waiting` or `failed`.
+    pub(super) fn scheduled_seal(&self, endpoint: &str, outcome: &'static str) {
+        let labels = OutcomeLabels {
+            endpoint: endpoint.to_owned(),
+            outcome,
+        };
+        self.scheduled_seals.get_or_create(&labels).inc();
     }
 
     pub(super) fn accepted(&self, endpoint: &str) {

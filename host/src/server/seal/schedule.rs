@@ -14,7 +14,8 @@
 //!   arrive.
 //!
 //! A seal that finds too few reports simply waits for the next tick or report:
-//! it is logged at debug level and counted nowhere.
+//! it is logged at debug level, and counted only among the scheduler's tries
+//! (`guardian_scheduled_seals_total`, outcome `waiting`), not as a refusal.
 //!
 //! Replicas of server 0 over one database: only the replica holding the
 //! `driver` lease schedules (see [`super::lease`]); it counts the reports of a
@@ -290,7 +291,14 @@ async fn attempt(
     let name = &live.endpoint.record.name;
     let started = Instant::now();
     let deadline = started + state.config.limits.request_timeout() * 9 / 10;
-    match seal_at_least(state, live, deadline, at_least).await {
+    let sealed = seal_at_least(state, live, deadline, at_least).await;
+    let outcome = match &sealed {
+        Ok(_) => "sealed",
+        Err(e) if waits(e) => "waiting",
+        Err(_) => "failed",
+    };
+    state.metrics.scheduled_seal(name, outcome);
+    match sealed {
         Ok(batch) => {
             state
                 .metrics
