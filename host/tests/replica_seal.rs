@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use common::balancer::Balancer;
 use common::{PEER_TOKEN, Sharder, free_port, pg, plain_sum, random_vector};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -552,92 +553,13 @@ async fn the_driver_lease_moves_when_its_holder_dies() {
     eprintln!("the seal completed through replica B {took:?} after replica A died");
 }
 
-/// An HTTP proxy sending each request to the next of its targets in turn (a load
-/// balancer in front of replicas), noting which step went where.
-struct RoundRobin {
-    url: String,
-    /// `(step, target index)` of every request, in order.
-    sent: std::sync::Arc<std::sync::Mutex<Vec<(String, usize)>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RoundRobin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl RoundRobin {
-    async fn start(targets: Vec<String>) -> RoundRobin {
-        use axum::extract::{Request, State};
-        use axum::response::IntoResponse as _;
-        type Shared = (
-            Vec<String>,
-            Client,
-            std::sync::Arc<std::sync::Mutex<Vec<(String, usize)>>>,
-        );
-        async fn forward(
-            State(shared): State<std::sync::Arc<Shared>>,
-            request: Request,
-        ) -> axum::response::Response {
-            let (targets, client, sent) = &*shared;
-            let (parts, body) = request.into_parts();
-            let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
-            let step = parts.uri.path().rsplit('/').next().unwrap_or("").to_owned();
-            let target = {
-                let mut sent = sent.lock().unwrap();
-                let target = sent.len() % targets.len();
-                sent.push((step, target));
-                target
-            };
-            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let mut headers = reqwest::header::HeaderMap::new();
-            for (name, value) in &parts.headers {
-                if name != "host" && name != "content-length" {
-                    headers.insert(name.clone(), value.clone());
-                }
-            }
-            let Ok(answer) = client
-                .request(parts.method, format!("{}{path}", targets[target]))
-                .headers(headers)
-                .body(body)
-                .send()
-                .await
-            else {
-                return (StatusCode::BAD_GATEWAY, "target unreachable").into_response();
-            };
-            let status = answer.status();
-            let content_type = answer.headers().get("content-type").cloned();
-            let bytes = answer.bytes().await.unwrap_or_default();
-            let mut response = axum::response::Response::new(axum::body::Body::from(bytes));
-            *response.status_mut() = status;
-            if let Some(content_type) = content_type {
-                response.headers_mut().insert("content-type", content_type);
-            }
-            response
-        }
-        let sent = std::sync::Arc::default();
-        let shared: std::sync::Arc<Shared> =
-            std::sync::Arc::new((targets, Client::new(), std::sync::Arc::clone(&sent)));
-        let app = axum::Router::new().fallback(forward).with_state(shared);
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        RoundRobin { url, sent, task }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_followers_steps_may_reach_either_of_its_replicas() {
     let deployment = Deployment::new();
     let (database0, database1) = (pg::fresh_database(), pg::fresh_database());
     let (a, f1, f2) = (free_port(), free_port(), free_port());
     // Server 1 is two replicas behind a load balancer that alternates requests.
-    let balancer = RoundRobin::start(vec![format!("http://{f1}"), format!("http://{f2}")]).await;
+    let balancer = Balancer::start(vec![format!("http://{f1}"), format!("http://{f2}")]).await;
     let peers = [format!("http://{a}"), balancer.url.clone()];
     // Pages of 8 ids: a seal proposes in several pages.
     let pages = [
@@ -694,7 +616,7 @@ async fn a_followers_steps_may_reach_either_of_its_replicas() {
     assert_eq!(status, StatusCode::CREATED, "{sealed}");
     assert_eq!(sealed["count"], 8, "{sealed}");
     // Each step reached the other replica than the one before.
-    let sent = balancer.sent.lock().unwrap().clone();
+    let sent = balancer.log();
     let steps: Vec<&str> = sent.iter().map(|(step, _)| step.as_str()).collect();
     assert_eq!(
         steps,

@@ -32,12 +32,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode as AxumStatus};
-use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use common::balancer::Balancer;
 use common::*;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -538,115 +535,6 @@ impl Drop for Replicated {
             }
         }
     }
-}
-
-/// A load balancer in front of one server's replicas, as an operator runs one:
-/// every request goes to the next replica in turn, skipping the ones that refuse
-/// connections (down). It counts the requests each replica answered.
-struct Balancer {
-    url: String,
-    shared: Arc<Balanced>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-struct Balanced {
-    targets: Vec<String>,
-    next: AtomicUsize,
-    answered: Vec<AtomicU64>,
-    client: Client,
-}
-
-impl Balancer {
-    async fn start(targets: Vec<String>) -> Balancer {
-        let shared = Arc::new(Balanced {
-            answered: targets.iter().map(|_| AtomicU64::new(0)).collect(),
-            targets,
-            next: AtomicUsize::new(0),
-            // A new connection per request: a killed replica refuses it at once.
-            client: Client::builder().pool_max_idle_per_host(0).build().unwrap(),
-        });
-        let app = axum::Router::new()
-            .fallback(balance)
-            .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Balancer { url, shared, task }
-    }
-
-    /// How many requests each replica answered.
-    fn answered(&self) -> Vec<u64> {
-        self.shared
-            .answered
-            .iter()
-            .map(|n| n.load(Ordering::Relaxed))
-            .collect()
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn balance(State(shared): State<Arc<Balanced>>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
-        return (AxumStatus::BAD_REQUEST, "unreadable body").into_response();
-    };
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let mut headers = HeaderMap::new();
-    for (name, value) in &parts.headers {
-        if name != "host" && name != "content-length" {
-            headers.insert(name.clone(), value.clone());
-        }
-    }
-    let first = shared.next.fetch_add(1, Ordering::Relaxed);
-    let n = shared.targets.len();
-    for attempt in 0..n {
-        let target = (first + attempt) % n;
-        let sent = shared
-            .client
-            .request(
-                parts.method.clone(),
-                format!("{}{path}", shared.targets[target]),
-            )
-            .headers(headers.clone())
-            .body(body.clone())
-            .send()
-            .await;
-        let answer = match sent {
-            Ok(answer) => answer,
-            // Down: the next replica.
-            Err(e) if e.is_connect() => continue,
-            Err(e) => return (AxumStatus::BAD_GATEWAY, e.to_string()).into_response(),
-        };
-        let status = AxumStatus::from_u16(answer.status().as_u16()).unwrap();
-        let mut answer_headers = HeaderMap::new();
-        for (name, value) in answer.headers() {
-            if name != "content-length" && name != "transfer-encoding" && name != "connection" {
-                answer_headers.insert(name.clone(), value.clone());
-            }
-        }
-        let Ok(bytes) = answer.bytes().await else {
-            return (AxumStatus::BAD_GATEWAY, "the replica's answer broke off").into_response();
-        };
-        shared.answered[target].fetch_add(1, Ordering::Relaxed);
-        let mut response = Response::new(Body::from(bytes));
-        *response.status_mut() = status;
-        *response.headers_mut() = answer_headers;
-        return response;
-    }
-    (AxumStatus::BAD_GATEWAY, "no replica is reachable").into_response()
 }
 
 const MIN_BATCH: u64 = 5;

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod balancer;
 pub mod pg;
 pub mod proxy;
 
