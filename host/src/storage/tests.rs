@@ -684,6 +684,85 @@ async fn a_committed_batch_releases_its_reports_once(db: TestDb) {
 }
 on_both_backends!(a_committed_batch_releases_its_reports_once);
 
+/// Shares are read by row whether the rows are dense (one endpoint's reports
+/// with a few of another's between them) or sparse, and a row that is not the
+/// endpoint's, or a list out of order, is refused either way.
+async fn shares_are_read_from_dense_and_sparse_rows(db: TestDb) {
+    let (storage, steps) = store_with_endpoint(&db, StorageOptions::default()).await;
+    let sum = plugin("sum", b"sum wasm");
+    let other = create(&storage, endpoint("other", &sum, b"config", 10)).await;
+    // steps 0..40, with one report of `other` after every fourth.
+    for n in 0..40u8 {
+        storage
+            .insert_report(steps.id, report_id(u64::from(n)), vec![n; 2], at(3))
+            .await
+            .unwrap();
+        if n % 4 == 3 {
+            storage
+                .insert_report(
+                    other.id,
+                    report_id(1000 + u64::from(n)),
+                    vec![255; 2],
+                    at(3),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let all = rows(
+        &storage
+            .unbatched_reports(steps.id, 0, usize::MAX)
+            .await
+            .unwrap(),
+    );
+    let theirs = rows(
+        &storage
+            .unbatched_reports(other.id, 0, usize::MAX)
+            .await
+            .unwrap(),
+    );
+    let shares = |picked: &[usize]| {
+        picked
+            .iter()
+            .flat_map(|&i| [i as u8; 2])
+            .collect::<Vec<_>>()
+    };
+    // Dense: every report of `steps`, the rows of `other` between them skipped.
+    let (data, ends) = storage.read_shares(steps.id, all.clone()).await.unwrap();
+    assert_eq!(data, shares(&(0..40).collect::<Vec<_>>()));
+    assert_eq!(ends.len(), 40);
+    // Sparse: every ninth.
+    let picked: Vec<usize> = (0..40).step_by(9).collect();
+    let sparse: Vec<i64> = picked.iter().map(|&i| all[i]).collect();
+    let (data, _) = storage.read_shares(steps.id, sparse).await.unwrap();
+    assert_eq!(data, shares(&picked));
+    // A row of `other` among them, dense or sparse: refused.
+    for list in [
+        vec![all[2], all[3], theirs[0], all[4]],
+        vec![all[0], theirs[0], all[39]],
+    ] {
+        assert!(
+            matches!(
+                storage.read_shares(steps.id, list.clone()).await,
+                Err(StorageError::ReportUnavailable)
+            ),
+            "{list:?}"
+        );
+    }
+    // Out of order, or a row twice: refused.
+    for list in [vec![all[5], all[4]], vec![all[4], all[4]]] {
+        assert!(
+            matches!(
+                storage.read_shares(steps.id, list.clone()).await,
+                Err(StorageError::ReportUnavailable)
+            ),
+            "{list:?}"
+        );
+    }
+    storage.close().await.unwrap();
+}
+on_both_backends!(shares_are_read_from_dense_and_sparse_rows);
+
 async fn one_seal_in_progress_per_endpoint(db: TestDb) {
     let (storage, steps) = store_with_endpoint(&db, StorageOptions::default()).await;
     for n in 0..4 {

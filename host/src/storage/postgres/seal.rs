@@ -96,6 +96,10 @@ fn batch(row: &Row) -> Result<Batch, StorageError> {
 /// to go on. Fails with [`StorageError::ReportUnavailable`] if a wanted row is not
 /// the endpoint's (or the rows were not sorted, or one is listed twice), as
 /// SQLite's `visit_rows`.
+///
+/// A chunk whose rows are dense (a seal's usually are: arrival order) is read
+/// as one range of the primary key, the rows in it not wanted skipped here;
+/// a sparse one by its list, one index probe per row.
 async fn visit_rows(
     client: &Client,
     endpoint: EndpointId,
@@ -106,15 +110,29 @@ async fn visit_rows(
     if rows.is_empty() {
         return Ok(());
     }
-    let statement = client
+    let listed = client
         .prepare_cached(&format!(
             "SELECT id, {column} FROM reports WHERE id = ANY($1::bigint[]) AND endpoint_id = $2 \
              ORDER BY id"
         ))
         .await?;
+    let ranged = client
+        .prepare_cached(&format!(
+            "SELECT id, {column} FROM reports WHERE id BETWEEN $1 AND $2 AND endpoint_id = $3 \
+             ORDER BY id"
+        ))
+        .await?;
     let mut wanted = rows.iter().peekable();
     for chunk in rows.chunks(CHUNK) {
-        let stored = client.query(&statement, &[&chunk, &endpoint.0]).await?;
+        let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
+        let dense = last
+            .checked_sub(first)
+            .is_some_and(|span| span < 2 * chunk.len() as i64);
+        let stored = if dense {
+            client.query(&ranged, &[&first, &last, &endpoint.0]).await?
+        } else {
+            client.query(&listed, &[&chunk, &endpoint.0]).await?
+        };
         for row in &stored {
             let Some(&&next) = wanted.peek() else { break };
             let id: i64 = row.try_get(0)?;
