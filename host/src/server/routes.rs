@@ -737,7 +737,7 @@ pub(super) async fn create_endpoint(
         config,
         min_batch,
         max_reports_per_user: body.max_reports_per_user,
-        created_at: SystemTime::now(),
+        created_at: state.clock.now(),
         schedule,
     };
     // Counted and created under one lock, so the cap holds with creations at once.

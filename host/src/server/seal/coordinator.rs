@@ -2,7 +2,7 @@
 //! to completion on every server (now, or later by the background retry).
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use axum::http::StatusCode;
 use base64::Engine as _;
@@ -202,7 +202,7 @@ pub(in crate::server) async fn seal_at_least(
         decided: true,
         positions: agreed,
         rows,
-        created_at: SystemTime::now(),
+        created_at: state.clock.now(),
         verification,
     };
     // A replica that stalled past the lease TTL may have been replaced by

@@ -2,7 +2,6 @@
 //! chunks, release once, store.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use crate::server::AppState;
 use crate::server::error::ApiError;
@@ -103,7 +102,7 @@ pub(super) async fn commit_locally(
             NewBatch {
                 batch_id,
                 share,
-                sealed_at: SystemTime::now(),
+                sealed_at: state.clock.now(),
                 rejected_rows,
             },
             rows,

@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use axum::body::{Body, Bytes, HttpBody as _};
 use base64::Engine as _;
@@ -137,7 +137,7 @@ pub(in crate::server) async fn prepare(
                 decided: false,
                 positions,
                 rows,
-                created_at: SystemTime::now(),
+                created_at: state.clock.now(),
                 verification: None,
             }
         }
