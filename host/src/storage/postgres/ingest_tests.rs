@@ -720,12 +720,25 @@ async fn an_unreachable_database_is_a_write_failure_until_a_group_commits() {
         .expect("a write failure while unreachable");
     assert!(failure.starts_with("writing reports failed"), "{failure}");
 
-    // Back: the next group commits and clears it.
+    // Back: the next group commits and clears it. (A pooled connection whose
+    // backend was still being terminated may fail one more try, as unavailable:
+    // retried, as a client retries a 503.)
     admin
         .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
         .await
         .unwrap();
-    assert_eq!(insert(2).await.unwrap(), InsertReportOutcome::Stored);
+    let mut tries = 0;
+    let outcome = loop {
+        tries += 1;
+        match insert(2).await {
+            Ok(outcome) => break outcome,
+            Err(e) if e.is_unavailable() && tries < 5 => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("try {tries}: {e:?}"),
+        }
+    };
+    assert_eq!(outcome, InsertReportOutcome::Stored);
     assert_eq!(storage.write_failure(), None);
 
     storage.close().await.unwrap();
