@@ -409,19 +409,7 @@ impl Replicated {
             StatusCode::OK,
             "server {server} replica {replica}: {list}"
         );
-        let mut batches: Vec<(String, u64)> = list["batches"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| {
-                (
-                    b["batch_id"].as_str().unwrap().to_owned(),
-                    b["count"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        batches.sort();
-        batches
+        batch_counts(&list)
     }
 
     /// Checks that every live replica lists the same batches and holds no

@@ -278,19 +278,7 @@ async fn settle_and_check(cluster: &Cluster, load: &Load) {
             .get(index, &format!("/api/v1/endpoints/{ENDPOINT}/batches"))
             .await;
         assert_eq!(status, StatusCode::OK);
-        let mut batches: Vec<(String, u64)> = list["batches"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| {
-                (
-                    b["batch_id"].as_str().unwrap().to_owned(),
-                    b["count"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        batches.sort();
-        lists.push(batches);
+        lists.push(batch_counts(&list));
         let (_, endpoint) = cluster
             .get(index, &format!("/api/v1/endpoints/{ENDPOINT}"))
             .await;

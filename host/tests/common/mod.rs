@@ -560,3 +560,20 @@ pub fn plain_sum(measurements: &[Vec<i64>]) -> Value {
     }
     json!(sum)
 }
+
+/// The batches of a `GET …/batches` answer as (batch id, count), sorted.
+pub fn batch_counts(list: &Value) -> Vec<(String, u64)> {
+    let mut batches: Vec<(String, u64)> = list["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["batch_id"].as_str().unwrap().to_owned(),
+                b["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    batches.sort();
+    batches
+}
